@@ -1,0 +1,197 @@
+"""Grounding DINO (transformers) as a labeling backend.
+
+What makes it fast and correct:
+- one forward pass covers all classes (joint prompt), split into several texts only when the
+  class list exceeds the model's token limit;
+- images are batched, but only with images of the same resized shape: Grounding DINO's output
+  changes when an image is padded to share a batch with a bigger one, and a label must never
+  depend on which images happened to share a batch;
+- scores are read per description from the token logits (see ``grounding_dino_prompts``), so
+  each detection belongs to exactly one ontology class.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import supervision as sv
+import torch
+from PIL import Image
+
+from model_loaders.device import resolve_device, resolve_dtype
+from model_loaders.grounding_dino_prompts import (
+    PromptText,
+    build_joint_texts,
+    build_per_class_texts,
+    phrase_scores,
+    phrase_token_mask,
+)
+from model_loaders.ontology import Ontology
+from model_loaders.protocol import ModelLoadError, ModelSpec
+
+
+@dataclass
+class _PreparedImage:
+    index: int
+    pixel_values: torch.Tensor  # (3, H, W) at the processor's resized shape
+    height: int  # original size, to scale boxes back
+    width: int
+
+
+class GroundingDinoModel:
+    """Zero-shot detection with Grounding DINO; see the module docstring."""
+
+    def __init__(self, model, processor, spec: ModelSpec, device: torch.device) -> None:
+        self.model = model
+        self.processor = processor
+        self.spec = spec
+        self.device = device
+        self.dtype = next(model.parameters()).dtype
+        self.max_text_len = int(model.config.max_text_len)
+        self._texts: dict[tuple[Ontology, str], list[PromptText]] = {}
+
+    @classmethod
+    def load(cls, spec: ModelSpec) -> GroundingDinoModel:
+        """Load processor and weights from a Hugging Face id or a local directory."""
+        from transformers import AutoProcessor, GroundingDinoForObjectDetection
+
+        device = resolve_device(spec.device)
+        dtype = resolve_dtype(spec.dtype, device)
+        _check_local_path(spec.model)
+        try:
+            processor = AutoProcessor.from_pretrained(spec.model)
+            model = GroundingDinoForObjectDetection.from_pretrained(spec.model, dtype=dtype)
+        except Exception as error:  # transformers raises OSError, ValueError, HTTP errors...
+            raise ModelLoadError(
+                f"cannot load Grounding DINO {spec.model!r} ({type(error).__name__}). "
+                "Offline? Download it where there is internet (`hf download "
+                f"{spec.model} --local-dir DIR`) and pass --model DIR."
+            ) from error
+        return cls(model.to(device).eval(), processor, spec, device)
+
+    def texts_for(self, ontology: Ontology) -> list[PromptText]:
+        """The prompt texts for an ontology in this model's prompt mode (built once)."""
+        key = (ontology, self.spec.prompt_mode)
+        if key not in self._texts:
+            prompts = ontology.prompts()
+            if self.spec.prompt_mode == "per-class":
+                self._texts[key] = build_per_class_texts(prompts)
+            else:
+                self._texts[key] = build_joint_texts(
+                    prompts, count_tokens=self._count_tokens, max_tokens=self.max_text_len
+                )
+        return self._texts[key]
+
+    def predict(
+        self,
+        images: Sequence[Image.Image],
+        ontology: Ontology,
+        *,
+        confidence_floor: float,
+    ) -> list[sv.Detections]:
+        texts = self.texts_for(ontology)
+        prepared = [self._prepare(index, image) for index, image in enumerate(images)]
+        per_image: list[list[sv.Detections]] = [[] for _ in images]
+        for batch in self._batches(prepared, len(texts)):
+            batch_texts = [texts[text_index] for _, text_index in batch]
+            detections = self._forward(
+                [image for image, _ in batch],
+                batch_texts,
+                confidence_floor,
+                ontology.class_names,
+            )
+            for (image, _), image_detections in zip(batch, detections, strict=True):
+                per_image[image.index].append(image_detections)
+        return [sv.Detections.merge(parts) for parts in per_image]
+
+    def _prepare(self, index: int, image: Image.Image) -> _PreparedImage:
+        pixel_values = self.processor.image_processor(images=image, return_tensors="pt")[
+            "pixel_values"
+        ][0]
+        return _PreparedImage(index, pixel_values, image.height, image.width)
+
+    def _batches(
+        self, prepared: list[_PreparedImage], n_texts: int
+    ) -> list[list[tuple[_PreparedImage, int]]]:
+        """(image, text) pairs grouped by resized shape, then cut into batches.
+
+        Only same-shape images share a batch, so no image is ever padded.
+        """
+        buckets: dict[tuple[int, ...], list[tuple[_PreparedImage, int]]] = defaultdict(list)
+        for image in prepared:
+            for text_index in range(n_texts):
+                buckets[tuple(image.pixel_values.shape)].append((image, text_index))
+        size = self.spec.batch_size
+        return [
+            pairs[start : start + size]
+            for pairs in buckets.values()
+            for start in range(0, len(pairs), size)
+        ]
+
+    @torch.inference_mode()
+    def _forward(
+        self,
+        images: list[_PreparedImage],
+        texts: list[PromptText],
+        confidence_floor: float,
+        class_names: list[str],
+    ) -> list[sv.Detections]:
+        from transformers.image_transforms import center_to_corners_format
+
+        tokens = self.processor.tokenizer(
+            [t.text for t in texts],
+            padding="longest",
+            return_offsets_mapping=True,
+            return_tensors="pt",
+        )
+        offsets = tokens.pop("offset_mapping").tolist()
+        pixel_values = torch.stack([image.pixel_values for image in images])
+        outputs = self.model(
+            pixel_values=pixel_values.to(self.device, self.dtype),
+            pixel_mask=torch.ones(
+                pixel_values.shape[0], *pixel_values.shape[2:], dtype=torch.long
+            ).to(self.device),
+            **{name: value.to(self.device) for name, value in tokens.items()},
+        )
+        probs = outputs.logits.float().sigmoid()
+        boxes = center_to_corners_format(outputs.pred_boxes.float())
+        length = tokens["input_ids"].shape[1]
+        results = []
+        for row, (image, text) in enumerate(zip(images, texts, strict=True)):
+            mask = phrase_token_mask(offsets[row], text.phrases, length)
+            scores = phrase_scores(probs[row], mask)  # (queries, phrases)
+            confidence, phrase_index = scores.max(dim=1)
+            keep = confidence >= confidence_floor
+            scale = torch.tensor(
+                [image.width, image.height, image.width, image.height], device=boxes.device
+            )
+            xyxy = (boxes[row][keep] * scale).cpu().numpy()
+            chosen = [text.phrases[i] for i in phrase_index[keep].tolist()]
+            results.append(
+                sv.Detections(
+                    xyxy=xyxy.astype(np.float32).reshape(-1, 4),
+                    confidence=confidence[keep].cpu().numpy().astype(np.float32),
+                    class_id=np.array([p.class_id for p in chosen], dtype=int),
+                    data={
+                        "class_name": np.array(
+                            [class_names[p.class_id] for p in chosen], dtype=str
+                        ),
+                        "prompt": np.array([p.prompt for p in chosen], dtype=str),
+                    },
+                )
+            )
+        return results
+
+    def _count_tokens(self, piece: str) -> int:
+        return len(self.processor.tokenizer(piece, add_special_tokens=False)["input_ids"])
+
+
+def _check_local_path(model: str) -> None:
+    """A path-like --model that does not exist gets a clear error before transformers guesses."""
+    looks_like_path = model.startswith((".", "/", "~")) or Path(model).expanduser().exists()
+    if looks_like_path and not Path(model).expanduser().is_dir():
+        raise ModelLoadError(f"--model {model}: no such model directory")

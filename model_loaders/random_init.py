@@ -1,0 +1,162 @@
+"""Randomly initialised Grounding DINO checkpoints, saved exactly like a downloaded one.
+
+Weights cannot be downloaded on CI or on offline machines, so the tests, the benchmarks and the
+offline demo build a model from a config, save it (weights + processor) to a folder, and then load
+that folder through the same ``--model PATH`` code path a user's real checkpoint takes. The
+compute of a random model equals that of a trained one of the same architecture; its labels are
+meaningless.
+
+Sizes:
+- ``tiny``: ~0.5 M parameters, small images; for tests (builds and runs in well under a second).
+- ``mid``: a scaled-down architecture that runs in seconds per image on two CPU cores; benchmarks.
+- ``full``: ``GroundingDinoConfig()`` defaults, i.e. the grounding-dino-tiny architecture
+  (Swin-T + bert-base, 172 M parameters), with the real 800/1333 px resize; GPU benchmarks.
+"""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+from typing import Literal
+
+# The model hard-codes these ids as [CLS], [SEP], '.' and '?' (transformers' SPECIAL_TOKENS),
+# so any vocabulary we build must place those tokens at exactly these positions.
+_FIXED_TOKENS = {0: "[PAD]", 100: "[UNK]", 101: "[CLS]", 102: "[SEP]", 103: "[MASK]"}
+_PERIOD_ID, _QUESTION_ID = 1012, 1029
+
+# Whole words that the tests and demo prompts use, so that they tokenise to one token each.
+_WORDS = (
+    "a an the of and with in on photo person people man woman cat dog car bus truck bicycle can "
+    "aluminum shiny metal drink soda bottle cup coffee mug rocket astronaut horse tree flower "
+    "chair table window door sky cloud face hand ball bird fish plate food"
+).split()
+
+Size = Literal["tiny", "mid", "full"]
+
+
+def build_vocab() -> list[str]:
+    """A BERT WordPiece vocabulary with the special tokens where Grounding DINO expects them.
+
+    Letters and '##' letter pieces make every lowercase ASCII word tokenisable, so long prompts
+    (e.g. a class list over the 256-token limit) can be built from arbitrary words.
+    """
+    size = 1100
+    vocab = [f"[unused{i}]" for i in range(size)]
+    for token_id, token in _FIXED_TOKENS.items():
+        vocab[token_id] = token
+    vocab[_PERIOD_ID] = "."
+    vocab[_QUESTION_ID] = "?"
+    pieces = (
+        list(string.ascii_lowercase)
+        + [f"##{c}" for c in string.ascii_lowercase + string.digits]
+        + list(string.digits)
+        + list(",:;!-'\"()/&")
+        + list(_WORDS)
+    )
+    free = (i for i in range(200, size) if i not in (_PERIOD_ID, _QUESTION_ID))
+    for token_id, piece in zip(free, dict.fromkeys(pieces), strict=False):
+        vocab[token_id] = piece
+    return vocab
+
+
+def save_random_grounding_dino(
+    path: str | Path, size: Size = "tiny", seed: int = 0
+) -> Path:
+    """Build a randomly initialised Grounding DINO of ``size`` and save model + processor."""
+    import torch
+    from transformers import (
+        BertConfig,
+        BertTokenizerFast,
+        GroundingDinoConfig,
+        GroundingDinoForObjectDetection,
+        GroundingDinoImageProcessor,
+        GroundingDinoProcessor,
+        SwinConfig,
+    )
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    vocab = build_vocab()
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    tokenizer = BertTokenizerFast.from_pretrained(path, do_lower_case=True)
+
+    if size == "full":
+        config = GroundingDinoConfig()
+        config.text_config.vocab_size = max(config.text_config.vocab_size, len(vocab))
+        image_size = {"shortest_edge": 800, "longest_edge": 1333}
+    elif size == "mid":
+        config = GroundingDinoConfig(
+            backbone_config=SwinConfig(
+                embed_dim=48,
+                depths=[1, 1, 2, 1],
+                num_heads=[2, 2, 4, 4],
+                out_features=["stage2", "stage3", "stage4"],
+            ),
+            text_config=BertConfig(
+                vocab_size=len(vocab),
+                hidden_size=128,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                intermediate_size=256,
+            ),
+            d_model=128,
+            encoder_layers=3,
+            decoder_layers=3,
+            encoder_ffn_dim=512,
+            decoder_ffn_dim=512,
+            num_queries=300,
+            max_text_len=256,
+        )
+        image_size = {"shortest_edge": 480, "longest_edge": 800}
+    else:
+        config = GroundingDinoConfig(
+            backbone_config=SwinConfig(
+                embed_dim=16,
+                depths=[1, 1, 1, 1],
+                num_heads=[1, 1, 1, 1],
+                out_features=["stage2", "stage3", "stage4"],
+            ),
+            text_config=BertConfig(
+                vocab_size=len(vocab),
+                hidden_size=32,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                intermediate_size=64,
+            ),
+            d_model=32,
+            encoder_layers=1,
+            decoder_layers=2,
+            encoder_ffn_dim=64,
+            decoder_ffn_dim=64,
+            encoder_attention_heads=2,
+            decoder_attention_heads=2,
+            num_queries=30,
+            max_text_len=64,
+        )
+        image_size = {"shortest_edge": 128, "longest_edge": 192}
+
+    torch.manual_seed(seed)
+    model = GroundingDinoForObjectDetection(config).eval()
+    processor = GroundingDinoProcessor(
+        image_processor=GroundingDinoImageProcessor(size=image_size),
+        tokenizer=tokenizer,
+    )
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+def main() -> None:
+    """``python -m model_loaders.random_init DIR [--size tiny|mid|full]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("directory")
+    parser.add_argument("--size", choices=("tiny", "mid", "full"), default="tiny")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    print(save_random_grounding_dino(args.directory, size=args.size, seed=args.seed))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,225 @@
+"""What every export format shares: which images go out, in what order, their files.
+
+COCO and YOLO differ only in how they write boxes. Which images are exported (not the
+skipped ones), their order (by relative path, so two exports of the same table are
+byte-identical), which labels belong to each, and how an image file lands in the export
+folder are decided here once, so the two formats cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import pandas as pd
+from PIL import Image, ImageOps, JpegImagePlugin
+
+_EXIF_ORIENTATION = 0x0112
+_QUARTER_TURNS = {5, 6, 7, 8}
+_LABEL_ORDER = ["confidence", "class_id", "x_min", "y_min", "x_max", "y_max"]
+
+
+@dataclass(frozen=True)
+class ExportImage:
+    """One image to export with its labels (rows of the label table, maybe none)."""
+
+    relative_path: str
+    source_uri: str
+    width: int
+    height: int
+    orientation: int
+    labels: pd.DataFrame
+
+
+def images_to_export(
+    images: pd.DataFrame, labels: pd.DataFrame, *, class_names: list[str]
+) -> list[ExportImage]:
+    """The manifest's readable images, sorted by relative path, each with its labels.
+
+    Labels are matched on (image_id, source_uri): the content hash alone would give two
+    identical files in different folders each other's boxes. Within an image, labels are
+    listed by confidence (highest first) and then by class and box, so the order never
+    depends on how images were chunked.
+
+    Raises:
+        ValueError: If labels name an image missing from the manifest, a class id
+            outside ``class_names`` or a class name that disagrees with it, or if two
+            readable images share a relative path: each would export something wrong
+            without a word.
+    """
+    _check_classes(labels, class_names)
+    readable = images[images["skipped_reason"].isna()].sort_values(
+        "relative_path", kind="stable"
+    )
+    duplicated = readable["relative_path"][readable["relative_path"].duplicated()]
+    if not duplicated.empty:
+        raise ValueError(f"images share a relative path: {sorted(set(duplicated))[:5]}")
+    key = ["image_id", "source_uri"]
+    known = set(zip(images["image_id"], images["source_uri"], strict=True))
+    unknown = {
+        k
+        for k in zip(labels["image_id"], labels["source_uri"], strict=True)
+        if k not in known
+    }
+    if unknown:
+        raise ValueError(
+            f"labels refer to images missing from the manifest: {sorted(unknown)[:5]}"
+        )
+    ordered = labels.sort_values(
+        _LABEL_ORDER, ascending=[False] + [True] * 5, kind="stable"
+    )
+    groups = {k: group for k, group in ordered.groupby(key, sort=False)}
+    no_labels = labels.iloc[0:0]
+    return [
+        ExportImage(
+            relative_path=row.relative_path,
+            source_uri=row.source_uri,
+            width=int(row.width),
+            height=int(row.height),
+            orientation=int(row.orientation),
+            labels=groups.get((row.image_id, row.source_uri), no_labels),
+        )
+        for row in readable.itertuples(index=False)
+    ]
+
+
+def image_destination(root: Path, relative_path: str) -> Path:
+    """Where an image with ``relative_path`` goes under an export folder ``root``.
+
+    Raises:
+        ValueError: If the path is absolute or climbs out with '..', which would write
+            outside the export folder.
+    """
+    path = PurePosixPath(relative_path)
+    if path.is_absolute() or ".." in path.parts or not path.parts:
+        raise ValueError(f"not a relative path inside the source: {relative_path!r}")
+    return root.joinpath(*path.parts)
+
+
+def local_source(source_uri: str) -> Path:
+    """The local file behind ``source_uri`` (only local sources are exported for now).
+
+    Raises:
+        ValueError: For a remote URI (s3://, roboflow image id), which needs a download
+            step that exports do not have yet.
+    """
+    if "://" in source_uri:
+        raise ValueError(f"only local images can be exported for now: {source_uri}")
+    return Path(source_uri)
+
+
+def materialize_image(
+    source_path: Path, destination: Path, *, orientation: int
+) -> None:
+    """Put one image file into an export folder, in the frame its boxes live in.
+
+    The label table's boxes are in the upright frame (EXIF orientation applied), but
+    consumers disagree on EXIF: some rotate, many training loaders read raw pixels. So
+    an image with an orientation tag gets an upright copy without the tag (same format),
+    which every consumer sees the same way. An image without one is hard-linked: no
+    disk space, no re-encoding loss (editing the exported file in place edits the
+    original too); across filesystems it is copied byte for byte.
+
+    A rerun skips a destination that already matches (same byte size for links and
+    copies, same upright pixel size for rotated copies). Files are written under a
+    temporary name and renamed, so a crash never leaves a half file that looks done.
+
+    Args:
+        source_path: The original image file.
+        destination: Where the export wants it; parent folders are created.
+        orientation: The manifest's EXIF orientation tag of the file (1 = none).
+    """
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    if orientation == 1:
+        if _same_byte_size(source_path, destination):
+            return
+        _write_via_temporary(destination, lambda tmp: _link_or_copy(source_path, tmp))
+    else:
+        if _is_upright_copy(source_path, destination):
+            return
+        _write_via_temporary(destination, lambda tmp: _save_upright(source_path, tmp))
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write a text file via a temporary name, so readers never see half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_via_temporary(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def _check_classes(labels: pd.DataFrame, class_names: list[str]) -> None:
+    class_ids = labels["class_id"].astype(int)
+    out_of_range = labels[(class_ids < 0) | (class_ids >= len(class_names))]
+    if not out_of_range.empty:
+        raise ValueError(
+            f"class ids {sorted(set(out_of_range['class_id']))} are outside "
+            f"the {len(class_names)} class names {class_names}"
+        )
+    expected = [class_names[i] for i in class_ids]
+    mismatched = labels[labels["class_name"].to_numpy(dtype=object) != expected]
+    if not mismatched.empty:
+        pairs = sorted(
+            set(zip(mismatched["class_id"], mismatched["class_name"], strict=True))
+        )
+        raise ValueError(
+            f"labels' (class_id, class_name) {pairs[:5]} disagree with {class_names}"
+        )
+
+
+def _same_byte_size(source_path: Path, destination: Path) -> bool:
+    return (
+        destination.is_file()
+        and destination.stat().st_size == source_path.stat().st_size
+    )
+
+
+def _is_upright_copy(source_path: Path, destination: Path) -> bool:
+    if not destination.is_file():
+        return False
+    with Image.open(source_path) as source:
+        width, height = source.size
+        if source.getexif().get(_EXIF_ORIENTATION) in _QUARTER_TURNS:
+            width, height = height, width
+    with Image.open(destination) as copy:
+        return (
+            copy.size == (width, height)
+            and copy.getexif().get(_EXIF_ORIENTATION, 1) == 1
+        )
+
+
+def _link_or_copy(source_path: Path, target: Path) -> None:
+    try:
+        os.link(source_path, target)
+    except OSError:  # another filesystem, or one without hard links
+        shutil.copyfile(source_path, target)
+
+
+def _save_upright(source_path: Path, target: Path) -> None:
+    with Image.open(source_path) as source:
+        upright = ImageOps.exif_transpose(source)
+        # MPO (phone JPEGs with a second frame) is written as its first frame, a JPEG.
+        image_format = "JPEG" if source.format == "MPO" else source.format
+        options: dict[str, object] = {"exif": upright.getexif()}
+        if "icc_profile" in source.info:
+            options["icc_profile"] = source.info["icc_profile"]
+        if image_format == "JPEG":
+            # Reuse the original's quantisation so the copy keeps its quality instead
+            # of Pillow's default of 75.
+            options["qtables"] = source.quantization
+            sampling = JpegImagePlugin.get_sampling(source)
+            if sampling != -1:
+                options["subsampling"] = sampling
+        upright.save(target, format=image_format, **options)
+
+
+def _write_via_temporary(path: Path, write: Callable[[Path], None]) -> None:
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

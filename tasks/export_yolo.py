@@ -1,0 +1,118 @@
+"""YOLO detection export: ``yolo/data.yaml``, ``yolo/images/...``, ``yolo/labels/...``.
+
+Label files mirror the image tree (``images/a/x.jpg`` -> ``labels/a/x.txt``), the layout
+Ultralytics reads recursively, so ``a/x.jpg`` and ``b/x.jpg`` do not collide. We write
+the files ourselves instead of through ``supervision.DetectionDataset.as_yolo``, which
+re-encodes images with cv2 and names label files by bare stem. Known limit: Ultralytics
+finds a label by replacing the LAST '/images/' of the image path, so a source sub-folder
+itself named 'images' would send it looking in the wrong place.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import pandas as pd
+import supervision as sv
+import yaml
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.export_images import (
+    image_destination,
+    images_to_export,
+    local_source,
+    materialize_image,
+    write_text_atomically,
+)
+from tasks.labels import OutputLayout, read_images, read_labels
+
+_XYXY = ["x_min", "y_min", "x_max", "y_max"]
+
+
+def labels_to_yolo_lines(
+    labels: pd.DataFrame, *, resolution_wh: tuple[int, int]
+) -> list[str]:
+    """YOLO lines ``class_id cx cy w h`` for the labels of one image, in row order.
+
+    Boxes are clipped to the image before normalising, so a box poking out of the frame
+    keeps its visible part instead of a centre or size outside [0, 1], which YOLO
+    loaders reject or drop. Six decimals keep boxes within 1e-6 of the image size
+    (a thousandth of a pixel on a 1000 px image).
+
+    Args:
+        labels: Rows of the label table for one image.
+        resolution_wh: The image's (width, height) after EXIF orientation, the frame
+            the boxes are in.
+    """
+    width, height = resolution_wh
+    xyxy = sv.clip_boxes(
+        labels[_XYXY].to_numpy(dtype=np.float64), resolution_wh=resolution_wh
+    )
+    x, y, w, h = sv.xyxy_to_xywh(xyxy).T
+    normalised = np.column_stack(
+        [(x + w / 2) / width, (y + h / 2) / height, w / width, h / height]
+    )
+    class_ids = labels["class_id"].to_numpy(dtype=int)
+    return [
+        f"{class_id} {cx:.6f} {cy:.6f} {bw:.6f} {bh:.6f}"
+        for class_id, (cx, cy, bw, bh) in zip(
+            class_ids.tolist(), normalised.tolist(), strict=True
+        )
+    ]
+
+
+def write_yolo(layout: OutputLayout, class_names: list[str]) -> Path:
+    """Export the output folder's labels as YOLO; returns the ``data.yaml`` path.
+
+    Every readable image gets a label file, an empty one when it has no boxes: YOLO
+    reads that as a background image, whereas a missing file reads as "not labeled".
+    ``data.yaml`` is written last, so its presence means a finished export; ``train``
+    and ``val`` both point at all images (splitting is not this step's job).
+
+    Raises:
+        ValueError: If two images would share a label file (``x.jpg`` and ``x.png`` in
+            one folder): YOLO pairs images and labels by stem.
+    """
+    exported = images_to_export(
+        read_images(layout), read_labels(layout), class_names=class_names
+    )
+    label_paths = [
+        PurePosixPath(image.relative_path).with_suffix(".txt").as_posix()
+        for image in exported
+    ]
+    shared = sorted(path for path, n in Counter(label_paths).items() if n > 1)
+    if shared:
+        raise ValueError(f"images with the same stem would share labels: {shared[:5]}")
+    images_dir = layout.yolo_dir / "images"
+    labels_dir = layout.yolo_dir / "labels"
+    for image, label_path in zip(exported, label_paths, strict=True):
+        materialize_image(
+            local_source(image.source_uri),
+            image_destination(images_dir, image.relative_path),
+            orientation=image.orientation,
+        )
+        lines = labels_to_yolo_lines(
+            image.labels, resolution_wh=(image.width, image.height)
+        )
+        write_text_atomically(
+            image_destination(labels_dir, label_path),
+            "".join(f"{line}\n" for line in lines),
+        )
+    data = {
+        "names": list(class_names),
+        "nc": len(class_names),
+        "train": "images",
+        "val": "images",
+    }
+    data_yaml = layout.yolo_dir / "data.yaml"
+    write_text_atomically(data_yaml, yaml.safe_dump(data, sort_keys=False))
+    return data_yaml
+
+
+@task(name="export-yolo", cache_policy=NO_CACHE)
+def export_yolo_task(layout: OutputLayout, class_names: list[str]) -> Path:
+    """Prefect task for ``write_yolo`` (no cache: its result is files on disk)."""
+    return write_yolo(layout, class_names)

@@ -1,0 +1,160 @@
+"""Labeling a chunk of images: decode with prefetch, batched inference, one Parquet shard.
+
+A chunk (many images, never one) is the unit of work of a Prefect task. Its shard is named by a
+key over the chunk's files and the settings, so a rerun of the same work finds the shard and
+skips the chunk. The model comes from the per-process cache: loaded once per worker, never
+passed between tasks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from model_loaders.cache import get_model
+from tasks import progress
+from tasks.images import DecodedImage, ImageRef, decode_with_prefetch, discover_images
+from tasks.labels import (
+    IMAGE_SCHEMA,
+    LABEL_SCHEMA,
+    ImageRecord,
+    OutputLayout,
+    detections_to_frame,
+    images_to_frame,
+    write_parquet_atomically,
+)
+from tasks.settings import LabelSettings
+from tasks.thresholds import apply_nms, apply_thresholds
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A slice of the source's images labeled by one task; ``key`` names its shard."""
+
+    key: str
+    refs: tuple[ImageRef, ...]
+
+
+@dataclass
+class ChunkResult:
+    """What one chunk produced (also rebuilt from its shard when the chunk is skipped)."""
+
+    key: str
+    images: int
+    labels: int
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (relative path, reason)
+    reused: bool = False
+
+
+def plan_chunks(source: str, settings: LabelSettings) -> list[Chunk]:
+    """Discover the source's images and cut them into chunks of ``settings.chunk_size``.
+
+    A chunk's key hashes its files (path, size, modification time) and the settings'
+    fingerprint: the same files labeled the same way land in the same shard.
+    """
+    refs = discover_images(source)
+    fingerprint = settings.fingerprint()
+    chunks = []
+    for start in range(0, len(refs), settings.chunk_size):
+        part = tuple(refs[start : start + settings.chunk_size])
+        digest = hashlib.sha256(fingerprint.encode())
+        for ref in part:
+            digest.update(f"\0{ref.uri}\0{_file_stamp(ref.uri)}".encode())
+        chunks.append(Chunk(digest.hexdigest()[:20], part))
+    progress.expect(len(refs))
+    return chunks
+
+
+def prune_stale_shards(out: str, chunks: list[Chunk]) -> int:
+    """Delete shards of an earlier run with other files or settings; returns how many.
+
+    The output folder then describes exactly this run, so exports never mix in labels made
+    with other thresholds or of images that are gone.
+    """
+    layout = OutputLayout(out)
+    keep = {path for chunk in chunks for path in layout.shard_paths(chunk.key)}
+    removed = 0
+    for folder in (layout.labels_dir, layout.images_dir):
+        for shard in folder.glob("chunk-*.parquet") if folder.is_dir() else []:
+            if shard not in keep:
+                shard.unlink()
+                removed += 1
+    return removed
+
+
+def label_chunk(chunk: Chunk, settings: LabelSettings, out: str, run_id: str) -> ChunkResult:
+    """Label every image of ``chunk`` and write its labels and image manifest shards."""
+    layout = OutputLayout(out)
+    labels_path, images_path = layout.shard_paths(chunk.key)
+    if labels_path.exists() and images_path.exists():
+        result = _result_from_shard(chunk.key, labels_path, images_path)
+        progress.advance(result.images)
+        return result
+
+    model = get_model(settings.model)
+    ontology = settings.ontology
+    floor = settings.thresholds.floor(ontology)
+    window_size = settings.model.batch_size * 4  # several batches, so shape buckets fill
+    frames: list[pd.DataFrame] = []
+    records: list[ImageRecord] = []
+    decoded_stream = decode_with_prefetch(chunk.refs, lookahead=window_size)
+    while window := list(itertools.islice(decoded_stream, window_size)):
+        readable = [item for item in window if isinstance(item, DecodedImage)]
+        predictions = model.predict(
+            [item.image for item in readable], ontology, confidence_floor=floor
+        )
+        for item, detections in zip(readable, predictions, strict=True):
+            detections = apply_thresholds(detections, settings.thresholds, ontology.class_names)
+            detections = apply_nms(detections, settings.nms, settings.nms_iou)
+            frames.append(
+                detections_to_frame(
+                    detections, item.record, model=settings.model.model, run_id=run_id
+                )
+            )
+        records.extend(item.record if isinstance(item, DecodedImage) else item for item in window)
+        progress.advance(len(window))
+
+    labels = pd.concat(frames, ignore_index=True) if frames else None
+    if labels is None:
+        labels = LABEL_SCHEMA.empty_table().to_pandas()
+    # Image manifest last: a chunk counts as done only when both shards exist.
+    write_parquet_atomically(labels, labels_path, LABEL_SCHEMA)
+    write_parquet_atomically(images_to_frame(records, run_id=run_id), images_path, IMAGE_SCHEMA)
+    return ChunkResult(
+        key=chunk.key,
+        images=len(records),
+        labels=len(labels),
+        skipped=[(r.relative_path, r.skipped_reason) for r in records if r.skipped_reason],
+    )
+
+
+def _result_from_shard(key: str, labels_path: Path, images_path: Path) -> ChunkResult:
+    images = pd.read_parquet(images_path, columns=["relative_path", "skipped_reason"])
+    labels = pd.read_parquet(labels_path, columns=["image_id"])
+    skipped = images[images["skipped_reason"].notna()]
+    return ChunkResult(
+        key=key,
+        images=len(images),
+        labels=len(labels),
+        skipped=list(zip(skipped["relative_path"], skipped["skipped_reason"], strict=True)),
+        reused=True,
+    )
+
+
+def _file_stamp(uri: str) -> str:
+    try:
+        stat = Path(uri).stat()
+    except OSError:
+        return "missing"
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
+
+
+plan_chunks_task = task(plan_chunks, name="plan-chunks", cache_policy=NO_CACHE)
+prune_stale_shards_task = task(prune_stale_shards, name="prune-stale-shards", cache_policy=NO_CACHE)
+label_chunk_task = task(label_chunk, name="label-chunk", cache_policy=NO_CACHE)

@@ -1,0 +1,196 @@
+"""The label table: one row per detection, stored as Parquet shards under ``OUT/labels/``.
+
+In memory a single image's labels are a ``supervision.Detections``; on disk and between stages
+they are rows with the fixed columns below. ``detections_to_frame`` and ``frame_to_detections``
+are the only two conversions between the two. Beside the labels, every chunk writes an image
+manifest (``OUT/images/``): one row per image, labeled or skipped, so that exports and reports
+know about images without labels and about the files that could not be read.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import supervision as sv
+
+LABEL_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.string()),
+        ("source_uri", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("class_name", pa.string()),
+        ("class_id", pa.int32()),
+        ("prompt", pa.string()),
+        ("confidence", pa.float64()),
+        ("x_min", pa.float64()),
+        ("y_min", pa.float64()),
+        ("x_max", pa.float64()),
+        ("y_max", pa.float64()),
+        ("model", pa.string()),
+        ("run_id", pa.string()),
+    ]
+)
+LABEL_COLUMNS = LABEL_SCHEMA.names
+
+IMAGE_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.string()),
+        ("source_uri", pa.string()),
+        ("relative_path", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("orientation", pa.int32()),
+        ("skipped_reason", pa.string()),
+        ("run_id", pa.string()),
+    ]
+)
+IMAGE_COLUMNS = IMAGE_SCHEMA.names
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """What the label table needs to know about one image (labeled or skipped).
+
+    ``width``/``height`` are after EXIF orientation is applied (the frame boxes live in);
+    ``orientation`` is the EXIF orientation tag of the file (1 = none), so exports can tell
+    whether the stored file must be rotated before boxes line up with it.
+    """
+
+    source_uri: str
+    relative_path: str
+    image_id: str = ""
+    width: int = 0
+    height: int = 0
+    orientation: int = 1
+    skipped_reason: str | None = None
+
+
+class OutputLayout:
+    """Where each artefact of a run lives under the output folder."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.labels_dir = self.root / "labels"
+        self.images_dir = self.root / "images"
+        self.coco_json = self.root / "coco" / "annotations.json"
+        self.coco_images_dir = self.root / "coco" / "images"
+        self.yolo_dir = self.root / "yolo"
+        self.report = self.root / "report.md"
+
+    def shard_paths(self, chunk_key: str) -> tuple[Path, Path]:
+        """The (labels, images) Parquet shard paths of one chunk."""
+        return (
+            self.labels_dir / f"chunk-{chunk_key}.parquet",
+            self.images_dir / f"chunk-{chunk_key}.parquet",
+        )
+
+
+def detections_to_frame(
+    detections: sv.Detections, image: ImageRecord, *, model: str, run_id: str
+) -> pd.DataFrame:
+    """Rows of the label table for one image's detections."""
+    n = len(detections)
+    xyxy = detections.xyxy.astype(np.float64).reshape(-1, 4)
+    frame = pd.DataFrame(
+        {
+            "image_id": [image.image_id] * n,
+            "source_uri": [image.source_uri] * n,
+            "width": np.full(n, image.width, dtype=np.int32),
+            "height": np.full(n, image.height, dtype=np.int32),
+            "class_name": _data_column(detections, "class_name", n),
+            "class_id": _required_array(detections.class_id, n, np.int32),
+            "prompt": _data_column(detections, "prompt", n),
+            "confidence": _required_array(detections.confidence, n, np.float64),
+            "x_min": xyxy[:, 0],
+            "y_min": xyxy[:, 1],
+            "x_max": xyxy[:, 2],
+            "y_max": xyxy[:, 3],
+            "model": [model] * n,
+            "run_id": [run_id] * n,
+        }
+    )
+    return frame[LABEL_COLUMNS]
+
+
+def frame_to_detections(frame: pd.DataFrame) -> sv.Detections:
+    """A Detections for the rows of one image (``class_name``/``prompt`` kept in ``data``)."""
+    if frame.empty:
+        return sv.Detections.empty()
+    return sv.Detections(
+        xyxy=frame[["x_min", "y_min", "x_max", "y_max"]].to_numpy(dtype=np.float32),
+        confidence=frame["confidence"].to_numpy(dtype=np.float32),
+        class_id=frame["class_id"].to_numpy(dtype=int),
+        data={
+            "class_name": frame["class_name"].to_numpy(dtype=object).astype(str),
+            "prompt": frame["prompt"].to_numpy(dtype=object).astype(str),
+        },
+    )
+
+
+def images_to_frame(images: list[ImageRecord], *, run_id: str) -> pd.DataFrame:
+    """Rows of the image manifest."""
+    frame = pd.DataFrame(
+        [asdict(image) for image in images], columns=IMAGE_COLUMNS[:-1]
+    )
+    frame["run_id"] = run_id
+    return frame[IMAGE_COLUMNS]
+
+
+def write_parquet_atomically(
+    frame: pd.DataFrame, path: Path, schema: pa.Schema
+) -> None:
+    """Write ``frame`` to ``path`` via a temporary file and a rename.
+
+    A crash mid-write leaves only a temporary file, never a half shard that looks finished.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
+    fd, tmp_name = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
+    )
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp_name)
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def read_labels(layout: OutputLayout) -> pd.DataFrame:
+    """The whole label table of an output folder (empty, with the right columns, if none)."""
+    return _read_shards(layout.labels_dir, LABEL_SCHEMA)
+
+
+def read_images(layout: OutputLayout) -> pd.DataFrame:
+    """The whole image manifest of an output folder."""
+    return _read_shards(layout.images_dir, IMAGE_SCHEMA)
+
+
+def _read_shards(folder: Path, schema: pa.Schema) -> pd.DataFrame:
+    shards = sorted(folder.glob("chunk-*.parquet")) if folder.is_dir() else []
+    if not shards:
+        return schema.empty_table().to_pandas()
+    tables = [pq.read_table(shard, schema=schema) for shard in shards]
+    return pa.concat_tables(tables).to_pandas()
+
+
+def _data_column(detections: sv.Detections, key: str, n: int) -> list[str]:
+    values = detections.data.get(key)
+    if values is None or len(values) != n:
+        raise ValueError(f"detections lack data[{key!r}] for every box")
+    return [str(v) for v in values]
+
+
+def _required_array(values: np.ndarray | None, n: int, dtype: type) -> np.ndarray:
+    if values is None:
+        raise ValueError("detections lack class ids or confidences")
+    return np.asarray(values, dtype=dtype).reshape(n)

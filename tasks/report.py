@@ -1,0 +1,109 @@
+"""The run report: counts per class, images without labels, images skipped and why.
+
+Written to ``OUT/report.md`` and attached to the flow run as a markdown artifact, so the same
+text is read on the terminal, in the output folder and in the Prefect UI.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from tasks.labels import OutputLayout, read_images, read_labels
+from tasks.settings import LabelSettings
+
+_MAX_LISTED = 200  # longer lists are cut in the markdown (the Parquet tables hold them all)
+
+
+@dataclass
+class RunSummary:
+    """The numbers a user checks after a run; also the flow's return value."""
+
+    run_id: str
+    images: int = 0
+    labeled: int = 0
+    labels: int = 0
+    per_class: dict[str, int] = field(default_factory=dict)
+    unlabeled: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def summarize(out: str, settings: LabelSettings, run_id: str) -> RunSummary:
+    """Read the output folder's tables and count what a user wants to know."""
+    layout = OutputLayout(out)
+    images = read_images(layout)
+    labels = read_labels(layout)
+    readable = images[images["skipped_reason"].isna()]
+    skipped = images[images["skipped_reason"].notna()].sort_values("relative_path")
+    labeled_ids = set(labels["image_id"])
+    counts = labels["class_name"].value_counts()
+    return RunSummary(
+        run_id=run_id,
+        images=len(images),
+        labeled=len(readable),
+        labels=len(labels),
+        per_class={name: int(counts.get(name, 0)) for name in settings.ontology.class_names},
+        unlabeled=sorted(readable.loc[~readable["image_id"].isin(labeled_ids), "relative_path"]),
+        skipped=list(zip(skipped["relative_path"], skipped["skipped_reason"], strict=True)),
+    )
+
+
+def render_report(summary: RunSummary, settings: LabelSettings) -> str:
+    """The markdown report."""
+    lines = [
+        "# Auto-label report",
+        "",
+        f"- Run: `{summary.run_id}`",
+        f"- Model: `{settings.model.model}` ({settings.model.backend}, "
+        f"{settings.model.prompt_mode} prompts)",
+        f"- Images: {summary.images} found, {summary.labeled} labeled, "
+        f"{len(summary.skipped)} skipped",
+        f"- Labels: {summary.labels}",
+        "",
+        "## Labels per class",
+        "",
+        "| class | threshold | labels |",
+        "| --- | --- | --- |",
+    ]
+    for name, count in summary.per_class.items():
+        threshold = settings.thresholds.for_class(name)
+        lines.append(f"| {_cell(name)} | {threshold:g} | {count} |")
+    lines += ["", f"## Images with no labels ({len(summary.unlabeled)})", ""]
+    lines += _bullets(f"`{path}`" for path in summary.unlabeled)
+    lines += ["", f"## Images skipped ({len(summary.skipped)})", ""]
+    lines += _bullets(f"`{path}`: {reason}" for path, reason in summary.skipped)
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out: str, settings: LabelSettings, run_id: str) -> RunSummary:
+    """Summarise the run and write ``OUT/report.md``."""
+    summary = summarize(out, settings, run_id)
+    OutputLayout(out).report.write_text(render_report(summary, settings), encoding="utf-8")
+    return summary
+
+
+@task(name="write-report", cache_policy=NO_CACHE)
+def write_report_task(out: str, settings: LabelSettings, run_id: str) -> RunSummary:
+    """``write_report`` plus the same markdown as an artifact on the flow run."""
+    summary = write_report(out, settings, run_id)
+    create_markdown_artifact(
+        markdown=render_report(summary, settings),
+        key="autolabel-report",
+        description="Counts per class, unlabeled and skipped images",
+    )
+    return summary
+
+
+def _bullets(items) -> list[str]:
+    items = list(items)
+    shown = [f"- {item}" for item in items[:_MAX_LISTED]]
+    if len(items) > _MAX_LISTED:
+        shown.append(f"- ... and {len(items) - _MAX_LISTED} more")
+    return shown or ["None."]
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")

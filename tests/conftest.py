@@ -1,0 +1,59 @@
+"""Shared fixtures: a tiny random Grounding DINO saved like a real checkpoint, real sample
+photos, and one Prefect test harness (a real temporary Prefect server) per test session."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+# Before Prefect is imported anywhere: a private PREFECT_HOME per test session (cached results
+# and the harness database must not leak between sessions) and no analytics (no network here).
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="autolabel-prefect-home-")
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+SAMPLE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
+
+
+@pytest.fixture(scope="session")
+def tiny_grounding_dino(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A ~0.5 M parameter random Grounding DINO folder, loadable with ``--model PATH``."""
+    from model_loaders.random_init import save_random_grounding_dino
+
+    return str(save_random_grounding_dino(tmp_path_factory.mktemp("tiny-grounding-dino")))
+
+
+def write_sample_photos(folder: Path, names: tuple[str, ...] = SAMPLE_PHOTOS) -> list[Path]:
+    """Real photos shipped inside scikit-image, saved as JPEG files."""
+    import skimage.data
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name in names:
+        path = folder / f"{name}.jpg"
+        Image.fromarray(getattr(skimage.data, name)()).convert("RGB").save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture
+def sample_photos(tmp_path: Path) -> Path:
+    """A folder of four real photos of different sizes and aspect ratios."""
+    folder = tmp_path / "photos"
+    write_sample_photos(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One real temporary Prefect server for the whole session (starts in ~10 s)."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(), temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield
