@@ -10,41 +10,34 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from model_loaders.ontology import Ontology, OntologyError, build_ontology, parse_class_option
-from model_loaders.protocol import DEFAULT_GROUNDING_DINO, ModelLoadError, ModelSpec
-from tasks import progress
+from flows.cli_options import (
+    EXIT_FAILED,
+    EXIT_SKIPPED,
+    BatchSizeOption,
+    ChunkSizeOption,
+    ClassOption,
+    DeviceOption,
+    DtypeOption,
+    ModelOption,
+    NmsIouOption,
+    NmsOption,
+    OntologyOption,
+    PromptModeOption,
+    ThresholdOption,
+    console,
+    progress_bar,
+    settings_or_exit,
+    warm_model_or_exit,
+)
+from model_loaders.protocol import DEFAULT_GROUNDING_DINO
 from tasks.images import SourceError
-from tasks.settings import LabelSettings
-from tasks.thresholds import NmsMode, ThresholdError, parse_threshold_options
-
-EXIT_FAILED, EXIT_USAGE, EXIT_SKIPPED = 1, 2, 3
 
 app = typer.Typer(
     help="Label images with foundation models, through Prefect flows.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
-
-ClassOption = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--class",
-        "-c",
-        help='A class: "name" or "name: description; other description". Repeatable.',
-    ),
-]
-OntologyOption = Annotated[
-    Path | None,
-    typer.Option(help="YAML or JSON file: {class name: description(s)}. Adds to --class."),
-]
-ThresholdOption = Annotated[
-    list[str] | None,
-    typer.Option(help="0.35 (every class) or name=0.5 (one class). Repeatable."),
-]
 
 
 @app.callback()
@@ -54,28 +47,24 @@ def main() -> None:
 
 @app.command()
 def label(
-    source: Annotated[Path, typer.Argument(help="Folder of images (searched recursively).")],
+    source: Annotated[
+        Path, typer.Argument(help="Folder of images (searched recursively).")
+    ],
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("out"),
     classes: ClassOption = None,
     ontology: OntologyOption = None,
     threshold: ThresholdOption = None,
-    model: Annotated[
-        str, typer.Option(help="Hugging Face model id or local directory.")
-    ] = DEFAULT_GROUNDING_DINO,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
-    dtype: Annotated[
-        str, typer.Option(help="auto, float32, float16 or bfloat16.")
-    ] = "auto",
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 8,
-    chunk_size: Annotated[int, typer.Option(min=1, help="Images per labeling task.")] = 128,
-    prompt_mode: Annotated[
-        str, typer.Option(help="joint (one pass for all classes) or per-class.")
-    ] = "joint",
-    nms: Annotated[str, typer.Option(help="none, class or agnostic.")] = "class",
-    nms_iou: Annotated[float, typer.Option(help="IoU above which NMS merges boxes.")] = 0.5,
+    model: ModelOption = DEFAULT_GROUNDING_DINO,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+    batch_size: BatchSizeOption = 8,
+    chunk_size: ChunkSizeOption = 128,
+    prompt_mode: PromptModeOption = "joint",
+    nms: NmsOption = "class",
+    nms_iou: NmsIouOption = 0.5,
 ) -> None:
     """Label a folder of images; write labels (Parquet), COCO, YOLO and report.md to --out."""
-    settings = _settings_or_exit(
+    settings = settings_or_exit(
         classes=classes or [],
         ontology_file=ontology,
         threshold=threshold or [],
@@ -90,12 +79,12 @@ def label(
             prompt_mode=prompt_mode,
         ),
     )
-    _warm_model_or_exit(settings.model)
+    warm_model_or_exit(settings.model)
 
     from flows.label import label_images
 
     try:
-        with _progress_bar("Labeling"):
+        with progress_bar("Labeling"):
             summary = label_images(source=str(source), out=str(out), settings=settings)
     except SourceError as error:
         console.print(f"[red]error:[/red] {error}")
@@ -111,94 +100,3 @@ def label(
         for path, reason in summary.skipped[:20]:
             console.print(f"  {path}: {reason}")
         raise typer.Exit(EXIT_SKIPPED)
-
-
-def _settings_or_exit(
-    *,
-    classes: list[str],
-    ontology_file: Path | None,
-    threshold: list[str],
-    nms: str,
-    nms_iou: float,
-    chunk_size: int,
-    model: dict,
-) -> LabelSettings:
-    """Validate every option before anything heavy is loaded; exit 2 with one clear line."""
-    try:
-        parsed = list(Ontology.from_file(ontology_file).classes) if ontology_file else []
-        parsed += [parse_class_option(option) for option in classes]
-        ontology = build_ontology(parsed)
-        thresholds = parse_threshold_options(threshold)
-        thresholds.check_classes(ontology)
-        nms_mode: NmsMode = _choice("--nms", nms, ("none", "class", "agnostic"))
-        _choice("--prompt-mode", model["prompt_mode"], ("joint", "per-class"))
-        _choice("--dtype", model["dtype"], ("auto", "float32", "float16", "bfloat16"))
-        return LabelSettings(
-            ontology=ontology,
-            model=ModelSpec(**model),
-            thresholds=thresholds,
-            nms=nms_mode,
-            nms_iou=nms_iou,
-            chunk_size=chunk_size,
-        )
-    except (OntologyError, ThresholdError, ValueError) as error:
-        console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(EXIT_USAGE) from None
-
-
-def _choice(option: str, value: str, allowed: tuple[str, ...]) -> str:
-    if value not in allowed:
-        raise ValueError(f"{option} {value!r}: choose one of {', '.join(allowed)}")
-    return value
-
-
-def _warm_model_or_exit(spec: ModelSpec) -> None:
-    """Load the model into this process's cache before the flow starts.
-
-    The flow's tasks run in this process and reuse it; a model that cannot be loaded fails
-    here with one line instead of a task traceback.
-    """
-    from model_loaders.cache import get_model
-
-    with console.status(f"Loading {spec.model} ..."):
-        try:
-            get_model(spec)
-        except ModelLoadError as error:
-            console.print(f"[red]error:[/red] {error}")
-            raise typer.Exit(EXIT_FAILED) from None
-
-
-class _RichListener:
-    def __init__(self, bar: Progress, description: str) -> None:
-        self.bar = bar
-        self.task_id = bar.add_task(description, total=None)
-
-    def expect(self, total: int) -> None:
-        self.bar.update(self.task_id, total=total)
-
-    def advance(self, done: int) -> None:
-        self.bar.advance(self.task_id, done)
-
-
-class _progress_bar:  # noqa: N801 - used as a context manager, reads like a function
-    """A rich progress bar fed by ``tasks.progress`` while the flow runs."""
-
-    def __init__(self, description: str) -> None:
-        self.bar = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("images"),
-            TimeRemainingColumn(),
-            console=console,
-        )
-        self.listener = _RichListener(self.bar, description)
-
-    def __enter__(self) -> Progress:
-        self.bar.start()
-        progress.add_listener(self.listener)
-        return self.bar
-
-    def __exit__(self, *exc_info: object) -> None:
-        progress.remove_listener(self.listener)
-        self.bar.stop()

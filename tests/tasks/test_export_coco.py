@@ -60,6 +60,24 @@ def test_coco_dict_lists_images_by_path_and_leaves_skipped_ones_out() -> None:
     assert json.dumps(coco, indent=1) + "\n" == GOLDEN.read_text()  # order-free
 
 
+def test_identical_files_in_two_folders_keep_their_own_boxes() -> None:
+    images, labels = small_tables(Path("/data/source"))
+    # Same content hash for a/x.jpg and b/x.jpg, as for two copies of one photo.
+    images["image_id"] = images["image_id"].replace("b/x.jpg", "a/x.jpg")
+    labels["image_id"] = labels["image_id"].replace("b/x.jpg", "a/x.jpg")
+
+    coco = labels_to_coco(images, labels, CLASS_NAMES)
+
+    boxes_per_image = [
+        [ann["bbox"] for ann in coco["annotations"] if ann["image_id"] == image_id]
+        for image_id in (1, 2)
+    ]
+    assert boxes_per_image == [
+        [[4.0, 6.0, 26.0, 34.0], [10.5, 2.25, 49.5, 45.25]],
+        [[0.0, 0.0, 20.0, 15.0]],
+    ]
+
+
 def _break_class_id(labels: pd.DataFrame) -> pd.DataFrame:
     return labels.assign(class_id=labels["class_id"] + 1)
 

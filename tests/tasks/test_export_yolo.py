@@ -1,4 +1,4 @@
-"""YOLO export: the lines (expected literals), the folder layout, and supervision's reader."""
+"""YOLO export: lines (expected literals), folder layout, supervision's reader."""
 
 from __future__ import annotations
 

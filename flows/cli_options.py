@@ -1,0 +1,159 @@
+"""Options and helpers shared by the ``autolabel`` commands.
+
+Every command validates all of its options before anything heavy is loaded, and reports a
+problem as one line naming the option, with exit code 2.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
+
+from model_loaders.ontology import (
+    Ontology,
+    OntologyError,
+    build_ontology,
+    parse_class_option,
+)
+from model_loaders.protocol import ModelLoadError, ModelSpec
+from tasks import progress
+from tasks.settings import LabelSettings
+from tasks.thresholds import NmsMode, ThresholdError, parse_threshold_options
+
+EXIT_FAILED, EXIT_USAGE, EXIT_SKIPPED = 1, 2, 3
+
+console = Console(stderr=True)
+
+ClassOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--class",
+        "-c",
+        help='A class: "name" or "name: description; other description". Repeatable.',
+    ),
+]
+OntologyOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="YAML or JSON file: {class name: description(s)}. Adds to --class."
+    ),
+]
+ThresholdOption = Annotated[
+    list[str] | None,
+    typer.Option(help="0.35 (every class) or name=0.5 (one class). Repeatable."),
+]
+ModelOption = Annotated[
+    str, typer.Option(help="Hugging Face model id or local directory.")
+]
+DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
+DtypeOption = Annotated[str, typer.Option(help="auto, float32, float16 or bfloat16.")]
+BatchSizeOption = Annotated[int, typer.Option(min=1, help="Images per forward pass.")]
+ChunkSizeOption = Annotated[int, typer.Option(min=1, help="Images per labeling task.")]
+PromptModeOption = Annotated[
+    str, typer.Option(help="joint (one pass for all classes) or per-class.")
+]
+NmsOption = Annotated[str, typer.Option(help="none, class or agnostic.")]
+NmsIouOption = Annotated[float, typer.Option(help="IoU above which NMS merges boxes.")]
+
+
+def settings_or_exit(
+    *,
+    classes: list[str],
+    ontology_file: Path | None,
+    threshold: list[str],
+    nms: str,
+    nms_iou: float,
+    chunk_size: int,
+    model: dict,
+) -> LabelSettings:
+    """Validate every option before anything heavy is loaded; exit 2 with one clear line."""
+    try:
+        parsed = (
+            list(Ontology.from_file(ontology_file).classes) if ontology_file else []
+        )
+        parsed += [parse_class_option(option) for option in classes]
+        ontology = build_ontology(parsed)
+        thresholds = parse_threshold_options(threshold)
+        thresholds.check_classes(ontology)
+        nms_mode: NmsMode = _choice("--nms", nms, ("none", "class", "agnostic"))
+        _choice("--prompt-mode", model["prompt_mode"], ("joint", "per-class"))
+        _choice("--dtype", model["dtype"], ("auto", "float32", "float16", "bfloat16"))
+        return LabelSettings(
+            ontology=ontology,
+            model=ModelSpec(**model),
+            thresholds=thresholds,
+            nms=nms_mode,
+            nms_iou=nms_iou,
+            chunk_size=chunk_size,
+        )
+    except (OntologyError, ThresholdError, ValueError) as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(EXIT_USAGE) from None
+
+
+def _choice(option: str, value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ValueError(f"{option} {value!r}: choose one of {', '.join(allowed)}")
+    return value
+
+
+def warm_model_or_exit(spec: ModelSpec) -> None:
+    """Load the model into this process's cache before the flow starts.
+
+    The flow's tasks run in this process and reuse it; a model that cannot be loaded fails
+    here with one line instead of a task traceback.
+    """
+    from model_loaders.cache import get_model
+
+    with console.status(f"Loading {spec.model} ..."):
+        try:
+            get_model(spec)
+        except ModelLoadError as error:
+            console.print(f"[red]error:[/red] {error}")
+            raise typer.Exit(EXIT_FAILED) from None
+
+
+class _RichListener:
+    def __init__(self, bar: Progress, description: str) -> None:
+        self.bar = bar
+        self.task_id = bar.add_task(description, total=None)
+
+    def expect(self, total: int) -> None:
+        self.bar.update(self.task_id, total=total)
+
+    def advance(self, done: int) -> None:
+        self.bar.advance(self.task_id, done)
+
+
+class progress_bar:  # noqa: N801 - used as a context manager, reads like a function
+    """A rich progress bar fed by ``tasks.progress`` while the flow runs."""
+
+    def __init__(self, description: str) -> None:
+        self.bar = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("images"),
+            TimeRemainingColumn(),
+            console=console,
+        )
+        self.listener = _RichListener(self.bar, description)
+
+    def __enter__(self) -> Progress:
+        self.bar.start()
+        progress.add_listener(self.listener)
+        return self.bar
+
+    def __exit__(self, *exc_info: object) -> None:
+        progress.remove_listener(self.listener)
+        self.bar.stop()
