@@ -26,6 +26,7 @@ from flows.cli_options import (
     PromptModeOption,
     ThresholdOption,
     console,
+    print_error,
     progress_bar,
     settings_or_exit,
     warm_model_or_exit,
@@ -87,7 +88,7 @@ def label(
         with progress_bar("Labeling"):
             summary = label_images(source=str(source), out=str(out), settings=settings)
     except SourceError as error:
-        console.print(f"[red]error:[/red] {error}")
+        print_error(error)
         raise typer.Exit(EXIT_FAILED) from None
 
     console.print(

@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -33,6 +34,11 @@ from tasks.thresholds import NmsMode, ThresholdError, parse_threshold_options
 EXIT_FAILED, EXIT_USAGE, EXIT_SKIPPED = 1, 2, 3
 
 console = Console(stderr=True)
+
+
+def print_error(error: object) -> None:
+    """One line, never wrapped, never marked up: users grep and paste these."""
+    console.print(f"[red]error:[/red] {escape(str(error))}", soft_wrap=True)
 
 ClassOption = Annotated[
     list[str] | None,
@@ -97,7 +103,7 @@ def settings_or_exit(
             chunk_size=chunk_size,
         )
     except (OntologyError, ThresholdError, ValueError) as error:
-        console.print(f"[red]error:[/red] {error}")
+        print_error(error)
         raise typer.Exit(EXIT_USAGE) from None
 
 
@@ -119,7 +125,7 @@ def warm_model_or_exit(spec: ModelSpec) -> None:
         try:
             get_model(spec)
         except ModelLoadError as error:
-            console.print(f"[red]error:[/red] {error}")
+            print_error(error)
             raise typer.Exit(EXIT_FAILED) from None
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import supervision as sv
@@ -30,6 +29,7 @@ from model_loaders.grounding_dino_prompts import (
     phrase_scores,
     phrase_token_mask,
 )
+from model_loaders.hub import check_model_reachable
 from model_loaders.ontology import Ontology
 from model_loaders.protocol import ModelLoadError, ModelSpec
 
@@ -61,15 +61,18 @@ class GroundingDinoModel:
 
         device = resolve_device(spec.device)
         dtype = resolve_dtype(spec.dtype, device)
-        _check_local_path(spec.model)
+        check_model_reachable(spec.model, what="Grounding DINO")
         try:
             processor = AutoProcessor.from_pretrained(spec.model)
-            model = GroundingDinoForObjectDetection.from_pretrained(spec.model, dtype=dtype)
-        except Exception as error:  # transformers raises OSError, ValueError, HTTP errors...
+            model = GroundingDinoForObjectDetection.from_pretrained(
+                spec.model, dtype=dtype
+            )
+        except (
+            Exception
+        ) as error:  # transformers raises OSError, ValueError, HTTP errors...
             raise ModelLoadError(
-                f"cannot load Grounding DINO {spec.model!r} ({type(error).__name__}). "
-                "Offline? Download it where there is internet (`hf download "
-                f"{spec.model} --local-dir DIR`) and pass --model DIR."
+                f"cannot load Grounding DINO {spec.model!r}: {type(error).__name__}: "
+                f"{str(error).splitlines()[0] if str(error) else 'no details'}"
             ) from error
         return cls(model.to(device).eval(), processor, spec, device)
 
@@ -82,7 +85,9 @@ class GroundingDinoModel:
                 self._texts[key] = build_per_class_texts(prompts)
             else:
                 self._texts[key] = build_joint_texts(
-                    prompts, count_tokens=self._count_tokens, max_tokens=self.max_text_len
+                    prompts,
+                    count_tokens=self._count_tokens,
+                    max_tokens=self.max_text_len,
                 )
         return self._texts[key]
 
@@ -109,9 +114,9 @@ class GroundingDinoModel:
         return [sv.Detections.merge(parts) for parts in per_image]
 
     def _prepare(self, index: int, image: Image.Image) -> _PreparedImage:
-        pixel_values = self.processor.image_processor(images=image, return_tensors="pt")[
-            "pixel_values"
-        ][0]
+        pixel_values = self.processor.image_processor(
+            images=image, return_tensors="pt"
+        )["pixel_values"][0]
         return _PreparedImage(index, pixel_values, image.height, image.width)
 
     def _batches(
@@ -121,7 +126,9 @@ class GroundingDinoModel:
 
         Only same-shape images share a batch, so no image is ever padded.
         """
-        buckets: dict[tuple[int, ...], list[tuple[_PreparedImage, int]]] = defaultdict(list)
+        buckets: dict[tuple[int, ...], list[tuple[_PreparedImage, int]]] = defaultdict(
+            list
+        )
         for image in prepared:
             for text_index in range(n_texts):
                 buckets[tuple(image.pixel_values.shape)].append((image, text_index))
@@ -167,9 +174,14 @@ class GroundingDinoModel:
             confidence, phrase_index = scores.max(dim=1)
             keep = confidence >= confidence_floor
             scale = torch.tensor(
-                [image.width, image.height, image.width, image.height], device=boxes.device
+                [image.width, image.height, image.width, image.height],
+                device=boxes.device,
             )
-            xyxy = (boxes[row][keep] * scale).cpu().numpy()
+            # Boxes may reach past the border; labels live inside the image.
+            xyxy = sv.clip_boxes(
+                (boxes[row][keep] * scale).cpu().numpy(),
+                resolution_wh=(image.width, image.height),
+            )
             chosen = [text.phrases[i] for i in phrase_index[keep].tolist()]
             results.append(
                 sv.Detections(
@@ -187,11 +199,6 @@ class GroundingDinoModel:
         return results
 
     def _count_tokens(self, piece: str) -> int:
-        return len(self.processor.tokenizer(piece, add_special_tokens=False)["input_ids"])
-
-
-def _check_local_path(model: str) -> None:
-    """A path-like --model that does not exist gets a clear error before transformers guesses."""
-    looks_like_path = model.startswith((".", "/", "~")) or Path(model).expanduser().exists()
-    if looks_like_path and not Path(model).expanduser().is_dir():
-        raise ModelLoadError(f"--model {model}: no such model directory")
+        return len(
+            self.processor.tokenizer(piece, add_special_tokens=False)["input_ids"]
+        )

@@ -25,11 +25,55 @@ _FIXED_TOKENS = {0: "[PAD]", 100: "[UNK]", 101: "[CLS]", 102: "[SEP]", 103: "[MA
 _PERIOD_ID, _QUESTION_ID = 1012, 1029
 
 # Whole words that the tests and demo prompts use, so that they tokenise to one token each.
-_WORDS = (
-    "a an the of and with in on photo person people man woman cat dog car bus truck bicycle can "
-    "aluminum shiny metal drink soda bottle cup coffee mug rocket astronaut horse tree flower "
-    "chair table window door sky cloud face hand ball bird fish plate food"
-).split()
+_WORDS = [
+    "a",
+    "an",
+    "the",
+    "of",
+    "and",
+    "with",
+    "in",
+    "on",
+    "photo",
+    "person",
+    "people",
+    "man",
+    "woman",
+    "cat",
+    "dog",
+    "car",
+    "bus",
+    "truck",
+    "bicycle",
+    "can",
+    "aluminum",
+    "shiny",
+    "metal",
+    "drink",
+    "soda",
+    "bottle",
+    "cup",
+    "coffee",
+    "mug",
+    "rocket",
+    "astronaut",
+    "horse",
+    "tree",
+    "flower",
+    "chair",
+    "table",
+    "window",
+    "door",
+    "sky",
+    "cloud",
+    "face",
+    "hand",
+    "ball",
+    "bird",
+    "fish",
+    "plate",
+    "food",
+]
 
 Size = Literal["tiny", "mid", "full"]
 

@@ -1,0 +1,51 @@
+"""Finding a Hugging Face model before loading it, failing fast when it cannot be had.
+
+transformers retries an unreachable Hub for minutes, file by file, before it gives up. A model
+that is neither a local folder nor in the local Hugging Face cache, on a machine that cannot
+resolve the Hub's host name, gets one clear line instead, at once.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+from model_loaders.protocol import ModelLoadError
+
+
+def check_model_reachable(model: str, *, what: str) -> None:
+    """Raise ModelLoadError unless ``model`` is a local folder, cached, or downloadable."""
+    path = Path(model).expanduser()
+    if model.startswith((".", "/", "~")) or path.exists():
+        if not path.is_dir():
+            raise ModelLoadError(f"--model {model}: no such model directory")
+        return
+    if _in_local_cache(model) or _hub_resolves():
+        return
+    raise ModelLoadError(
+        f"cannot load {what} {model!r}: it is not in the local Hugging Face cache and the Hub "
+        f"cannot be reached (offline?). On a machine with internet run `hf download {model} "
+        "--local-dir DIR`, copy DIR here and pass --model DIR."
+    )
+
+
+def _in_local_cache(model: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(model, "config.json"), str)
+    except ValueError:  # not a valid repo id
+        return False
+
+
+def _hub_resolves() -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}:
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    try:
+        socket.getaddrinfo(host or "huggingface.co", 443)
+    except OSError:
+        return False
+    return True
