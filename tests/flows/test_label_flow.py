@@ -125,7 +125,9 @@ def test_the_flow_run_is_recorded_with_its_tasks(tiny_grounding_dino, sample_pho
         run = client.read_flow_run(summary.run_id)
         assert run.state.is_completed()
         artifacts = client.read_artifacts()
-    assert any(a.key == "autolabel-report" for a in artifacts)
+    keys = {a.key: a for a in artifacts}
+    assert "autolabel-report" in keys
+    assert float(keys["labeling-progress"].data) == 100.0
 
 
 def test_a_rerun_reuses_finished_chunks_and_other_settings_replace_them(
