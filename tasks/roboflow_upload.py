@@ -1,0 +1,299 @@
+"""Re-upload of labeled images to a Roboflow project as one annotation batch.
+
+Through the official ``roboflow`` SDK, with what it lacks added here: retries with backoff on
+429/5xx and dropped connections (the SDK raises at once), an upload ledger so that a rerun
+continues where it stopped and never uploads an image twice, and redaction of the API key,
+which the SDK puts into request URLs (and so into connection-error messages).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.export_images import ExportImage, images_to_export, local_source
+from tasks.labels import OutputLayout, read_images, read_labels
+
+SCHEME = "roboflow://"
+SECRET_BLOCK = "roboflow-api-key"
+RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+T = TypeVar("T")
+
+
+class UploadError(RuntimeError):
+    """An upload that cannot start (bad target, no key); the message never holds the key."""
+
+
+@dataclass(frozen=True)
+class RoboflowTarget:
+    workspace: str
+    project: str
+
+    @classmethod
+    def parse(cls, uri: str) -> RoboflowTarget:
+        parts = (
+            uri[len(SCHEME) :].strip("/").split("/") if uri.startswith(SCHEME) else []
+        )
+        if len(parts) != 2 or not all(parts):
+            raise UploadError(f"{uri!r}: expected roboflow://WORKSPACE/PROJECT")
+        return cls(*parts)
+
+
+@dataclass
+class UploadSummary:
+    uploaded: int = 0
+    skipped: int = 0
+    failed: list[tuple[str, str]] = field(
+        default_factory=list
+    )  # (relative path, reason)
+
+
+def resolve_api_key() -> str:
+    """ROBOFLOW_API_KEY, else the Prefect Secret block ``roboflow-api-key``."""
+    key = os.environ.get("ROBOFLOW_API_KEY")
+    if key:
+        return key
+    try:
+        from prefect.blocks.system import Secret
+
+        return Secret.load(SECRET_BLOCK, _sync=True).get()
+    except Exception:  # no block, or no Prefect server: same advice either way
+        raise UploadError(
+            "no Roboflow API key: set ROBOFLOW_API_KEY or create a Prefect Secret block "
+            f"named {SECRET_BLOCK!r}"
+        ) from None
+
+
+class UploadLedger:
+    """What has reached Roboflow already, per (project, image content hash)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path)
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS uploads (project TEXT NOT NULL, image_id TEXT NOT NULL,"
+            " roboflow_id TEXT, annotated INTEGER NOT NULL DEFAULT 0,"
+            " PRIMARY KEY (project, image_id))"
+        )
+        self._db.commit()
+
+    def state(self, project: str, image_id: str) -> tuple[str | None, bool]:
+        row = self._db.execute(
+            "SELECT roboflow_id, annotated FROM uploads WHERE project = ? AND image_id = ?",
+            (project, image_id),
+        ).fetchone()
+        return (row[0], bool(row[1])) if row else (None, False)
+
+    def record(
+        self, project: str, image_id: str, roboflow_id: str, annotated: bool
+    ) -> None:
+        self._db.execute(
+            "INSERT INTO uploads VALUES (?, ?, ?, ?) ON CONFLICT (project, image_id) DO UPDATE"
+            " SET roboflow_id = excluded.roboflow_id, annotated = excluded.annotated",
+            (project, image_id, roboflow_id, int(annotated)),
+        )
+        self._db.commit()
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def image_annotation(image: ExportImage, class_names: list[str]) -> dict[str, str]:
+    """One image's boxes as the single-image COCO file Roboflow's upload API parses."""
+    rows = image.labels
+    annotations = [
+        {
+            "id": index + 1,
+            "image_id": 1,
+            "category_id": int(row.class_id),
+            "bbox": [
+                row.x_min,
+                row.y_min,
+                row.x_max - row.x_min,
+                row.y_max - row.y_min,
+            ],
+            "area": (row.x_max - row.x_min) * (row.y_max - row.y_min),
+            "segmentation": [],
+            "iscrowd": 0,
+        }
+        for index, row in enumerate(rows.itertuples())
+    ]
+    coco = {
+        "images": [
+            {
+                "id": 1,
+                "file_name": Path(image.relative_path).name,
+                "width": image.width,
+                "height": image.height,
+            }
+        ],
+        "categories": [{"id": i, "name": name} for i, name in enumerate(class_names)],
+        "annotations": annotations,
+    }
+    return {"name": "annotation.coco.json", "rawText": json.dumps(coco)}
+
+
+def upload_to_roboflow(
+    out: str,
+    target: str,
+    class_names: list[str],
+    *,
+    batch_name: str,
+    tags: list[str],
+    split: str = "train",
+    api_key: str | None = None,
+    attempts: int = 5,
+    backoff_seconds: float = 1.0,
+) -> UploadSummary:
+    """Upload every labeled image of ``out`` with its annotation to ``target``.
+
+    Images already recorded in the upload ledger are skipped, and so is a second file with
+    the same content; an image whose upload worked but whose annotation did not gets only
+    its annotation on the next run. One image failing never stops the others.
+    """
+    destination = RoboflowTarget.parse(target)
+    key = api_key or resolve_api_key()
+    redact = _redactor(key)
+    layout = OutputLayout(out)
+    manifest = read_images(layout)
+    images = images_to_export(manifest, read_labels(layout), class_names=class_names)
+    content_ids = dict(
+        zip(
+            zip(manifest["source_uri"], manifest["relative_path"], strict=True),
+            manifest["image_id"],
+            strict=True,
+        )
+    )
+    retry = _retrying(attempts, backoff_seconds)
+    summary = UploadSummary()
+    with _redacted_http_logs(redact):
+        project = _open_project(destination, key, redact)
+        ledger = UploadLedger(layout.root / "roboflow_uploads.sqlite")
+        try:
+            for image in images:
+                image_id = content_ids[(image.source_uri, image.relative_path)]
+                roboflow_id, annotated = ledger.state(destination.project, image_id)
+                if annotated:
+                    summary.skipped += 1
+                    continue
+                try:
+                    if roboflow_id is None:
+                        roboflow_id = retry(
+                            lambda image=image: project.upload_image(
+                                str(local_source(image.source_uri)),
+                                split=split,
+                                batch_name=batch_name,
+                                tag_names=tags,
+                            )[0]["id"]
+                        )
+                        ledger.record(destination.project, image_id, roboflow_id, False)
+                    annotation = image_annotation(image, class_names)
+                    retry(
+                        lambda roboflow_id=roboflow_id, annotation=annotation: (
+                            project.save_annotation(
+                                annotation, image_id=roboflow_id, job_name=batch_name
+                            )
+                        )
+                    )
+                    ledger.record(destination.project, image_id, roboflow_id, True)
+                    summary.uploaded += 1
+                except Exception as error:  # one bad image must not stop the batch
+                    summary.failed.append((image.relative_path, redact(_reason(error))))
+        finally:
+            ledger.close()
+    return summary
+
+
+class _RedactingFilter(logging.Filter):
+    def __init__(self, redact: Callable[[str], str]) -> None:
+        super().__init__()
+        self.redact = redact
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = self.redact(record.getMessage()), ()
+        return True
+
+
+@contextmanager
+def _redacted_http_logs(redact: Callable[[str], str]) -> Iterator[None]:
+    """urllib3 logs request URLs at DEBUG, and the SDK puts the key into them."""
+    loggers = [
+        logging.getLogger(name) for name in ("urllib3.connectionpool", "urllib3")
+    ]
+    redacting = _RedactingFilter(redact)
+    for logger in loggers:
+        logger.addFilter(redacting)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(redacting)
+
+
+def _open_project(destination: RoboflowTarget, key: str, redact: Callable[[str], str]):
+    import roboflow
+
+    try:
+        return roboflow.Roboflow(api_key=key).project(
+            f"{destination.workspace}/{destination.project}"
+        )
+    except Exception as error:
+        raise UploadError(
+            f"cannot open roboflow://{destination.workspace}/{destination.project}: "
+            f"{redact(_reason(error))}"
+        ) from None
+
+
+def _retrying(attempts: int, backoff_seconds: float) -> Callable[[Callable[[], T]], T]:
+    """Call a function, retrying with exponential backoff on errors worth retrying."""
+
+    def call(function: Callable[[], T]) -> T:
+        for attempt in range(attempts):
+            try:
+                return function()
+            except Exception as error:
+                if attempt == attempts - 1 or not _retryable(error):
+                    raise
+                time.sleep(backoff_seconds * 2**attempt)
+        raise AssertionError("unreachable")
+
+    return call
+
+
+def _retryable(error: Exception) -> bool:
+    status = getattr(error, "status_code", None)
+    if status is None:  # the SDK wraps dropped connections without a status
+        return True
+    return int(status) in RETRYABLE_STATUS
+
+
+def _reason(error: Exception) -> str:
+    status = getattr(error, "status_code", None)
+    text = str(error) or type(error).__name__
+    return f"HTTP {status}: {text}" if status else text
+
+
+def _redactor(secret: str) -> Callable[[str], str]:
+    def redact(text: str) -> str:
+        return text.replace(secret, "***") if secret else text
+
+    return redact
+
+
+@task(name="upload-to-roboflow", cache_policy=NO_CACHE)
+def upload_to_roboflow_task(
+    out: str, target: str, class_names: list[str], **options: Any
+):
+    """``upload_to_roboflow`` as a task (the key is read inside, never a parameter)."""
+    return upload_to_roboflow(out, target, class_names, **options)

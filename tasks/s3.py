@@ -1,0 +1,118 @@
+"""S3 (and S3-compatible stores) as a source of images and a destination for exports.
+
+Listing pages through the bucket (1000 keys a page) and keeps only image keys; objects are
+fetched one at a time into a local cache when a chunk needs them, never the whole bucket.
+Cache file names are hashes of the object's URI, so no key ('..', absolute-looking paths,
+odd unicode) can place a file outside the cache folder. Credentials come from boto3's normal
+chain (environment, ~/.aws, instance roles); ``endpoint_url`` points at S3-compatible stores.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from tasks.images import IMAGE_SUFFIXES, ImageRef, SourceError
+
+SCHEME = "s3://"
+
+
+@dataclass(frozen=True)
+class S3Location:
+    """A bucket and a key prefix ('' for the whole bucket)."""
+
+    bucket: str
+    prefix: str
+
+    @classmethod
+    def parse(cls, uri: str) -> S3Location:
+        if not uri.startswith(SCHEME):
+            raise SourceError(f"{uri}: not an s3:// URI")
+        bucket, _, prefix = uri[len(SCHEME) :].partition("/")
+        if not bucket:
+            raise SourceError(f"{uri}: no bucket name")
+        return cls(bucket, prefix)
+
+    @property
+    def key(self) -> str:
+        """The prefix read as one object's key (for URIs that name an object)."""
+        return self.prefix
+
+    def uri(self, key: str) -> str:
+        return f"{SCHEME}{self.bucket}/{key}"
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith(SCHEME)
+
+
+def s3_client(endpoint_url: str | None = None):
+    """A boto3 S3 client; credentials from the standard AWS chain."""
+    import boto3
+
+    return boto3.client("s3", endpoint_url=endpoint_url)
+
+
+def list_images(source: str, *, client) -> list[ImageRef]:
+    """Every image object under ``s3://bucket/prefix``, sorted by key.
+
+    ``relative_path`` is the key below the prefix, so exports mirror the bucket's folders.
+    """
+    location = S3Location.parse(source)
+    prefix = location.prefix
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"
+    refs = [
+        ImageRef(location.uri(key), key[len(prefix) :])
+        for key in _keys(client, location.bucket, prefix)
+        if PurePosixPath(key).suffix.lower() in IMAGE_SUFFIXES and not key.endswith("/")
+    ]
+    return sorted(refs, key=lambda ref: ref.relative_path)
+
+
+def _keys(client, bucket: str, prefix: str) -> Iterator[str]:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        for page in client.get_paginator("list_objects_v2").paginate(
+            Bucket=bucket, Prefix=prefix
+        ):
+            for item in page.get("Contents", []):
+                yield item["Key"]
+    except (BotoCoreError, ClientError) as error:
+        raise SourceError(f"cannot list s3://{bucket}/{prefix}: {error}") from None
+
+
+def cache_path(uri: str, cache_dir: Path) -> Path:
+    """Where the object at ``uri`` is cached: a hash of the URI plus a safe suffix."""
+    suffix = PurePosixPath(uri).suffix.lower()
+    if suffix not in IMAGE_SUFFIXES:
+        suffix = ""
+    return cache_dir / f"{hashlib.sha256(uri.encode()).hexdigest()[:32]}{suffix}"
+
+
+def fetch(uri: str, cache_dir: Path, *, client) -> Path:
+    """The object at ``uri`` as a local file in ``cache_dir`` (downloaded once)."""
+    path = cache_path(uri, cache_dir)
+    if path.exists():
+        return path
+    location = S3Location.parse(uri)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".part")
+    client.download_file(location.bucket, location.key, str(partial))
+    partial.replace(path)
+    return path
+
+
+def upload_folder(folder: Path, destination: str, *, client) -> int:
+    """Copy every file under ``folder`` to ``s3://bucket/prefix/<relative path>``."""
+    location = S3Location.parse(destination)
+    prefix = location.prefix.rstrip("/")
+    count = 0
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        key = "/".join(filter(None, [prefix, path.relative_to(folder).as_posix()]))
+        client.upload_file(str(path), location.bucket, key)
+        count += 1
+    return count

@@ -1,0 +1,143 @@
+"""A local HTTP stub of the Roboflow API endpoints the SDK calls (shared/DESIGN.md section 5).
+
+It records every request, answers like the real API, and can be told to fail chosen calls
+(HTTP 429/5xx, or a dropped connection) a number of times, so tests can drive the real
+``roboflow`` SDK through retries.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import defaultdict
+from dataclasses import dataclass, field
+from email.parser import BytesParser
+from email.policy import default as email_policy
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    body: bytes
+
+
+@dataclass
+class RoboflowStub:
+    workspace: str = "acme"
+    project: str = "cans"
+    requests: list[Recorded] = field(default_factory=list)
+    images: dict[str, dict] = field(default_factory=dict)  # roboflow id -> fields
+    annotations: dict[str, list[dict]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+    failures: dict[str, list[object]] = field(default_factory=lambda: defaultdict(list))
+
+    def fail_next(self, route: str, *answers: object) -> None:
+        """Answer the next calls of ``route`` ('upload' or 'annotate') with these: an HTTP
+        status (int) or 'drop' (close the connection without answering)."""
+        self.failures[route].extend(answers)
+
+    def start(self) -> str:
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep test output quiet
+                pass
+
+            def do_POST(self):  # noqa: N802
+                stub._handle(self, "POST")
+
+            def do_GET(self):  # noqa: N802
+                stub._handle(self, "GET")
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        host, port = self._server.server_address
+        return f"http://{host}:{port}"
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _handle(self, handler: BaseHTTPRequestHandler, method: str) -> None:
+        url = urlparse(handler.path)
+        length = int(handler.headers.get("Content-Length") or 0)
+        body = handler.rfile.read(length) if length else b""
+        self.requests.append(Recorded(method, url.path, parse_qs(url.query), body))
+        parts = url.path.strip("/").split("/")
+        route = (
+            "upload"
+            if parts[-1] == "upload"
+            else "annotate"
+            if "annotate" in parts
+            else "other"
+        )
+        if self.failures[route]:
+            answer = self.failures[route].pop(0)
+            if answer == "drop":
+                handler.close_connection = True
+                handler.connection.shutdown(2)
+                return
+            return self._reply(
+                handler, int(answer), {"error": {"message": "try later"}}
+            )
+        if method == "POST" and url.path == "/":
+            return self._reply(handler, 200, {"workspace": self.workspace})
+        if method == "GET" and parts == [self.workspace, self.project]:
+            return self._reply(handler, 200, {"project": self._project_info()})
+        if route == "upload":
+            return self._reply(handler, 200, self._upload(handler, body))
+        if route == "annotate":
+            image_id = parts[parts.index("annotate") + 1]
+            self.annotations[image_id].append(json.loads(body))
+            return self._reply(handler, 200, {"success": True})
+        return self._reply(handler, 404, {"error": f"no route {url.path}"})
+
+    def _upload(self, handler: BaseHTTPRequestHandler, body: bytes) -> dict:
+        message = BytesParser(policy=email_policy).parsebytes(
+            b"Content-Type: "
+            + handler.headers["Content-Type"].encode()
+            + b"\r\n\r\n"
+            + body
+        )
+        fields = {
+            part.get_param("name", header="content-disposition"): part.get_payload(
+                decode=True
+            )
+            for part in message.iter_parts()
+        }
+        for roboflow_id, known in self.images.items():
+            if known["file"] == fields["file"]:
+                return {"duplicate": True, "id": roboflow_id}
+        roboflow_id = f"img{len(self.images) + 1}"
+        self.images[roboflow_id] = fields
+        return {"success": True, "id": roboflow_id}
+
+    def _project_info(self) -> dict:
+        return {
+            "id": f"{self.workspace}/{self.project}",
+            "name": self.project,
+            "type": "object-detection",
+            "annotation": "cans",
+            "classes": {},
+            "colors": {},
+            "created": 1700000000,
+            "updated": 1700000000,
+            "images": len(self.images),
+            "public": False,
+            "splits": {},
+            "unannotated": 0,
+        }
+
+    @staticmethod
+    def _reply(handler: BaseHTTPRequestHandler, status: int, payload: dict) -> None:
+        data = json.dumps(payload).encode()
+        handler.send_response(status)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        handler.wfile.write(data)

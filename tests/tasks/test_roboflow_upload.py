@@ -1,0 +1,174 @@
+"""Re-upload to Roboflow with the real roboflow SDK against a local stub of its API: every
+image arrives exactly once with its annotation, through injected 429/5xx answers and dropped
+connections, a rerun uploads nothing new, and the API key never shows up anywhere."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+
+import pytest
+
+from model_loaders.ontology import Ontology
+from model_loaders.protocol import ModelSpec
+from tasks.label import label_chunk, plan_chunks
+from tasks.labels import OutputLayout, read_images, read_labels
+from tasks.roboflow_upload import UploadError, upload_to_roboflow
+from tasks.settings import LabelSettings
+from tasks.thresholds import Thresholds
+from tests.roboflow_stub import RoboflowStub
+
+API_KEY = "testkey-do-not-leak-42"
+CLASSES = ["person", "rocket"]
+
+
+@pytest.fixture
+def stub(monkeypatch, tmp_path):
+    import roboflow.config
+
+    server = RoboflowStub()
+    url = server.start()
+    monkeypatch.setenv("API_URL", url)
+    monkeypatch.setenv("ROBOFLOW_CONFIG_DIR", str(tmp_path / "no-roboflow-config"))
+    roboflow.config.refresh_region_urls()
+    yield server
+    server.stop()
+    monkeypatch.delenv("API_URL")
+    roboflow.config.refresh_region_urls()
+
+
+@pytest.fixture(scope="module")
+def labeled_once(tmp_path_factory, tiny_grounding_dino):
+    """An output folder labeled by the real pipeline (plain functions, no Prefect)."""
+    from tests.conftest import write_sample_photos
+
+    source = tmp_path_factory.mktemp("photos")
+    write_sample_photos(source)
+    (source / "copy").mkdir()
+    (source / "copy" / "rocket.jpg").write_bytes((source / "rocket.jpg").read_bytes())
+    out = tmp_path_factory.mktemp("out")
+    settings = LabelSettings(
+        ontology=Ontology.from_class_options(CLASSES),
+        model=ModelSpec(model=tiny_grounding_dino, device="cpu"),
+        thresholds=Thresholds(default=0.5),
+    )
+    for chunk in plan_chunks(str(source), settings):
+        label_chunk(chunk, settings, str(out), "run-1")
+    return out
+
+
+@pytest.fixture
+def labeled_out(labeled_once, tmp_path):
+    """A fresh copy per test: the upload ledger lives in the output folder."""
+    shutil.copytree(labeled_once, tmp_path / "out")
+    return str(tmp_path / "out")
+
+
+def _upload(out, **options):
+    return upload_to_roboflow(
+        out,
+        "roboflow://acme/cans",
+        CLASSES,
+        batch_name="autolabel run-1",
+        tags=["model:tiny", "run:run-1"],
+        api_key=API_KEY,
+        backoff_seconds=0.01,
+        **options,
+    )
+
+
+def test_every_image_arrives_once_with_its_boxes(stub, labeled_out):
+    summary = _upload(labeled_out)
+
+    assert (summary.uploaded, summary.skipped, summary.failed) == (4, 1, [])
+    # The byte-identical copy of rocket.jpg is the same content: uploaded once.
+    assert len(stub.images) == 4
+    uploads = [r for r in stub.requests if r.path.endswith("/upload")]
+    assert all(r.query["batch"] == ["autolabel run-1"] for r in uploads)
+    assert all(r.query["tag"] == ["model:tiny", "run:run-1"] for r in uploads)
+    assert {f["split"] for f in stub.images.values()} == {b"train"}
+
+    labels = read_labels(OutputLayout(labeled_out))
+    manifest = read_images(OutputLayout(labeled_out))
+    for roboflow_id, fields in stub.images.items():
+        (annotation,) = stub.annotations[roboflow_id]
+        coco = json.loads(annotation["annotationFile"])
+        name = fields["name"].decode()
+        source_uri = manifest.loc[manifest["relative_path"] == name, "source_uri"].iloc[
+            0
+        ]
+        expected = labels[labels["source_uri"] == source_uri]
+        assert coco["images"][0]["file_name"] == name
+        assert [c["name"] for c in coco["categories"]] == CLASSES
+        assert len(coco["annotations"]) == len(expected)
+        assert sorted(a["bbox"][0] for a in coco["annotations"]) == pytest.approx(
+            sorted(expected["x_min"])
+        )
+
+
+def test_retries_through_429_5xx_and_dropped_connections_then_a_rerun_uploads_nothing(
+    stub, labeled_out, tmp_path
+):
+    stub.fail_next("upload", 500, 429, "drop", 503)
+    stub.fail_next("annotate", 502, "drop")
+
+    first = _upload(labeled_out)
+
+    assert first.failed == []
+    assert len(stub.images) == 4
+    assert all(len(stub.annotations[i]) == 1 for i in stub.images)
+
+    calls_before = len(stub.requests)
+    second = _upload(labeled_out)
+    assert (second.uploaded, second.skipped, second.failed) == (0, 5, [])
+    new_calls = stub.requests[calls_before:]
+    assert not [r for r in new_calls if "upload" in r.path or "annotate" in r.path]
+
+
+def test_a_rerun_after_a_failed_annotation_only_sends_the_annotation(stub, labeled_out):
+    stub.fail_next("annotate", *[500] * 3)
+    first = _upload(labeled_out, attempts=3)
+    assert len(first.failed) == 1 and first.failed[0][1].startswith("HTTP 500")
+
+    second = _upload(labeled_out, attempts=3)
+    assert (second.uploaded, second.failed) == (1, [])
+    assert len(stub.images) == 4  # the image itself was not sent again
+    assert all(len(stub.annotations[i]) == 1 for i in stub.images)
+
+
+def test_the_api_key_never_appears_in_output_logs_or_errors(
+    stub, labeled_out, capsys, caplog
+):
+    caplog.set_level(logging.DEBUG)
+    stub.fail_next("upload", *["drop"] * 10)
+    summary = _upload(labeled_out, attempts=2)
+    assert summary.failed  # connection errors carry the request URL, key included
+    captured = capsys.readouterr()
+    everything = captured.out + captured.err + caplog.text + repr(summary)
+    assert API_KEY not in everything
+    assert "api_key=***" in caplog.text  # urllib3 logs the URLs, redacted
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["roboflow://acme", "s3://acme/cans", "roboflow:///cans", "roboflow://a/b/c"],
+)
+def test_bad_targets_are_refused(labeled_out, target):
+    with pytest.raises(UploadError, match="expected roboflow://WORKSPACE/PROJECT"):
+        upload_to_roboflow(
+            labeled_out, target, CLASSES, batch_name="b", tags=[], api_key="k"
+        )
+
+
+def test_no_api_key_is_a_clear_error(labeled_out, monkeypatch):
+    monkeypatch.delenv("ROBOFLOW_API_KEY", raising=False)
+    monkeypatch.setattr("prefect.blocks.system.Secret.load", _no_block)
+    with pytest.raises(UploadError, match="set ROBOFLOW_API_KEY"):
+        upload_to_roboflow(
+            labeled_out, "roboflow://a/b", CLASSES, batch_name="b", tags=[]
+        )
+
+
+def _no_block(*args, **kwargs):
+    raise ValueError("no such block")
