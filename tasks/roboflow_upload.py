@@ -1,53 +1,32 @@
 """Re-upload of labeled images to a Roboflow project as one annotation batch.
 
-Through the official ``roboflow`` SDK, with what it lacks added here: retries with backoff on
-429/5xx and dropped connections (the SDK raises at once), an upload ledger so that a rerun
-continues where it stopped and never uploads an image twice, and redaction of the API key,
-which the SDK puts into request URLs (and so into connection-error messages).
+Through the official ``roboflow`` SDK (see ``tasks.roboflow_api`` for retries and key
+redaction), plus an upload ledger so that a rerun continues where it stopped and never
+uploads an image twice.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import os
 import sqlite3
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.export_images import ExportImage, images_to_export, local_source
 from tasks.labels import OutputLayout, read_images, read_labels
-
-SCHEME = "roboflow://"
-SECRET_BLOCK = "roboflow-api-key"
-RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
-T = TypeVar("T")
-
-
-class UploadError(RuntimeError):
-    """An upload that cannot start (bad target, no key); the message never holds the key."""
-
-
-@dataclass(frozen=True)
-class RoboflowTarget:
-    workspace: str
-    project: str
-
-    @classmethod
-    def parse(cls, uri: str) -> RoboflowTarget:
-        parts = (
-            uri[len(SCHEME) :].strip("/").split("/") if uri.startswith(SCHEME) else []
-        )
-        if len(parts) != 2 or not all(parts):
-            raise UploadError(f"{uri!r}: expected roboflow://WORKSPACE/PROJECT")
-        return cls(*parts)
+from tasks.roboflow_api import (
+    RoboflowTarget,
+    failure_reason,
+    open_project,
+    redacted_http_logs,
+    redactor,
+    resolve_api_key,
+    retrying,
+)
 
 
 @dataclass
@@ -57,22 +36,6 @@ class UploadSummary:
     failed: list[tuple[str, str]] = field(
         default_factory=list
     )  # (relative path, reason)
-
-
-def resolve_api_key() -> str:
-    """ROBOFLOW_API_KEY, else the Prefect Secret block ``roboflow-api-key``."""
-    key = os.environ.get("ROBOFLOW_API_KEY")
-    if key:
-        return key
-    try:
-        from prefect.blocks.system import Secret
-
-        return Secret.load(SECRET_BLOCK, _sync=True).get()
-    except Exception:  # no block, or no Prefect server: same advice either way
-        raise UploadError(
-            "no Roboflow API key: set ROBOFLOW_API_KEY or create a Prefect Secret block "
-            f"named {SECRET_BLOCK!r}"
-        ) from None
 
 
 class UploadLedger:
@@ -164,7 +127,7 @@ def upload_to_roboflow(
     """
     destination = RoboflowTarget.parse(target)
     key = api_key or resolve_api_key()
-    redact = _redactor(key)
+    redact = redactor(key)
     layout = OutputLayout(out)
     manifest = read_images(layout)
     images = images_to_export(manifest, read_labels(layout), class_names=class_names)
@@ -175,10 +138,10 @@ def upload_to_roboflow(
             strict=True,
         )
     )
-    retry = _retrying(attempts, backoff_seconds)
+    retry = retrying(attempts, backoff_seconds)
     summary = UploadSummary()
-    with _redacted_http_logs(redact):
-        project = _open_project(destination, key, redact)
+    with redacted_http_logs(redact):
+        project = open_project(destination, key, redact)
         ledger = UploadLedger(layout.root / "roboflow_uploads.sqlite")
         try:
             for image in images:
@@ -209,86 +172,12 @@ def upload_to_roboflow(
                     ledger.record(destination.project, image_id, roboflow_id, True)
                     summary.uploaded += 1
                 except Exception as error:  # one bad image must not stop the batch
-                    summary.failed.append((image.relative_path, redact(_reason(error))))
+                    summary.failed.append(
+                        (image.relative_path, redact(failure_reason(error)))
+                    )
         finally:
             ledger.close()
     return summary
-
-
-class _RedactingFilter(logging.Filter):
-    def __init__(self, redact: Callable[[str], str]) -> None:
-        super().__init__()
-        self.redact = redact
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.msg, record.args = self.redact(record.getMessage()), ()
-        return True
-
-
-@contextmanager
-def _redacted_http_logs(redact: Callable[[str], str]) -> Iterator[None]:
-    """urllib3 logs request URLs at DEBUG, and the SDK puts the key into them."""
-    loggers = [
-        logging.getLogger(name) for name in ("urllib3.connectionpool", "urllib3")
-    ]
-    redacting = _RedactingFilter(redact)
-    for logger in loggers:
-        logger.addFilter(redacting)
-    try:
-        yield
-    finally:
-        for logger in loggers:
-            logger.removeFilter(redacting)
-
-
-def _open_project(destination: RoboflowTarget, key: str, redact: Callable[[str], str]):
-    import roboflow
-
-    try:
-        return roboflow.Roboflow(api_key=key).project(
-            f"{destination.workspace}/{destination.project}"
-        )
-    except Exception as error:
-        raise UploadError(
-            f"cannot open roboflow://{destination.workspace}/{destination.project}: "
-            f"{redact(_reason(error))}"
-        ) from None
-
-
-def _retrying(attempts: int, backoff_seconds: float) -> Callable[[Callable[[], T]], T]:
-    """Call a function, retrying with exponential backoff on errors worth retrying."""
-
-    def call(function: Callable[[], T]) -> T:
-        for attempt in range(attempts):
-            try:
-                return function()
-            except Exception as error:
-                if attempt == attempts - 1 or not _retryable(error):
-                    raise
-                time.sleep(backoff_seconds * 2**attempt)
-        raise AssertionError("unreachable")
-
-    return call
-
-
-def _retryable(error: Exception) -> bool:
-    status = getattr(error, "status_code", None)
-    if status is None:  # the SDK wraps dropped connections without a status
-        return True
-    return int(status) in RETRYABLE_STATUS
-
-
-def _reason(error: Exception) -> str:
-    status = getattr(error, "status_code", None)
-    text = str(error) or type(error).__name__
-    return f"HTTP {status}: {text}" if status else text
-
-
-def _redactor(secret: str) -> Callable[[str], str]:
-    def redact(text: str) -> str:
-        return text.replace(secret, "***") if secret else text
-
-    return redact
 
 
 @task(name="upload-to-roboflow", cache_policy=NO_CACHE)

@@ -25,10 +25,14 @@ def tiny_grounding_dino(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A ~0.5 M parameter random Grounding DINO folder, loadable with ``--model PATH``."""
     from model_loaders.random_init import save_random_grounding_dino
 
-    return str(save_random_grounding_dino(tmp_path_factory.mktemp("tiny-grounding-dino")))
+    return str(
+        save_random_grounding_dino(tmp_path_factory.mktemp("tiny-grounding-dino"))
+    )
 
 
-def write_sample_photos(folder: Path, names: tuple[str, ...] = SAMPLE_PHOTOS) -> list[Path]:
+def write_sample_photos(
+    folder: Path, names: tuple[str, ...] = SAMPLE_PHOTOS
+) -> list[Path]:
     """Real photos shipped inside scikit-image, saved as JPEG files."""
     import skimage.data
 
@@ -36,7 +40,9 @@ def write_sample_photos(folder: Path, names: tuple[str, ...] = SAMPLE_PHOTOS) ->
     paths = []
     for name in names:
         path = folder / f"{name}.jpg"
-        Image.fromarray(getattr(skimage.data, name)()).convert("RGB").save(path, quality=90)
+        Image.fromarray(getattr(skimage.data, name)()).convert("RGB").save(
+            path, quality=90
+        )
         paths.append(path)
     return paths
 
@@ -55,5 +61,25 @@ def prefect_harness():
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(), temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+    with (
+        prefect_test_harness(),
+        temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
+    ):
         yield
+
+
+@pytest.fixture
+def roboflow_api(monkeypatch, tmp_path):
+    """A local stub of the Roboflow API that the real roboflow SDK talks to (API_URL)."""
+    import roboflow.config
+
+    from tests.roboflow_stub import RoboflowStub
+
+    stub = RoboflowStub()
+    monkeypatch.setenv("API_URL", stub.start())
+    monkeypatch.setenv("ROBOFLOW_CONFIG_DIR", str(tmp_path / "no-roboflow-config"))
+    roboflow.config.refresh_region_urls()
+    yield stub
+    stub.stop()
+    monkeypatch.delenv("API_URL")
+    roboflow.config.refresh_region_urls()

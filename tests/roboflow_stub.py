@@ -35,10 +35,17 @@ class RoboflowStub:
         default_factory=lambda: defaultdict(list)
     )
     failures: dict[str, list[object]] = field(default_factory=lambda: defaultdict(list))
+    hosted: dict[str, tuple[str, bytes]] = field(
+        default_factory=dict
+    )  # id -> (name, bytes)
+
+    def host_image(self, image_id: str, name: str, data: bytes) -> None:
+        """Make an image part of the project, listed by search and downloadable."""
+        self.hosted[image_id] = (name, data)
 
     def fail_next(self, route: str, *answers: object) -> None:
-        """Answer the next calls of ``route`` ('upload' or 'annotate') with these: an HTTP
-        status (int) or 'drop' (close the connection without answering)."""
+        """Answer the next calls of ``route`` ('upload', 'annotate', 'search', 'file')
+        with these: an HTTP status (int) or 'drop' (close without answering)."""
         self.failures[route].extend(answers)
 
     def start(self) -> str:
@@ -57,7 +64,8 @@ class RoboflowStub:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         host, port = self._server.server_address
-        return f"http://{host}:{port}"
+        self.url = f"http://{host}:{port}"
+        return self.url
 
     def stop(self) -> None:
         self._server.shutdown()
@@ -69,13 +77,11 @@ class RoboflowStub:
         body = handler.rfile.read(length) if length else b""
         self.requests.append(Recorded(method, url.path, parse_qs(url.query), body))
         parts = url.path.strip("/").split("/")
-        route = (
-            "upload"
-            if parts[-1] == "upload"
-            else "annotate"
-            if "annotate" in parts
-            else "other"
-        )
+        route = {"upload": "upload", "search": "search"}.get(parts[-1], "other")
+        if "annotate" in parts:
+            route = "annotate"
+        elif parts[0] == "files":
+            route = "file"
         if self.failures[route]:
             answer = self.failures[route].pop(0)
             if answer == "drop":
@@ -89,6 +95,17 @@ class RoboflowStub:
             return self._reply(handler, 200, {"workspace": self.workspace})
         if method == "GET" and parts == [self.workspace, self.project]:
             return self._reply(handler, 200, {"project": self._project_info()})
+        if method == "POST" and parts == [self.workspace, self.project, "search"]:
+            return self._reply(
+                handler, 200, {"results": self._search(json.loads(body))}
+            )
+        if method == "GET" and parts[0] == "files" and parts[1] in self.hosted:
+            data = self.hosted[parts[1]][1]
+            handler.send_response(200)
+            handler.send_header("Content-Length", str(len(data)))
+            handler.end_headers()
+            handler.wfile.write(data)
+            return None
         if route == "upload":
             return self._reply(handler, 200, self._upload(handler, body))
         if route == "annotate":
@@ -96,6 +113,14 @@ class RoboflowStub:
             self.annotations[image_id].append(json.loads(body))
             return self._reply(handler, 200, {"success": True})
         return self._reply(handler, 404, {"error": f"no route {url.path}"})
+
+    def _search(self, query: dict) -> list[dict]:
+        hits = [
+            {"id": image_id, "name": name, "url": f"{self.url}/files/{image_id}"}
+            for image_id, (name, _) in sorted(self.hosted.items())
+        ]
+        offset, limit = query.get("offset", 0), query.get("limit", 100)
+        return hits[offset : offset + limit]
 
     def _upload(self, handler: BaseHTTPRequestHandler, body: bytes) -> dict:
         message = BytesParser(policy=email_policy).parsebytes(

@@ -14,28 +14,18 @@ from model_loaders.ontology import Ontology
 from model_loaders.protocol import ModelSpec
 from tasks.label import label_chunk, plan_chunks
 from tasks.labels import OutputLayout, read_images, read_labels
-from tasks.roboflow_upload import UploadError, upload_to_roboflow
+from tasks.roboflow_api import RoboflowAccessError
+from tasks.roboflow_upload import upload_to_roboflow
 from tasks.settings import LabelSettings
 from tasks.thresholds import Thresholds
-from tests.roboflow_stub import RoboflowStub
 
 API_KEY = "testkey-do-not-leak-42"
 CLASSES = ["person", "rocket"]
 
 
 @pytest.fixture
-def stub(monkeypatch, tmp_path):
-    import roboflow.config
-
-    server = RoboflowStub()
-    url = server.start()
-    monkeypatch.setenv("API_URL", url)
-    monkeypatch.setenv("ROBOFLOW_CONFIG_DIR", str(tmp_path / "no-roboflow-config"))
-    roboflow.config.refresh_region_urls()
-    yield server
-    server.stop()
-    monkeypatch.delenv("API_URL")
-    roboflow.config.refresh_region_urls()
+def stub(roboflow_api):
+    return roboflow_api
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +145,9 @@ def test_the_api_key_never_appears_in_output_logs_or_errors(
     ["roboflow://acme", "s3://acme/cans", "roboflow:///cans", "roboflow://a/b/c"],
 )
 def test_bad_targets_are_refused(labeled_out, target):
-    with pytest.raises(UploadError, match="expected roboflow://WORKSPACE/PROJECT"):
+    with pytest.raises(
+        RoboflowAccessError, match="expected roboflow://WORKSPACE/PROJECT"
+    ):
         upload_to_roboflow(
             labeled_out, target, CLASSES, batch_name="b", tags=[], api_key="k"
         )
@@ -164,7 +156,7 @@ def test_bad_targets_are_refused(labeled_out, target):
 def test_no_api_key_is_a_clear_error(labeled_out, monkeypatch):
     monkeypatch.delenv("ROBOFLOW_API_KEY", raising=False)
     monkeypatch.setattr("prefect.blocks.system.Secret.load", _no_block)
-    with pytest.raises(UploadError, match="set ROBOFLOW_API_KEY"):
+    with pytest.raises(RoboflowAccessError, match="set ROBOFLOW_API_KEY"):
         upload_to_roboflow(
             labeled_out, "roboflow://a/b", CLASSES, batch_name="b", tags=[]
         )
