@@ -12,27 +12,39 @@ from typing import Annotated
 import typer
 
 from flows.cli_options import (
+    EXIT_BUDGET,
     EXIT_FAILED,
+    EXIT_QUALITY,
     EXIT_SKIPPED,
     BatchSizeOption,
     ChunkSizeOption,
     ClassOption,
+    DatasetOption,
     DeviceOption,
     DtypeOption,
+    LedgerOption,
+    MaxCreditsOption,
     ModelOption,
     NmsIouOption,
     NmsOption,
     OntologyOption,
     PromptModeOption,
+    QualityOption,
+    RatesOption,
     ThresholdOption,
     console,
+    credit_account_or_exit,
     print_error,
     progress_bar,
+    quality_or_exit,
     settings_or_exit,
     warm_model_or_exit,
 )
 from model_loaders.protocol import DEFAULT_GROUNDING_DINO
+from tasks.credits import CreditLedger, format_credits, redact, resolve_ledger_path
 from tasks.images import SourceError
+from tasks.quality import QualityCheckFailed
+from tasks.report import RunSummary
 
 app = typer.Typer(
     help="Label images with foundation models, through Prefect flows.",
@@ -63,8 +75,14 @@ def label(
     prompt_mode: PromptModeOption = "joint",
     nms: NmsOption = "class",
     nms_iou: NmsIouOption = 0.5,
+    max_credits: MaxCreditsOption = None,
+    credits_ledger: LedgerOption = None,
+    credit_rates: RatesOption = None,
+    dataset: DatasetOption = None,
+    quality: QualityOption = "warn",
 ) -> None:
     """Label a folder of images; write labels (Parquet), COCO, YOLO and report.md to --out."""
+    quality = quality_or_exit(quality)
     settings = settings_or_exit(
         classes=classes or [],
         ontology_file=ontology,
@@ -80,24 +98,82 @@ def label(
             prompt_mode=prompt_mode,
         ),
     )
+    account = credit_account_or_exit(
+        out=out,
+        source=str(source.resolve()),
+        settings=settings,
+        ledger=credits_ledger,
+        rates=credit_rates,
+        dataset=dataset,
+        max_credits=max_credits,
+    )
     warm_model_or_exit(settings.model)
 
     from flows.label import label_images
 
     try:
         with progress_bar("Labeling"):
-            summary = label_images(source=str(source), out=str(out), settings=settings)
+            summary = label_images(
+                source=str(source),
+                out=str(out),
+                settings=settings,
+                credits=account,
+                quality=quality,
+            )
     except SourceError as error:
         print_error(error)
         raise typer.Exit(EXIT_FAILED) from None
+    except QualityCheckFailed as error:
+        print_error(error)
+        raise typer.Exit(EXIT_QUALITY) from None
+    raise typer.Exit(report_run(summary, out))
 
+
+def report_run(summary: RunSummary, out: Path) -> int:
+    """Print what a labeling run did; the exit code that says how it ended."""
     console.print(
         f"Labeled {summary.labeled} of {summary.images} images: {summary.labels} labels "
-        f"({', '.join(f'{k} {v}' for k, v in summary.per_class.items())}). "
+        f"({', '.join(f'{k} {v}' for k, v in summary.per_class.items())}); "
+        f"{format_credits(summary.credits_used or 0.0)} credits. "
         f"Outputs in {out}/ (report: {out / 'report.md'})."
     )
+    if summary.budget_stop:
+        print_error(
+            f"stopped before labeling more: {summary.budget_stop}. "
+            f"Labels made so far are kept in {out}/."
+        )
+        return EXIT_BUDGET
     if summary.skipped:
         console.print(f"[yellow]{len(summary.skipped)} image(s) skipped[/yellow]:")
         for path, reason in summary.skipped[:20]:
             console.print(f"  {path}: {reason}")
-        raise typer.Exit(EXIT_SKIPPED)
+        return EXIT_SKIPPED
+    return 0
+
+
+@app.command()
+def credits(
+    out: Annotated[
+        Path | None, typer.Option(help="Output folder whose ledger to show.")
+    ] = None,
+    ledger: Annotated[
+        Path | None, typer.Option(help="Ledger file (instead of --out).")
+    ] = None,
+    dataset: Annotated[str | None, typer.Option(help="Only this dataset.")] = None,
+    runs: Annotated[bool, typer.Option(help="One line per run.")] = False,
+) -> None:
+    """Print the credit ledger: credits per dataset, model and task (or per run)."""
+    path = ledger or resolve_ledger_path(out or Path("out"))
+    if not path.is_file():
+        print_error(f"no credit ledger at {path}")
+        raise typer.Exit(EXIT_FAILED)
+    book = CreditLedger(path)
+    table = book.runs(dataset) if runs else book.totals(dataset)
+    if "dataset" in table:
+        table["dataset"] = table["dataset"].map(redact)
+    console.print(table.to_string(index=False) if len(table) else "No charges yet.")
+    console.print(f"Total: {format_credits(book.used(dataset))} credits")
+
+
+if __name__ == "__main__":
+    app()

@@ -28,10 +28,11 @@ from model_loaders.ontology import (
 )
 from model_loaders.protocol import ModelLoadError, ModelSpec
 from tasks import progress
+from tasks.credits import CreditAccount, CreditRates, resolve_ledger_path
 from tasks.settings import LabelSettings
 from tasks.thresholds import NmsMode, ThresholdError, parse_threshold_options
 
-EXIT_FAILED, EXIT_USAGE, EXIT_SKIPPED = 1, 2, 3
+EXIT_FAILED, EXIT_USAGE, EXIT_SKIPPED, EXIT_BUDGET, EXIT_QUALITY = 1, 2, 3, 4, 5
 
 console = Console(stderr=True)
 
@@ -70,6 +71,30 @@ PromptModeOption = Annotated[
 ]
 NmsOption = Annotated[str, typer.Option(help="none, class or agnostic.")]
 NmsIouOption = Annotated[float, typer.Option(help="IoU above which NMS merges boxes.")]
+MaxCreditsOption = Annotated[
+    float | None,
+    typer.Option(
+        min=0,
+        help="Budget: stop before labeling more once this run would charge more credits.",
+    ),
+]
+LedgerOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--credits-ledger", help="SQLite credit ledger (default: OUT/credits.sqlite)."
+    ),
+]
+RatesOption = Annotated[
+    Path | None,
+    typer.Option("--credit-rates", help="YAML/JSON credits per image per task kind."),
+]
+DatasetOption = Annotated[
+    str | None,
+    typer.Option(help="Dataset the credits are booked to (default: the source)."),
+]
+QualityOption = Annotated[
+    str, typer.Option(help="warn: report label quality failures; fail: fail the run.")
+]
 
 
 def settings_or_exit(
@@ -103,6 +128,46 @@ def settings_or_exit(
             chunk_size=chunk_size,
         )
     except (OntologyError, ThresholdError, ValueError) as error:
+        print_error(error)
+        raise typer.Exit(EXIT_USAGE) from None
+
+
+def credit_account_or_exit(
+    *,
+    out: Path,
+    source: str,
+    settings: LabelSettings,
+    ledger: Path | None,
+    rates: Path | None,
+    dataset: str | None,
+    max_credits: float | None,
+) -> CreditAccount:
+    """Who pays for the run: every labeling run is metered (test results never are)."""
+    try:
+        credit_rates = CreditRates.from_file(rates) if rates else CreditRates()
+    except (OSError, ValueError) as error:
+        print_error(f"--credit-rates {rates}: {error}")
+        raise typer.Exit(EXIT_USAGE) from None
+    return CreditAccount(
+        ledger_path=str(resolve_ledger_path(out, ledger)),
+        dataset=dataset or source,
+        model=settings.model.model,
+        task=credit_kind(settings),
+        rates=credit_rates,
+        max_credits=max_credits,
+    )
+
+
+def credit_kind(settings: LabelSettings) -> str:
+    """The rate a run is charged at: its task, or 'trained' for the user's own model."""
+    own_model = settings.model.backend not in ("grounding_dino", "grounded_sam", "clip")
+    return "trained" if own_model else settings.model.task
+
+
+def quality_or_exit(quality: str) -> str:
+    try:
+        return _choice("--quality", quality, ("warn", "fail"))
+    except ValueError as error:
         print_error(error)
         raise typer.Exit(EXIT_USAGE) from None
 

@@ -1,61 +1,85 @@
-"""The labeling flow: discover -> chunk -> label chunks -> export COCO/YOLO -> report."""
+"""The labeling flow: plan chunks -> label them (metered) -> export -> quality -> report."""
 
 from __future__ import annotations
 
-from prefect import flow, unmapped
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
-from prefect.futures import PrefectFuture, as_completed
-from prefect.runtime import flow_run
-from prefect.task_runners import ThreadPoolTaskRunner
+from typing import Literal
 
+from prefect import flow
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.runtime import flow_run
+
+from tasks.credits import BudgetExceeded, CreditAccount, record_credits_task
 from tasks.export_coco import export_coco_task
 from tasks.export_yolo import export_yolo_task
 from tasks.label import (
-    ChunkResult,
+    Chunk,
     label_chunk_task,
     plan_chunks_task,
     prune_stale_shards_task,
 )
 from tasks.labels import OutputLayout
+from tasks.quality import enforce_quality_policy, quality_check_task
 from tasks.report import RunSummary, write_report_task
 from tasks.settings import LabelSettings
 
 
-@flow(
-    name="label-images",
-    description="Label a folder of images and export COCO, YOLO and a report.",
-    # One chunk at a time keeps one model's worth of memory; each chunk already overlaps
-    # decoding with inference. Scale out with more workers, not more threads.
-    task_runner=ThreadPoolTaskRunner(max_workers=1),
-)
-def label_images(source: str, out: str, settings: LabelSettings) -> RunSummary:
+@flow(name="label-images", description="Label a folder of images; export COCO and YOLO.")
+def label_images(
+    source: str,
+    out: str,
+    settings: LabelSettings,
+    credits: CreditAccount | None = None,
+    quality: Literal["warn", "fail"] = "warn",
+) -> RunSummary:
     """Label every image under ``source`` with ``settings``; write everything under ``out``.
 
     Args:
         source: Folder of images (searched recursively).
-        out: Output folder: labels/, images/, coco/, yolo/ and report.md.
+        out: Output folder: labels/, images/, coco/, yolo/, report.md, quality.md.
         settings: Classes and their descriptions, model, thresholds, NMS and chunk size.
+        credits: The ledger to charge and an optional budget; None meters nothing.
+        quality: warn: quality failures are reported; fail: they also fail the run.
     """
     run_id = flow_run.get_id() or "local"
     chunks = plan_chunks_task(source, settings)
     prune_stale_shards_task(out, chunks)
-    futures = label_chunk_task.map(
-        chunks, settings=unmapped(settings), out=unmapped(out), run_id=unmapped(run_id)
-    )
-    _follow_progress(futures, total=sum(len(chunk.refs) for chunk in chunks))
+    budget_stop = _label_chunks(chunks, settings, out, run_id, credits)
     layout = OutputLayout(out)
     export_coco_task(layout, settings.ontology.class_names)
     export_yolo_task(layout, settings.ontology.class_names)
-    return write_report_task(out, settings, run_id)
+    checks = quality_check_task(out, settings, policy=quality)
+    if credits is not None:
+        record_credits_task(credits, run_id)
+    summary = write_report_task(out, settings, run_id, credits, budget_stop, checks)
+    enforce_quality_policy(checks, quality, layout.root / "quality.md")
+    return summary
 
 
-def _follow_progress(futures: list[PrefectFuture[ChunkResult]], *, total: int) -> None:
-    """Wait for every chunk, showing the share of images done as a progress artifact in the
-    Prefect UI; a failed chunk fails the flow here, after the others have finished."""
+def _label_chunks(
+    chunks: list[Chunk],
+    settings: LabelSettings,
+    out: str,
+    run_id: str,
+    credits: CreditAccount | None,
+) -> str | None:
+    """Label chunk after chunk, showing progress in the Prefect UI; stop at the budget.
+
+    One chunk at a time: each already overlaps decoding with batched inference, and a
+    budget stop must not let a later, smaller chunk slip through. Scale out with more
+    workers, not more threads. Returns the budget message if the budget stopped the run.
+    """
+    total = sum(len(chunk.refs) for chunk in chunks)
     artifact_id = create_progress_artifact(
         0.0, key="labeling-progress", description=f"Images labeled of {total}"
     )
     done = 0
-    for future in as_completed(futures):
-        done += future.result().images
+    for chunk in chunks:
+        state = label_chunk_task(chunk, settings, out, run_id, credits, return_state=True)
+        result = state.result(raise_on_failure=False)
+        if isinstance(result, BudgetExceeded):
+            return str(result)
+        if isinstance(result, BaseException):
+            raise result
+        done += result.images
         update_progress_artifact(artifact_id, progress=100.0 * done / max(total, 1))
+    return None

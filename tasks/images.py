@@ -1,8 +1,9 @@
 """Finding images in a source and decoding them safely, with prefetch.
 
-Ingest yields references (paths), never pixels; decoding happens inside the labeling task, a few
-images ahead of the model on background threads. A file that cannot be decoded becomes a
-skipped ImageRecord with a reason the user can act on; it never stops the run.
+Ingest yields references (paths), never pixels; decoding happens inside the labeling
+task, a few images ahead of the model on background threads. A file that cannot be
+decoded becomes a skipped ImageRecord with a reason the user can act on; it never stops
+the run.
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import warnings
+import stat
+import struct
+import zlib
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,14 +28,31 @@ IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 )
 _EXIF_ORIENTATION = 0x0112
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Leading bytes of the formats we accept, to tell "corrupt PNG" from "not an image".
+_SIGNATURES = (
+    (_PNG_SIGNATURE, "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"BM", "BMP"),
+)
 
 
 @dataclass(frozen=True)
 class ImageRef:
-    """Where an image lives: its URI and its path relative to the source root."""
+    """Where an image lives: its URI and its path relative to the source root.
+
+    ``problem`` is set when the file is known to be unusable before it is opened (a name
+    that is not valid UTF-8 cannot be stored in the label table); ``uri`` and
+    ``relative_path`` are then printable stand-ins, not paths to open.
+    """
 
     uri: str
     relative_path: str
+    problem: str | None = None
 
 
 @dataclass
@@ -50,8 +70,9 @@ class SourceError(ValueError):
 def discover_images(source: str | Path) -> list[ImageRef]:
     """Every file with an image suffix under ``source``, recursively, in a stable order.
 
-    Paths are only listed here; whether a file really is an image is found out when it is
-    decoded, so a broken file is reported with its reason instead of silently vanishing.
+    Paths are only listed here; whether a file really is an image is found out when it
+    is decoded, so a broken file is reported with its reason instead of silently
+    vanishing.
     """
     root = Path(source).expanduser()
     if not root.exists():
@@ -66,41 +87,98 @@ def discover_images(source: str | Path) -> list[ImageRef]:
         for name in sorted([*filenames, *dirnames]):
             if Path(name).suffix.lower() in IMAGE_SUFFIXES:
                 path = Path(dirpath) / name
-                refs.append(ImageRef(str(path), path.relative_to(root).as_posix()))
+                refs.append(_ref(path, path.relative_to(root).as_posix()))
     return sorted(refs, key=lambda ref: ref.relative_path)
 
 
-def decode_image(ref: ImageRef) -> DecodedImage | ImageRecord:
-    """Read and decode one image; a skipped ImageRecord with a reason if it cannot be used.
+def _ref(path: Path, relative_path: str) -> ImageRef:
+    """A reference; one with a printable stand-in name if the name is not UTF-8.
 
-    Returns RGB pixels with the EXIF orientation applied, and the content hash as image id
-    (identical files get identical ids, wherever they live).
+    On POSIX, undecodable bytes in a file name come back as lone surrogates, which no
+    UTF-8 writer (Parquet, JSON, the chunk key) accepts: such a file is reported, not
+    read, and the user renames it.
     """
-    path = Path(ref.uri)
+    uri = str(path)
+    try:
+        uri.encode("utf-8")
+    except UnicodeEncodeError:
+        return ImageRef(
+            _printable(uri),
+            _printable(relative_path),
+            problem="file name is not valid UTF-8: rename the file",
+        )
+    return ImageRef(uri, relative_path)
+
+
+def _printable(name: str) -> str:
+    return os.fsencode(name).decode("utf-8", errors="backslashreplace")
+
+
+def file_content_id(path: str | Path) -> str | None:
+    """The image id a file would get (SHA-256 of its bytes); None if it cannot be read.
+
+    Lets a caller know which images a chunk holds before decoding it (for example to
+    check a credit budget), with the same definition of identity as ``decode_image``.
+    """
+    path = Path(path)
+    try:
+        if not stat.S_ISREG(path.stat().st_mode):
+            return None
+        digest = hashlib.sha256()
+        with path.open("rb") as file:
+            while block := file.read(1 << 20):
+                digest.update(block)
+    except (OSError, ValueError):
+        return None
+    return digest.hexdigest()
+
+
+def decode_image(ref: ImageRef) -> DecodedImage | ImageRecord:
+    """Read and decode one image; a skipped ImageRecord with a reason if it is unusable.
+
+    Returns RGB pixels with the EXIF orientation applied, and the content hash as image
+    id (identical files get identical ids, wherever they live). Never raises for a bad
+    file: one odd file must not stop a chunk of good ones.
+    """
 
     def skipped(reason: str) -> ImageRecord:
         return ImageRecord(ref.uri, ref.relative_path, skipped_reason=reason)
 
+    if ref.problem:
+        return skipped(ref.problem)
+    path = Path(ref.uri)
     if path.is_symlink() and not path.exists():
         return skipped("broken symbolic link")
-    if path.is_dir():
+    try:
+        mode = path.stat().st_mode
+    except OSError as error:
+        return skipped(f"cannot read file: {error.strerror or error}")
+    if stat.S_ISDIR(mode):
         return skipped("a folder, not an image file")
+    if not stat.S_ISREG(mode):
+        # A FIFO or device would block or never end when read.
+        return skipped("not a regular file (pipe, socket or device)")
     try:
         data = path.read_bytes()
     except OSError as error:
         return skipped(f"cannot read file: {error.strerror or error}")
     if not data:
         return skipped("empty file (0 bytes)")
+    reason = _png_checksum_problem(data)
+    if reason:
+        return skipped(reason)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image, orientation = _open_rgb(data)
+        image, orientation = _open_rgb(data)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         return skipped(f"image too large to decode safely: {error}")
+    except _TooLarge as error:
+        return skipped(str(error))
     except UnidentifiedImageError:
-        return skipped("not an image (unrecognised format)")
-    except (OSError, SyntaxError, ValueError) as error:
+        return skipped(_unidentified_reason(data))
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
         return skipped(f"corrupt or truncated image: {error}")
+    except Exception as error:  # noqa: BLE001 - a decoder bug must not stop the run
+        return skipped(f"cannot decode image: {type(error).__name__}: {error}")
     record = ImageRecord(
         source_uri=ref.uri,
         relative_path=ref.relative_path,
@@ -112,30 +190,109 @@ def decode_image(ref: ImageRef) -> DecodedImage | ImageRecord:
     return DecodedImage(record, image)
 
 
+class _TooLarge(ValueError):
+    """An image whose declared size is over the pixel limit (found before decoding)."""
+
+
 def _open_rgb(data: bytes) -> tuple[Image.Image, int]:
     with Image.open(io.BytesIO(data)) as opened:
+        # The header is parsed, no pixels yet: refuse a huge declared size here, before
+        # load() allocates it. PIL warns (or raises) from open() by itself too, but a
+        # warnings filter is process-wide state that decoding threads cannot share.
+        limit = Image.MAX_IMAGE_PIXELS
+        width, height = opened.size
+        if limit and width * height > limit:
+            raise _TooLarge(
+                f"image too large to decode safely: {width}x{height} pixels declared, "
+                f"limit {limit} (possible decompression bomb)"
+            )
         opened.load()
-        orientation = int(opened.getexif().get(_EXIF_ORIENTATION, 1) or 1)
-        upright = ImageOps.exif_transpose(opened)
-        if upright.mode in ("RGBA", "LA", "PA") or (
+        orientation = _orientation(opened)
+        upright = ImageOps.exif_transpose(opened) if orientation != 1 else opened
+        if upright.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
             upright.mode == "P" and "transparency" in upright.info
         ):
             rgba = upright.convert("RGBA")
             background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
             rgb = Image.alpha_composite(background, rgba).convert("RGB")
-        elif upright.mode == "I;16" or upright.mode.startswith("I"):
-            rgb = _sixteen_bit_to_rgb(upright)
+        elif upright.mode.startswith("I") or upright.mode == "F":
+            rgb = _high_depth_to_rgb(upright)
         else:
             rgb = upright.convert("RGB")
     return rgb, orientation
 
 
-def _sixteen_bit_to_rgb(image: Image.Image) -> Image.Image:
-    """16-bit grayscale scaled to 8 bits (PIL's convert would clip everything above 255)."""
+def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation tag; 1 (none) if missing or not one of the 8 valid ones."""
+    value = image.getexif().get(_EXIF_ORIENTATION, 1)
+    if isinstance(value, tuple | list):
+        value = value[0] if value else 1
+    try:
+        value = int(value)
+    except (TypeError, ValueError):
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def _high_depth_to_rgb(image: Image.Image) -> Image.Image:
+    """16-bit or float grayscale scaled to 8 bits (PIL's convert would clip at 255).
+
+    Integer images keep their scale when they fit in 8 bits and are scaled by their peak
+    otherwise (16-bit sensors rarely use the full range); float images are stretched
+    from their minimum to their maximum.
+    """
     array = np.asarray(image, dtype=np.float64)
-    peak = array.max() or 1.0
-    scaled = (array * (255.0 / max(peak, 255.0))).clip(0, 255).astype(np.uint8)
-    return Image.fromarray(scaled, mode="L").convert("RGB")
+    if image.mode == "F":
+        low, high = float(np.nanmin(array)), float(np.nanmax(array))
+        span = (high - low) or 1.0
+        scaled = (np.nan_to_num(array, nan=low) - low) * (255.0 / span)
+    else:
+        peak = float(array.max()) if array.size else 0.0
+        scaled = array * (255.0 / max(peak, 255.0))
+    return Image.fromarray(scaled.clip(0, 255).astype(np.uint8), mode="L").convert(
+        "RGB"
+    )
+
+
+def _png_checksum_problem(data: bytes) -> str | None:
+    """A reason if a PNG chunk's CRC does not match its bytes (as libpng refuses it).
+
+    PIL checks the CRCs of header chunks only: a flipped bit in image data would
+    otherwise decode into wrong pixels without a word.
+    """
+    if not data.startswith(_PNG_SIGNATURE):
+        return None
+    position = len(_PNG_SIGNATURE)
+    while position + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[position : position + 8])
+        end = position + 8 + length
+        if end + 4 > len(data):
+            return None  # truncated: the decoder reports it
+        (stored,) = struct.unpack(">I", data[end : end + 4])
+        if zlib.crc32(data[position + 4 : end]) != stored:
+            name = kind.decode("latin-1")
+            return f"corrupt PNG: bad checksum (CRC) in its {name!r} chunk"
+        if kind == b"IEND":
+            return None
+        position = end + 4
+    return None
+
+
+def _unidentified_reason(data: bytes) -> str:
+    """Why PIL found no format: a known format's signature means a corrupt file."""
+    fmt = _sniff_format(data)
+    if fmt is None:
+        return "not an image (unrecognised format)"
+    return f"corrupt {fmt} file: its header cannot be read"
+
+
+def _sniff_format(data: bytes) -> str | None:
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    for signature, fmt in _SIGNATURES:
+        if data.startswith(signature):
+            return fmt
+    return None
 
 
 def decode_with_prefetch(

@@ -19,6 +19,7 @@ from prefect.cache_policies import NO_CACHE
 
 from model_loaders.cache import get_model
 from tasks import progress
+from tasks.credits import CreditAccount
 from tasks.images import DecodedImage, ImageRef, decode_with_prefetch, discover_images
 from tasks.labels import (
     IMAGE_SCHEMA,
@@ -50,6 +51,7 @@ class ChunkResult:
     labels: int
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (relative path, reason)
     reused: bool = False
+    credits: float = 0.0  # charged by this call (0 for images charged before)
 
 
 def plan_chunks(source: str, settings: LabelSettings) -> list[Chunk]:
@@ -88,14 +90,30 @@ def prune_stale_shards(out: str, chunks: list[Chunk]) -> int:
     return removed
 
 
-def label_chunk(chunk: Chunk, settings: LabelSettings, out: str, run_id: str) -> ChunkResult:
-    """Label every image of ``chunk`` and write its labels and image manifest shards."""
+def label_chunk(
+    chunk: Chunk,
+    settings: LabelSettings,
+    out: str,
+    run_id: str,
+    credits: CreditAccount | None = None,
+) -> ChunkResult:
+    """Label every image of ``chunk`` and write its labels and image manifest shards.
+
+    With ``credits``, the chunk is refused (BudgetExceeded) before any labeling if its
+    images would overspend, and its readable images are charged once the shards exist.
+    Charging is idempotent, so a chunk found finished (a rerun, or a crash between
+    writing and charging) is charged here too, never twice.
+    """
     layout = OutputLayout(out)
     labels_path, images_path = layout.shard_paths(chunk.key)
     if labels_path.exists() and images_path.exists():
         result = _result_from_shard(chunk.key, labels_path, images_path)
+        if credits is not None:
+            result.credits = credits.charge_images_shard(images_path, run_id).credits
         progress.advance(result.images)
         return result
+    if credits is not None:
+        credits.check_chunk([ref.uri for ref in chunk.refs], run_id)
 
     model = get_model(settings.model)
     ontology = settings.ontology
@@ -126,11 +144,13 @@ def label_chunk(chunk: Chunk, settings: LabelSettings, out: str, run_id: str) ->
     # Image manifest last: a chunk counts as done only when both shards exist.
     write_parquet_atomically(labels, labels_path, LABEL_SCHEMA)
     write_parquet_atomically(images_to_frame(records, run_id=run_id), images_path, IMAGE_SCHEMA)
+    charged = credits.charge_images_shard(images_path, run_id) if credits else None
     return ChunkResult(
         key=chunk.key,
         images=len(records),
         labels=len(labels),
         skipped=[(r.relative_path, r.skipped_reason) for r in records if r.skipped_reason],
+        credits=charged.credits if charged else 0.0,
     )
 
 

@@ -12,7 +12,9 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from tasks.credits import CreditAccount, format_credits
 from tasks.labels import OutputLayout, read_images, read_labels
+from tasks.quality import QualityResult
 from tasks.settings import LabelSettings
 
 _MAX_LISTED = 200  # longer lists are cut in the markdown (the Parquet tables hold them all)
@@ -29,9 +31,20 @@ class RunSummary:
     per_class: dict[str, int] = field(default_factory=dict)
     unlabeled: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    credits_used: float | None = None  # charged to this run; None when nothing is metered
+    credits_total: float | None = None  # charged to the dataset so far
+    budget_stop: str | None = None  # why the budget stopped the run early, if it did
+    quality_failed: list[str] = field(default_factory=list)  # names of failed checks
 
 
-def summarize(out: str, settings: LabelSettings, run_id: str) -> RunSummary:
+def summarize(
+    out: str,
+    settings: LabelSettings,
+    run_id: str,
+    credits: CreditAccount | None = None,
+    budget_stop: str | None = None,
+    quality: QualityResult | None = None,
+) -> RunSummary:
     """Read the output folder's tables and count what a user wants to know."""
     layout = OutputLayout(out)
     images = read_images(layout)
@@ -48,6 +61,10 @@ def summarize(out: str, settings: LabelSettings, run_id: str) -> RunSummary:
         per_class={name: int(counts.get(name, 0)) for name in settings.ontology.class_names},
         unlabeled=sorted(readable.loc[~readable["image_id"].isin(labeled_ids), "relative_path"]),
         skipped=list(zip(skipped["relative_path"], skipped["skipped_reason"], strict=True)),
+        credits_used=credits.ledger().used(credits.dataset, run_id) if credits else None,
+        credits_total=credits.ledger().used(credits.dataset) if credits else None,
+        budget_stop=budget_stop,
+        quality_failed=[check.name for check in quality.failed] if quality else [],
     )
 
 
@@ -62,6 +79,8 @@ def render_report(summary: RunSummary, settings: LabelSettings) -> str:
         f"- Images: {summary.images} found, {summary.labeled} labeled, "
         f"{len(summary.skipped)} skipped",
         f"- Labels: {summary.labels}",
+        *_credit_lines(summary),
+        *_quality_lines(summary),
         "",
         "## Labels per class",
         "",
@@ -78,23 +97,55 @@ def render_report(summary: RunSummary, settings: LabelSettings) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(out: str, settings: LabelSettings, run_id: str) -> RunSummary:
+def write_report(
+    out: str,
+    settings: LabelSettings,
+    run_id: str,
+    credits: CreditAccount | None = None,
+    budget_stop: str | None = None,
+    quality: QualityResult | None = None,
+) -> RunSummary:
     """Summarise the run and write ``OUT/report.md``."""
-    summary = summarize(out, settings, run_id)
+    summary = summarize(out, settings, run_id, credits, budget_stop, quality)
     OutputLayout(out).report.write_text(render_report(summary, settings), encoding="utf-8")
     return summary
 
 
 @task(name="write-report", cache_policy=NO_CACHE)
-def write_report_task(out: str, settings: LabelSettings, run_id: str) -> RunSummary:
+def write_report_task(
+    out: str,
+    settings: LabelSettings,
+    run_id: str,
+    credits: CreditAccount | None = None,
+    budget_stop: str | None = None,
+    quality: QualityResult | None = None,
+) -> RunSummary:
     """``write_report`` plus the same markdown as an artifact on the flow run."""
-    summary = write_report(out, settings, run_id)
+    summary = write_report(out, settings, run_id, credits, budget_stop, quality)
     create_markdown_artifact(
         markdown=render_report(summary, settings),
         key="autolabel-report",
         description="Counts per class, unlabeled and skipped images",
     )
     return summary
+
+
+def _credit_lines(summary: RunSummary) -> list[str]:
+    if summary.credits_used is None:
+        return []
+    lines = [
+        f"- Credits: {format_credits(summary.credits_used)} charged to this run, "
+        f"{format_credits(summary.credits_total or 0.0)} to the dataset so far"
+    ]
+    if summary.budget_stop:
+        lines.append(f"- **Stopped by the budget** before labeling more: {summary.budget_stop}")
+    return lines
+
+
+def _quality_lines(summary: RunSummary) -> list[str]:
+    if not summary.quality_failed:
+        return ["- Quality: all blocking checks passed (quality.md)"]
+    return [f"- Quality: failed {', '.join(summary.quality_failed)} (see quality.md)"]
 
 
 def _bullets(items) -> list[str]:
