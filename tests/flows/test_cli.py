@@ -45,7 +45,8 @@ def test_invalid_options_exit_2_before_any_model_loads(
 def test_an_unreachable_model_is_one_line_and_exit_1(sample_photos, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     result = runner.invoke(
-        app, ["label", str(sample_photos), "--class", "cat", "--model", "someone/missing"]
+        app,
+        ["label", str(sample_photos), "--class", "cat", "--model", "someone/missing"],
     )
     assert result.exit_code == 1
     assert "not in the local Hugging Face cache" in result.output
@@ -58,7 +59,14 @@ def test_label_writes_every_output_and_exit_3_when_files_were_skipped(
 ):
     (sample_photos / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
     out = tmp_path / "out"
-    args = ["label", str(sample_photos), "--out", str(out), "--model", tiny_grounding_dino]
+    args = [
+        "label",
+        str(sample_photos),
+        "--out",
+        str(out),
+        "--model",
+        tiny_grounding_dino,
+    ]
     args += ["--class", "aluminum can: a shiny metal drink can", "--class", "person"]
     args += ["--threshold", "0.3", "--threshold", "person=0.5", "--device", "cpu"]
     result = runner.invoke(app, args)

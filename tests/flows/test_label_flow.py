@@ -77,10 +77,16 @@ def test_a_folder_is_labeled_and_every_export_agrees(
     # COCO: pycocotools reads it; boxes equal the Parquet table's.
     coco = COCO(str(layout.coco_json))
     assert len(coco.getImgIds()) == 4
-    assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == ["person", "cup", "rocket"]
+    assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == [
+        "person",
+        "cup",
+        "rocket",
+    ]
     assert len(coco.getAnnIds()) == len(labels)
     for image in coco.loadImgs(coco.getImgIds()):
-        rows = labels[labels["source_uri"].str.endswith(image["file_name"][len("images/") :])]
+        rows = labels[
+            labels["source_uri"].str.endswith(image["file_name"][len("images/") :])
+        ]
         anns = coco.loadAnns(coco.getAnnIds(imgIds=image["id"]))
         coco_boxes = sorted(
             (a["category_id"] - 1, *np.round(a["bbox"], 3)) for a in anns
@@ -117,9 +123,13 @@ def test_a_folder_is_labeled_and_every_export_agrees(
         np.testing.assert_allclose(got, expected, atol=1.0)
 
 
-def test_the_flow_run_is_recorded_with_its_tasks(tiny_grounding_dino, sample_photos, tmp_path):
+def test_the_flow_run_is_recorded_with_its_tasks(
+    tiny_grounding_dino, sample_photos, tmp_path
+):
     summary = label_images(
-        source=str(sample_photos), out=str(tmp_path / "out"), settings=_settings(tiny_grounding_dino)
+        source=str(sample_photos),
+        out=str(tmp_path / "out"),
+        settings=_settings(tiny_grounding_dino),
     )
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(summary.run_id)
@@ -153,4 +163,6 @@ def test_a_rerun_reuses_finished_chunks_and_other_settings_replace_them(
     relabeled = read_labels(OutputLayout(out))
     assert relabeled["confidence"].min() >= 0.9
     assert len(relabeled) < len(first)
-    assert len(read_images(OutputLayout(out))) == 4  # old shards were replaced, not added
+    assert (
+        len(read_images(OutputLayout(out))) == 4
+    )  # old shards were replaced, not added

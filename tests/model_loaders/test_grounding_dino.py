@@ -101,7 +101,9 @@ def test_labels_do_not_depend_on_batch_mates(tiny_grounding_dino, photos):
         assert ours.data["prompt"].tolist() == single.data["prompt"].tolist()
 
 
-def test_per_class_mode_agrees_with_the_transformers_pipeline(tiny_grounding_dino, photos):
+def test_per_class_mode_agrees_with_the_transformers_pipeline(
+    tiny_grounding_dino, photos
+):
     """One prompt per label, as `zero-shot-object-detection` does (bare label as text).
 
     The pipeline scores a box by its max over all tokens, special ones included; we score by
@@ -131,7 +133,9 @@ def test_per_class_mode_agrees_with_the_transformers_pipeline(tiny_grounding_din
             and abs(their_score[key] - float(score)) < 1e-6
         ]
         assert len(same) >= 3
-        assert [s for s, _ in sorted(same)] == [s for s, _ in sorted(same, key=lambda x: x[1])]
+        assert [s for s, _ in sorted(same)] == [
+            s for s, _ in sorted(same, key=lambda x: x[1])
+        ]
 
 
 def _clipped(box: dict[str, int], image: Image.Image) -> tuple[int, ...]:
@@ -140,7 +144,9 @@ def _clipped(box: dict[str, int], image: Image.Image) -> tuple[int, ...]:
     return tuple(int(v) for v in clipped[0])
 
 
-def test_a_class_list_over_the_token_limit_is_chunked_and_merged(tiny_grounding_dino, photos):
+def test_a_class_list_over_the_token_limit_is_chunked_and_merged(
+    tiny_grounding_dino, photos
+):
     """The tiny model reads 64 tokens: 30 classes need several passes. Each class's
     detections must equal those of running that class's chunk on its own."""
     names = [f"thing{chr(97 + i // 26)}{chr(97 + i % 26)} object" for i in range(30)]
@@ -158,17 +164,24 @@ def test_a_class_list_over_the_token_limit_is_chunked_and_merged(tiny_grounding_
         )
         in_chunk = np.isin(merged.data["class_name"], chunk_names)
         np.testing.assert_allclose(merged.xyxy[in_chunk], alone.xyxy, atol=1e-3)
-        assert merged.data["class_name"][in_chunk].tolist() == alone.data["class_name"].tolist()
+        assert (
+            merged.data["class_name"][in_chunk].tolist()
+            == alone.data["class_name"].tolist()
+        )
 
 
 def test_several_descriptions_map_to_one_class_and_record_the_prompt(
     tiny_grounding_dino, photos
 ):
-    ontology = Ontology.from_class_options(["can: a shiny metal drink can; soda can", "cat"])
+    ontology = Ontology.from_class_options(
+        ["can: a shiny metal drink can; soda can", "cat"]
+    )
     (detections,) = _backend(tiny_grounding_dino).predict(
         photos[:1], ontology, confidence_floor=0.0
     )
-    for class_id, prompt in zip(detections.class_id, detections.data["prompt"], strict=True):
+    for class_id, prompt in zip(
+        detections.class_id, detections.data["prompt"], strict=True
+    ):
         assert prompt in ontology.classes[class_id].descriptions
     assert set(detections.data["prompt"]) - {"cat"}  # the can's descriptions do fire
 
@@ -182,7 +195,9 @@ def test_bfloat16_runs_and_finds_mostly_the_float32_boxes(tiny_grounding_dino, p
     (a,) = fp32.predict(photos[:1], ONTOLOGY, confidence_floor=0.0)
     (b,) = bf16.predict(photos[:1], ONTOLOGY, confidence_floor=0.0)
     assert len(a) == len(b)
-    assert np.isfinite(b.xyxy).all() and ((b.confidence >= 0) & (b.confidence <= 1)).all()
+    assert (
+        np.isfinite(b.xyxy).all() and ((b.confidence >= 0) & (b.confidence <= 1)).all()
+    )
     distance = np.abs(a.xyxy[:, None, :] - b.xyxy[None, :, :]).max(axis=2)
     assert (distance.min(axis=1) <= 2.0).mean() >= 0.5
 

@@ -67,7 +67,9 @@ def test_short_lists_stay_in_one_text(tokenizer):
 def test_a_description_longer_than_the_limit_is_named(tokenizer):
     long_prompt = " ".join(["cat"] * 300)
     with pytest.raises(PromptTooLongError, match="cat cat"):
-        build_joint_texts([(long_prompt, 0)], count_tokens=_count(tokenizer), max_tokens=256)
+        build_joint_texts(
+            [(long_prompt, 0)], count_tokens=_count(tokenizer), max_tokens=256
+        )
 
 
 def test_tokens_map_to_their_phrase_and_separators_to_none(tokenizer):
@@ -105,4 +107,7 @@ def test_phrase_score_is_the_max_over_its_own_tokens_only():
 
 def test_per_class_texts_are_the_bare_descriptions():
     texts = build_per_class_texts([("a cat", 0), ("dog", 1)])
-    assert [(t.text, t.phrases[0].class_id) for t in texts] == [("a cat", 0), ("dog", 1)]
+    assert [(t.text, t.phrases[0].class_id) for t in texts] == [
+        ("a cat", 0),
+        ("dog", 1),
+    ]

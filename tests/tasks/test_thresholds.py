@@ -22,7 +22,11 @@ from tasks.thresholds import (
         ([], 0.35, {}),
         (["0.5"], 0.5, {}),
         (["person=0.6"], 0.35, {"person": 0.6}),
-        (["0.2", "aluminum can=1", "person=0"], 0.2, {"aluminum can": 1.0, "person": 0.0}),
+        (
+            ["0.2", "aluminum can=1", "person=0"],
+            0.2,
+            {"aluminum can": 1.0, "person": 0.0},
+        ),
         (["a=b=0.3"], 0.35, {"a=b": 0.3}),
     ],
 )
@@ -74,7 +78,10 @@ def _detections(scores, class_ids, boxes=None):
 @pytest.mark.parametrize(
     ("thresholds", "kept"),
     [
-        (Thresholds(default=0.5), [0.5, 0.9, 0.7]),  # a score equal to the threshold stays
+        (
+            Thresholds(default=0.5),
+            [0.5, 0.9, 0.7],
+        ),  # a score equal to the threshold stays
         (Thresholds(default=0.5, per_class={"can": 0.8}), [0.5, 0.9]),
         (Thresholds(default=0.0), [0.2, 0.5, 0.9, 0.7]),
         (Thresholds(default=1.0), []),
@@ -91,5 +98,7 @@ def test_nms_per_class_keeps_overlaps_of_different_classes():
     box = [0, 0, 10, 10]
     detections = _detections([0.9, 0.8, 0.7], [0, 0, 1], boxes=[box, box, box])
     assert sorted(apply_nms(detections, "class", 0.5).class_id.tolist()) == [0, 1]
-    assert apply_nms(detections, "agnostic", 0.5).confidence.tolist() == pytest.approx([0.9])
+    assert apply_nms(detections, "agnostic", 0.5).confidence.tolist() == pytest.approx(
+        [0.9]
+    )
     assert len(apply_nms(detections, "none", 0.5)) == 3

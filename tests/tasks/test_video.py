@@ -34,7 +34,9 @@ def test_frames_are_sampled_at_the_asked_rate_and_named_by_time(video, tmp_path)
         "clips/street_t000002.500s.jpg",
     ]
     brightness = [np.asarray(Image.open(r.uri)).mean() for r in refs]
-    expected = [(i * 5 * 8) % 256 for i in range(6)]  # every 5th frame of the 10 fps video
+    expected = [
+        (i * 5 * 8) % 256 for i in range(6)
+    ]  # every 5th frame of the 10 fps video
     assert brightness == pytest.approx(expected, abs=6)
 
 
@@ -46,7 +48,9 @@ def test_frames_are_cached_and_reused(video, tmp_path):
     assert len(first) == 3
 
 
-@pytest.mark.parametrize(("seconds", "name"), [(0, "a_t000000.000s.jpg"), (61.25, "a_t000061.250s.jpg")])
+@pytest.mark.parametrize(
+    ("seconds", "name"), [(0, "a_t000000.000s.jpg"), (61.25, "a_t000061.250s.jpg")]
+)
 def test_frame_names(seconds, name):
     assert frame_name("a.mov", seconds) == name
 
