@@ -22,6 +22,7 @@ from flows.cli_options import (
     DatasetOption,
     DeviceOption,
     DtypeOption,
+    FpsOption,
     LedgerOption,
     MaxCreditsOption,
     ModelOption,
@@ -31,7 +32,9 @@ from flows.cli_options import (
     PromptModeOption,
     QualityOption,
     RatesOption,
+    S3EndpointOption,
     ThresholdOption,
+    UploadToOption,
     console,
     credit_account_or_exit,
     print_error,
@@ -45,6 +48,9 @@ from tasks.credits import CreditLedger, format_credits, redact, resolve_ledger_p
 from tasks.images import SourceError
 from tasks.quality import QualityCheckFailed
 from tasks.report import RunSummary
+from tasks.roboflow_api import RoboflowAccessError
+from tasks.s3 import is_s3, staging_folder
+from tasks.sources import SourceOptions
 
 app = typer.Typer(
     help="Label images with foundation models, through Prefect flows.",
@@ -61,9 +67,13 @@ def main() -> None:
 @app.command()
 def label(
     source: Annotated[
-        Path, typer.Argument(help="Folder of images (searched recursively).")
+        str,
+        typer.Argument(
+            help="Folder (searched recursively), s3://bucket/prefix or "
+            "roboflow://workspace/project[/batch]."
+        ),
     ],
-    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("out"),
+    out: Annotated[str, typer.Option(help="Output folder, or s3://bucket/prefix.")] = "out",
     classes: ClassOption = None,
     ontology: OntologyOption = None,
     threshold: ThresholdOption = None,
@@ -80,6 +90,9 @@ def label(
     credit_rates: RatesOption = None,
     dataset: DatasetOption = None,
     quality: QualityOption = "warn",
+    s3_endpoint_url: S3EndpointOption = None,
+    fps: FpsOption = None,
+    upload_to: UploadToOption = None,
 ) -> None:
     """Label a folder of images; write labels (Parquet), COCO, YOLO and report.md to --out."""
     quality = quality_or_exit(quality)
@@ -98,9 +111,10 @@ def label(
             prompt_mode=prompt_mode,
         ),
     )
+    local_out = staging_folder(out) if is_s3(out) else Path(out)
     account = credit_account_or_exit(
-        out=out,
-        source=str(source.resolve()),
+        out=local_out,
+        source=source if "://" in source else str(Path(source).resolve()),
         settings=settings,
         ledger=credits_ledger,
         rates=credit_rates,
@@ -114,13 +128,15 @@ def label(
     try:
         with progress_bar("Labeling"):
             summary = label_images(
-                source=str(source),
-                out=str(out),
+                source=source,
+                out=out,
                 settings=settings,
                 credits=account,
                 quality=quality,
+                sources=SourceOptions(s3_endpoint_url=s3_endpoint_url, fps=fps),
+                upload_to=upload_to,
             )
-    except SourceError as error:
+    except (SourceError, RoboflowAccessError) as error:
         print_error(error)
         raise typer.Exit(EXIT_FAILED) from None
     except QualityCheckFailed as error:
@@ -129,14 +145,20 @@ def label(
     raise typer.Exit(report_run(summary, out))
 
 
-def report_run(summary: RunSummary, out: Path) -> int:
+def report_run(summary: RunSummary, out: str) -> int:
     """Print what a labeling run did; the exit code that says how it ended."""
     console.print(
         f"Labeled {summary.labeled} of {summary.images} images: {summary.labels} labels "
         f"({', '.join(f'{k} {v}' for k, v in summary.per_class.items())}); "
         f"{format_credits(summary.credits_used or 0.0)} credits. "
-        f"Outputs in {out}/ (report: {out / 'report.md'})."
+        f"Outputs in {out}/ (report: {out.rstrip('/')}/report.md)."
     )
+    if summary.upload is not None:
+        upload = summary.upload
+        console.print(
+            f"Roboflow: {upload.uploaded} uploaded, {upload.skipped} already there, "
+            f"{len(upload.failed)} failed."
+        )
     if summary.budget_stop:
         print_error(
             f"stopped before labeling more: {summary.budget_stop}. "

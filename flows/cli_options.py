@@ -92,6 +92,18 @@ DatasetOption = Annotated[
     str | None,
     typer.Option(help="Dataset the credits are booked to (default: the source)."),
 ]
+S3EndpointOption = Annotated[
+    str | None,
+    typer.Option(help="Endpoint URL of an S3-compatible store (MinIO, SeaweedFS, ...)."),
+]
+FpsOption = Annotated[
+    float | None,
+    typer.Option(min=0.001, help="Label videos too, as frames sampled at this rate."),
+]
+UploadToOption = Annotated[
+    str | None,
+    typer.Option(help="roboflow://WORKSPACE/PROJECT: re-upload images + labels there."),
+]
 QualityOption = Annotated[
     str, typer.Option(help="warn: report label quality failures; fail: fail the run.")
 ]

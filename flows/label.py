@@ -19,8 +19,11 @@ from tasks.label import (
 )
 from tasks.labels import OutputLayout
 from tasks.quality import enforce_quality_policy, quality_check_task
-from tasks.report import RunSummary, write_report_task
+from tasks.report import RunOutcome, RunSummary, write_report_task
+from tasks.roboflow_upload import upload_to_roboflow_task
+from tasks.s3 import is_s3, staging_folder, upload_outputs_task
 from tasks.settings import LabelSettings
+from tasks.sources import SourceOptions
 
 
 @flow(name="label-images", description="Label a folder of images; export COCO and YOLO.")
@@ -30,27 +33,46 @@ def label_images(
     settings: LabelSettings,
     credits: CreditAccount | None = None,
     quality: Literal["warn", "fail"] = "warn",
+    sources: SourceOptions | None = None,
+    upload_to: str | None = None,
 ) -> RunSummary:
     """Label every image under ``source`` with ``settings``; write everything under ``out``.
 
     Args:
         source: Folder of images (searched recursively).
-        out: Output folder: labels/, images/, coco/, yolo/, report.md, quality.md.
+        out: Output folder: labels/, images/, coco/, yolo/, report.md, quality.md; an
+            s3://bucket/prefix is written locally first, then uploaded.
         settings: Classes and their descriptions, model, thresholds, NMS and chunk size.
         credits: The ledger to charge and an optional budget; None meters nothing.
         quality: warn: quality failures are reported; fail: they also fail the run.
+        sources: How to reach S3-compatible stores; the frame rate to sample videos at.
+        upload_to: roboflow://WORKSPACE/PROJECT to re-upload images + labels to, as one
+            annotation batch named after the run.
     """
     run_id = flow_run.get_id() or "local"
-    chunks = plan_chunks_task(source, settings)
+    destination, out = out, str(staging_folder(out)) if is_s3(out) else out
+    chunks = plan_chunks_task(source, settings, out, sources)
     prune_stale_shards_task(out, chunks)
-    budget_stop = _label_chunks(chunks, settings, out, run_id, credits)
+    budget_stop = _label_chunks(chunks, settings, out, run_id, credits, sources)
     layout = OutputLayout(out)
     export_coco_task(layout, settings.ontology.class_names)
     export_yolo_task(layout, settings.ontology.class_names)
     checks = quality_check_task(out, settings, policy=quality)
+    uploaded = None
+    if upload_to:
+        uploaded = upload_to_roboflow_task(
+            out,
+            upload_to,
+            settings.ontology.class_names,
+            batch_name=f"autolabel {run_id}",
+            tags=[f"model:{settings.model.model}", f"run:{run_id}"],
+        )
     if credits is not None:
         record_credits_task(credits, run_id)
-    summary = write_report_task(out, settings, run_id, credits, budget_stop, checks)
+    outcome = RunOutcome(credits, budget_stop, checks, uploaded)
+    summary = write_report_task(out, settings, run_id, outcome)
+    if destination != out:
+        upload_outputs_task(out, destination, (sources or SourceOptions()).s3_endpoint_url)
     enforce_quality_policy(checks, quality, layout.root / "quality.md")
     return summary
 
@@ -61,6 +83,7 @@ def _label_chunks(
     out: str,
     run_id: str,
     credits: CreditAccount | None,
+    sources: SourceOptions | None,
 ) -> str | None:
     """Label chunk after chunk, showing progress in the Prefect UI; stop at the budget.
 
@@ -74,7 +97,9 @@ def _label_chunks(
     )
     done = 0
     for chunk in chunks:
-        state = label_chunk_task(chunk, settings, out, run_id, credits, return_state=True)
+        state = label_chunk_task(
+            chunk, settings, out, run_id, credits, sources, return_state=True
+        )
         result = state.result(raise_on_failure=False)
         if isinstance(result, BudgetExceeded):
             return str(result)

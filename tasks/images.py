@@ -53,6 +53,12 @@ class ImageRef:
     uri: str
     relative_path: str
     problem: str | None = None
+    local_path: str | None = None  # the bytes on this machine, when ``uri`` is remote
+
+    @property
+    def readable_path(self) -> Path:
+        """Where to read the bytes: the local copy of a remote image, or the file."""
+        return Path(self.local_path or self.uri)
 
 
 @dataclass
@@ -146,7 +152,7 @@ def decode_image(ref: ImageRef) -> DecodedImage | ImageRecord:
 
     if ref.problem:
         return skipped(ref.problem)
-    path = Path(ref.uri)
+    path = ref.readable_path
     if path.is_symlink() and not path.exists():
         return skipped("broken symbolic link")
     try:

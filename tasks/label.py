@@ -20,7 +20,7 @@ from prefect.cache_policies import NO_CACHE
 from model_loaders.cache import get_model
 from tasks import progress
 from tasks.credits import CreditAccount
-from tasks.images import DecodedImage, ImageRef, decode_with_prefetch, discover_images
+from tasks.images import DecodedImage, ImageRef, decode_with_prefetch
 from tasks.labels import (
     IMAGE_SCHEMA,
     LABEL_SCHEMA,
@@ -31,6 +31,7 @@ from tasks.labels import (
     write_parquet_atomically,
 )
 from tasks.settings import LabelSettings
+from tasks.sources import SourceOptions, discover, localize
 from tasks.thresholds import apply_nms, apply_thresholds
 
 
@@ -54,13 +55,20 @@ class ChunkResult:
     credits: float = 0.0  # charged by this call (0 for images charged before)
 
 
-def plan_chunks(source: str, settings: LabelSettings) -> list[Chunk]:
+def plan_chunks(
+    source: str,
+    settings: LabelSettings,
+    out: str | None = None,
+    sources: SourceOptions | None = None,
+) -> list[Chunk]:
     """Discover the source's images and cut them into chunks of ``settings.chunk_size``.
 
-    A chunk's key hashes its files (path, size, modification time) and the settings'
-    fingerprint: the same files labeled the same way land in the same shard.
+    A chunk's key hashes its files (path, size and modification time of local files, the
+    URI of remote ones) and the settings' fingerprint: the same files labeled the same
+    way land in the same shard. ``out`` holds the cache that remote sources and video
+    frames need.
     """
-    refs = discover_images(source)
+    refs = discover(source, out, sources or SourceOptions())
     fingerprint = settings.fingerprint()
     chunks = []
     for start in range(0, len(refs), settings.chunk_size):
@@ -96,6 +104,7 @@ def label_chunk(
     out: str,
     run_id: str,
     credits: CreditAccount | None = None,
+    sources: SourceOptions | None = None,
 ) -> ChunkResult:
     """Label every image of ``chunk`` and write its labels and image manifest shards.
 
@@ -112,8 +121,9 @@ def label_chunk(
             result.credits = credits.charge_images_shard(images_path, run_id).credits
         progress.advance(result.images)
         return result
+    refs = localize(chunk.refs, out, sources or SourceOptions())
     if credits is not None:
-        credits.check_chunk([ref.uri for ref in chunk.refs], run_id)
+        credits.check_chunk([ref.readable_path for ref in refs], run_id)
 
     model = get_model(settings.model)
     ontology = settings.ontology
@@ -121,7 +131,7 @@ def label_chunk(
     window_size = settings.model.batch_size * 4  # several batches, so shape buckets fill
     frames: list[pd.DataFrame] = []
     records: list[ImageRecord] = []
-    decoded_stream = decode_with_prefetch(chunk.refs, lookahead=window_size)
+    decoded_stream = decode_with_prefetch(refs, lookahead=window_size)
     while window := list(itertools.islice(decoded_stream, window_size)):
         readable = [item for item in window if isinstance(item, DecodedImage)]
         predictions = model.predict(
@@ -168,6 +178,8 @@ def _result_from_shard(key: str, labels_path: Path, images_path: Path) -> ChunkR
 
 
 def _file_stamp(uri: str) -> str:
+    if "://" in uri:
+        return "remote"
     try:
         stat = Path(uri).stat()
     except OSError:

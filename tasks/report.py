@@ -15,9 +15,21 @@ from prefect.cache_policies import NO_CACHE
 from tasks.credits import CreditAccount, format_credits
 from tasks.labels import OutputLayout, read_images, read_labels
 from tasks.quality import QualityResult
+from tasks.roboflow_upload import UploadSummary
 from tasks.settings import LabelSettings
 
 _MAX_LISTED = 200  # longer lists are cut in the markdown (the Parquet tables hold them all)
+
+
+@dataclass
+class RunOutcome:
+    """What a run did besides labeling: what it charged, whether the budget stopped it,
+    how the quality checks went, what reached Roboflow."""
+
+    credits: CreditAccount | None = None
+    budget_stop: str | None = None
+    quality: QualityResult | None = None
+    upload: UploadSummary | None = None
 
 
 @dataclass
@@ -35,17 +47,18 @@ class RunSummary:
     credits_total: float | None = None  # charged to the dataset so far
     budget_stop: str | None = None  # why the budget stopped the run early, if it did
     quality_failed: list[str] = field(default_factory=list)  # names of failed checks
+    upload: UploadSummary | None = None  # the Roboflow re-upload, if one was asked for
 
 
 def summarize(
     out: str,
     settings: LabelSettings,
     run_id: str,
-    credits: CreditAccount | None = None,
-    budget_stop: str | None = None,
-    quality: QualityResult | None = None,
+    outcome: RunOutcome | None = None,
 ) -> RunSummary:
     """Read the output folder's tables and count what a user wants to know."""
+    outcome = outcome or RunOutcome()
+    credits = outcome.credits
     layout = OutputLayout(out)
     images = read_images(layout)
     labels = read_labels(layout)
@@ -63,8 +76,9 @@ def summarize(
         skipped=list(zip(skipped["relative_path"], skipped["skipped_reason"], strict=True)),
         credits_used=credits.ledger().used(credits.dataset, run_id) if credits else None,
         credits_total=credits.ledger().used(credits.dataset) if credits else None,
-        budget_stop=budget_stop,
-        quality_failed=[check.name for check in quality.failed] if quality else [],
+        budget_stop=outcome.budget_stop,
+        quality_failed=[c.name for c in outcome.quality.failed] if outcome.quality else [],
+        upload=outcome.upload,
     )
 
 
@@ -81,6 +95,7 @@ def render_report(summary: RunSummary, settings: LabelSettings) -> str:
         f"- Labels: {summary.labels}",
         *_credit_lines(summary),
         *_quality_lines(summary),
+        *_upload_lines(summary),
         "",
         "## Labels per class",
         "",
@@ -101,12 +116,10 @@ def write_report(
     out: str,
     settings: LabelSettings,
     run_id: str,
-    credits: CreditAccount | None = None,
-    budget_stop: str | None = None,
-    quality: QualityResult | None = None,
+    outcome: RunOutcome | None = None,
 ) -> RunSummary:
     """Summarise the run and write ``OUT/report.md``."""
-    summary = summarize(out, settings, run_id, credits, budget_stop, quality)
+    summary = summarize(out, settings, run_id, outcome)
     OutputLayout(out).report.write_text(render_report(summary, settings), encoding="utf-8")
     return summary
 
@@ -116,12 +129,10 @@ def write_report_task(
     out: str,
     settings: LabelSettings,
     run_id: str,
-    credits: CreditAccount | None = None,
-    budget_stop: str | None = None,
-    quality: QualityResult | None = None,
+    outcome: RunOutcome | None = None,
 ) -> RunSummary:
     """``write_report`` plus the same markdown as an artifact on the flow run."""
-    summary = write_report(out, settings, run_id, credits, budget_stop, quality)
+    summary = write_report(out, settings, run_id, outcome)
     create_markdown_artifact(
         markdown=render_report(summary, settings),
         key="autolabel-report",
@@ -146,6 +157,18 @@ def _quality_lines(summary: RunSummary) -> list[str]:
     if not summary.quality_failed:
         return ["- Quality: all blocking checks passed (quality.md)"]
     return [f"- Quality: failed {', '.join(summary.quality_failed)} (see quality.md)"]
+
+
+def _upload_lines(summary: RunSummary) -> list[str]:
+    upload = summary.upload
+    if upload is None:
+        return []
+    lines = [
+        f"- Roboflow upload: {upload.uploaded} uploaded, {upload.skipped} already there, "
+        f"{len(upload.failed)} failed"
+    ]
+    lines += [f"  - `{path}`: {reason}" for path, reason in upload.failed[:_MAX_LISTED]]
+    return lines
 
 
 def _bullets(items) -> list[str]:

@@ -10,11 +10,16 @@ chain (environment, ~/.aws, instance roles); ``endpoint_url`` points at S3-compa
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
 from tasks.images import IMAGE_SUFFIXES, ImageRef, SourceError
+from tasks.video import VIDEO_SUFFIXES
 
 SCHEME = "s3://"
 
@@ -60,6 +65,11 @@ def list_images(source: str, *, client) -> list[ImageRef]:
 
     ``relative_path`` is the key below the prefix, so exports mirror the bucket's folders.
     """
+    return list_objects(source, client=client, suffixes=IMAGE_SUFFIXES)
+
+
+def list_objects(source: str, *, client, suffixes: frozenset[str]) -> list[ImageRef]:
+    """Objects under ``s3://bucket/prefix`` whose names end in one of ``suffixes``."""
     location = S3Location.parse(source)
     prefix = location.prefix
     if prefix and not prefix.endswith("/"):
@@ -67,7 +77,7 @@ def list_images(source: str, *, client) -> list[ImageRef]:
     refs = [
         ImageRef(location.uri(key), key[len(prefix) :])
         for key in _keys(client, location.bucket, prefix)
-        if PurePosixPath(key).suffix.lower() in IMAGE_SUFFIXES and not key.endswith("/")
+        if PurePosixPath(key).suffix.lower() in suffixes and not key.endswith("/")
     ]
     return sorted(refs, key=lambda ref: ref.relative_path)
 
@@ -88,9 +98,9 @@ def _keys(client, bucket: str, prefix: str) -> Iterator[str]:
 def cache_path(uri: str, cache_dir: Path) -> Path:
     """Where the object at ``uri`` is cached: a hash of the URI plus a safe suffix."""
     suffix = PurePosixPath(uri).suffix.lower()
-    if suffix not in IMAGE_SUFFIXES:
+    if suffix not in IMAGE_SUFFIXES | VIDEO_SUFFIXES:
         suffix = ""
-    return cache_dir / f"{hashlib.sha256(uri.encode()).hexdigest()[:32]}{suffix}"
+    return cache_dir / "s3" / f"{hashlib.sha256(uri.encode()).hexdigest()[:32]}{suffix}"
 
 
 def fetch(uri: str, cache_dir: Path, *, client) -> Path:
@@ -99,20 +109,44 @@ def fetch(uri: str, cache_dir: Path, *, client) -> Path:
     if path.exists():
         return path
     location = S3Location.parse(uri)
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".part")
     client.download_file(location.bucket, location.key, str(partial))
     partial.replace(path)
     return path
 
 
-def upload_folder(folder: Path, destination: str, *, client) -> int:
-    """Copy every file under ``folder`` to ``s3://bucket/prefix/<relative path>``."""
+def staging_folder(destination: str) -> Path:
+    """The local folder a run writes to before its outputs go to ``destination``.
+
+    Stable per destination, so a rerun finds its finished chunks and resumes.
+    """
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    digest = hashlib.sha256(destination.encode()).hexdigest()[:16]
+    return root / "autolabel" / "outputs" / digest
+
+
+def upload_folder(
+    folder: Path, destination: str, *, client, exclude: tuple[str, ...] = (".cache",)
+) -> int:
+    """Copy every file under ``folder`` to ``s3://bucket/prefix/<relative path>``, except
+    the top-level entries named in ``exclude`` (the cache of source images)."""
     location = S3Location.parse(destination)
     prefix = location.prefix.rstrip("/")
     count = 0
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    files = (
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and p.relative_to(folder).parts[0] not in exclude
+    )
+    for path in sorted(files):
         key = "/".join(filter(None, [prefix, path.relative_to(folder).as_posix()]))
         client.upload_file(str(path), location.bucket, key)
         count += 1
     return count
+
+
+@task(name="upload-outputs", retries=2, retry_delay_seconds=10, cache_policy=NO_CACHE)
+def upload_outputs_task(folder: str, destination: str, endpoint_url: str | None) -> int:
+    """Send a run's outputs to S3 (retried: a transfer is the kind of step that flakes)."""
+    return upload_folder(Path(folder), destination, client=s3_client(endpoint_url))

@@ -62,10 +62,10 @@ def test_fetch_caches_under_hashed_names_whatever_the_key(client, tmp_path):
     cache = tmp_path / "cache"
     for ref in list_images("s3://odd", client=client):
         path = fetch(ref.uri, cache, client=client)
-        assert path.parent == cache
+        assert path.parent == cache / "s3"
         assert path == cache_path(ref.uri, cache)
         assert Image.open(path).size == (8, 6)
-    assert sorted(p.suffix for p in cache.iterdir()) == [".jpg"] * len(keys)
+    assert sorted(p.suffix for p in (cache / "s3").iterdir()) == [".jpg"] * len(keys)
     assert not (tmp_path / "escape.jpg").exists()
 
 
