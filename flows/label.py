@@ -13,6 +13,7 @@ from tasks.export_coco import export_coco_task
 from tasks.export_yolo import export_yolo_task
 from tasks.label import (
     Chunk,
+    ImageSelection,
     label_chunk_task,
     plan_chunks_task,
     prune_stale_shards_task,
@@ -26,7 +27,9 @@ from tasks.settings import LabelSettings
 from tasks.sources import SourceOptions
 
 
-@flow(name="label-images", description="Label a folder of images; export COCO and YOLO.")
+@flow(
+    name="label-images", description="Label a folder of images; export COCO and YOLO."
+)
 def label_images(
     source: str,
     out: str,
@@ -35,7 +38,9 @@ def label_images(
     quality: Literal["warn", "fail"] = "warn",
     sources: SourceOptions | None = None,
     upload_to: str | None = None,
-) -> RunSummary:
+    selection: ImageSelection | None = None,
+    shard: tuple[int, int] | None = None,
+) -> RunSummary | None:
     """Label every image under ``source`` with ``settings``; write everything under ``out``.
 
     Args:
@@ -48,12 +53,51 @@ def label_images(
         sources: How to reach S3-compatible stores; the frame rate to sample videos at.
         upload_to: roboflow://WORKSPACE/PROJECT to re-upload images + labels to, as one
             annotation batch named after the run.
+        selection: Label only new images and/or a given list; the output is added to,
+            not replaced (new uploads, scheduled scans).
+        shard: (index, count): label only every count-th chunk from index, for a parent
+            flow that fans a batch out to several workers; the parent then exports and
+            reports, so a shard run returns None.
     """
     run_id = flow_run.get_id() or "local"
     destination, out = out, str(staging_folder(out)) if is_s3(out) else out
-    chunks = plan_chunks_task(source, settings, out, sources)
-    prune_stale_shards_task(out, chunks)
+    chunks = plan_chunks_task(source, settings, out, sources, selection=selection)
+    if shard is not None:
+        index, count = shard
+        _label_chunks(chunks[index::count], settings, out, run_id, credits, sources)
+        return None
+    if selection is None or not selection.incremental:
+        prune_stale_shards_task(out, chunks)
     budget_stop = _label_chunks(chunks, settings, out, run_id, credits, sources)
+    return finish_run(
+        out,
+        settings,
+        run_id,
+        destination=destination,
+        credits=credits,
+        quality=quality,
+        sources=sources,
+        upload_to=upload_to,
+        budget_stop=budget_stop,
+    )
+
+
+def finish_run(
+    out: str,
+    settings: LabelSettings,
+    run_id: str,
+    *,
+    destination: str,
+    credits: CreditAccount | None = None,
+    quality: Literal["warn", "fail"] = "warn",
+    sources: SourceOptions | None = None,
+    upload_to: str | None = None,
+    budget_stop: str | None = None,
+) -> RunSummary:
+    """Everything after labeling: exports, quality checks, upload, credits, report.
+
+    Part of ``label_images``; also called by a parent flow once its shards are done.
+    """
     layout = OutputLayout(out)
     export_coco_task(layout, settings.ontology.class_names)
     export_yolo_task(layout, settings.ontology.class_names)
@@ -72,7 +116,9 @@ def label_images(
     outcome = RunOutcome(credits, budget_stop, checks, uploaded)
     summary = write_report_task(out, settings, run_id, outcome)
     if destination != out:
-        upload_outputs_task(out, destination, (sources or SourceOptions()).s3_endpoint_url)
+        upload_outputs_task(
+            out, destination, (sources or SourceOptions()).s3_endpoint_url
+        )
     enforce_quality_policy(checks, quality, layout.root / "quality.md")
     return summary
 

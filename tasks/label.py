@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel, ConfigDict, Field
 
 from model_loaders.cache import get_model
 from tasks import progress
@@ -28,11 +29,38 @@ from tasks.labels import (
     OutputLayout,
     detections_to_frame,
     images_to_frame,
+    read_images,
     write_parquet_atomically,
 )
 from tasks.settings import LabelSettings
 from tasks.sources import SourceOptions, discover, localize
 from tasks.thresholds import apply_nms, apply_thresholds
+
+
+class ImageSelection(BaseModel):
+    """Which of a source's images a run labels: all, only those not labeled yet in the
+    output (new uploads, scheduled scans), and/or an explicit list (an upload event)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    only_new: bool = Field(False, description="Skip images already in the output.")
+    images: list[str] | None = Field(
+        None, description="Only these images (relative paths or URIs)."
+    )
+
+    def apply(self, refs: list[ImageRef], out: str | None) -> list[ImageRef]:
+        if self.images is not None:
+            wanted = set(self.images)
+            refs = [r for r in refs if r.relative_path in wanted or r.uri in wanted]
+        if self.only_new and out is not None:
+            seen = set(read_images(OutputLayout(out))["source_uri"])
+            refs = [ref for ref in refs if ref.uri not in seen]
+        return refs
+
+    @property
+    def incremental(self) -> bool:
+        """Whether the run adds to the output rather than replacing it."""
+        return self.only_new or self.images is not None
 
 
 @dataclass(frozen=True)
@@ -50,7 +78,9 @@ class ChunkResult:
     key: str
     images: int
     labels: int
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (relative path, reason)
+    skipped: list[tuple[str, str]] = field(
+        default_factory=list
+    )  # (relative path, reason)
     reused: bool = False
     credits: float = 0.0  # charged by this call (0 for images charged before)
 
@@ -60,15 +90,19 @@ def plan_chunks(
     settings: LabelSettings,
     out: str | None = None,
     sources: SourceOptions | None = None,
+    *,
+    selection: ImageSelection | None = None,
 ) -> list[Chunk]:
     """Discover the source's images and cut them into chunks of ``settings.chunk_size``.
 
     A chunk's key hashes its files (path, size and modification time of local files, the
     URI of remote ones) and the settings' fingerprint: the same files labeled the same
     way land in the same shard. ``out`` holds the cache that remote sources and video
-    frames need.
+    frames need, and the image manifest that ``selection.only_new`` compares against.
     """
     refs = discover(source, out, sources or SourceOptions())
+    if selection is not None:
+        refs = selection.apply(refs, out)
     fingerprint = settings.fingerprint()
     chunks = []
     for start in range(0, len(refs), settings.chunk_size):
@@ -128,7 +162,9 @@ def label_chunk(
     model = get_model(settings.model)
     ontology = settings.ontology
     floor = settings.thresholds.floor(ontology)
-    window_size = settings.model.batch_size * 4  # several batches, so shape buckets fill
+    window_size = (
+        settings.model.batch_size * 4
+    )  # several batches, so shape buckets fill
     frames: list[pd.DataFrame] = []
     records: list[ImageRecord] = []
     decoded_stream = decode_with_prefetch(refs, lookahead=window_size)
@@ -138,14 +174,18 @@ def label_chunk(
             [item.image for item in readable], ontology, confidence_floor=floor
         )
         for item, detections in zip(readable, predictions, strict=True):
-            detections = apply_thresholds(detections, settings.thresholds, ontology.class_names)
+            detections = apply_thresholds(
+                detections, settings.thresholds, ontology.class_names
+            )
             detections = apply_nms(detections, settings.nms, settings.nms_iou)
             frames.append(
                 detections_to_frame(
                     detections, item.record, model=settings.model.model, run_id=run_id
                 )
             )
-        records.extend(item.record if isinstance(item, DecodedImage) else item for item in window)
+        records.extend(
+            item.record if isinstance(item, DecodedImage) else item for item in window
+        )
         progress.advance(len(window))
 
     labels = pd.concat(frames, ignore_index=True) if frames else None
@@ -153,13 +193,17 @@ def label_chunk(
         labels = LABEL_SCHEMA.empty_table().to_pandas()
     # Image manifest last: a chunk counts as done only when both shards exist.
     write_parquet_atomically(labels, labels_path, LABEL_SCHEMA)
-    write_parquet_atomically(images_to_frame(records, run_id=run_id), images_path, IMAGE_SCHEMA)
+    write_parquet_atomically(
+        images_to_frame(records, run_id=run_id), images_path, IMAGE_SCHEMA
+    )
     charged = credits.charge_images_shard(images_path, run_id) if credits else None
     return ChunkResult(
         key=chunk.key,
         images=len(records),
         labels=len(labels),
-        skipped=[(r.relative_path, r.skipped_reason) for r in records if r.skipped_reason],
+        skipped=[
+            (r.relative_path, r.skipped_reason) for r in records if r.skipped_reason
+        ],
         credits=charged.credits if charged else 0.0,
     )
 
@@ -172,7 +216,9 @@ def _result_from_shard(key: str, labels_path: Path, images_path: Path) -> ChunkR
         key=key,
         images=len(images),
         labels=len(labels),
-        skipped=list(zip(skipped["relative_path"], skipped["skipped_reason"], strict=True)),
+        skipped=list(
+            zip(skipped["relative_path"], skipped["skipped_reason"], strict=True)
+        ),
         reused=True,
     )
 
@@ -188,5 +234,7 @@ def _file_stamp(uri: str) -> str:
 
 
 plan_chunks_task = task(plan_chunks, name="plan-chunks", cache_policy=NO_CACHE)
-prune_stale_shards_task = task(prune_stale_shards, name="prune-stale-shards", cache_policy=NO_CACHE)
+prune_stale_shards_task = task(
+    prune_stale_shards, name="prune-stale-shards", cache_policy=NO_CACHE
+)
 label_chunk_task = task(label_chunk, name="label-chunk", cache_policy=NO_CACHE)

@@ -166,3 +166,77 @@ def test_a_rerun_reuses_finished_chunks_and_other_settings_replace_them(
     assert (
         len(read_images(OutputLayout(out))) == 4
     )  # old shards were replaced, not added
+
+
+def test_only_new_images_are_labeled_and_the_output_grows(
+    tiny_grounding_dino, sample_photos, tmp_path, monkeypatch
+):
+    from tasks.label import ImageSelection
+
+    out = tmp_path / "out"
+    later = tmp_path / "later"
+    later.mkdir()
+    for name in ("rocket.jpg", "chelsea.jpg"):
+        (sample_photos / name).rename(later / name)
+    settings = _settings(tiny_grounding_dino)
+    label_images(source=str(sample_photos), out=str(out), settings=settings)
+    first = read_labels(OutputLayout(out))
+
+    for name in ("rocket.jpg", "chelsea.jpg"):  # two new uploads arrive
+        (later / name).rename(sample_photos / name)
+    labeled: list[str] = []
+    from tasks import label as label_module
+
+    real_decode = label_module.decode_with_prefetch
+
+    def recording(refs, **kwargs):
+        labeled.extend(ref.relative_path for ref in refs)
+        return real_decode(refs, **kwargs)
+
+    monkeypatch.setattr(label_module, "decode_with_prefetch", recording)
+    new = ImageSelection(only_new=True)
+    summary = label_images(
+        source=str(sample_photos), out=str(out), settings=settings, selection=new
+    )
+    assert sorted(labeled) == ["chelsea.jpg", "rocket.jpg"]
+    assert summary.images == 4
+    merged = read_labels(OutputLayout(out))
+    pd.testing.assert_frame_equal(
+        merged[merged["source_uri"].isin(first["source_uri"])].reset_index(drop=True),
+        first.reset_index(drop=True),
+    )
+
+    labeled.clear()
+    again = label_images(
+        source=str(sample_photos), out=str(out), settings=settings, selection=new
+    )
+    assert labeled == [] and again.images == 4  # a second scan finds nothing new
+
+
+def test_shards_labeled_separately_then_finished_equal_one_run(
+    tiny_grounding_dino, sample_photos, tmp_path
+):
+    from flows.label import finish_run
+
+    settings = _settings(tiny_grounding_dino).model_copy(update={"chunk_size": 1})
+    whole, sharded = tmp_path / "whole", tmp_path / "sharded"
+    label_images(source=str(sample_photos), out=str(whole), settings=settings)
+    for index in range(3):
+        result = label_images(
+            source=str(sample_photos),
+            out=str(sharded),
+            settings=settings,
+            shard=(index, 3),
+        )
+        assert result is None
+    finish_run(str(sharded), settings, "parent", destination=str(sharded))
+    columns = ["source_uri", "class_name", "confidence", "x_min", "y_max"]
+    pd.testing.assert_frame_equal(
+        read_labels(OutputLayout(sharded))[columns]
+        .sort_values(columns)
+        .reset_index(drop=True),
+        read_labels(OutputLayout(whole))[columns]
+        .sort_values(columns)
+        .reset_index(drop=True),
+    )
+    assert (sharded / "coco" / "annotations.json").is_file()
