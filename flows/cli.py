@@ -197,5 +197,19 @@ def credits(
     console.print(f"Total: {format_credits(book.used(dataset))} credits")
 
 
+# Test results, approval and the approved batch (flows/cli_review.py).
+from flows import cli_review  # noqa: E402
+
+app.command()(cli_review.preview)
+app.command()(cli_review.run)
+app.command()(cli_review.approve)
+
+# Upload events and sharded batches on the work pool (flows/cli_deploy.py).
+from flows import cli_deploy  # noqa: E402
+
+app.command("notify-upload")(cli_deploy.notify_upload)
+app.command("label-sharded")(cli_deploy.label_sharded)
+
+
 if __name__ == "__main__":
     app()
