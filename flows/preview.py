@@ -34,7 +34,7 @@ def preview(
         images: Relative paths of images to use instead of a random sample.
     """
     run_id = flow_run.get_id() or "local"
-    refs = plan_sample_task(source, size=sample_size, seed=seed, images=images)
+    refs = plan_sample_task(source, out, size=sample_size, seed=seed, images=images)
     run_preview_task(
         source,
         refs,

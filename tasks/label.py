@@ -8,12 +8,15 @@ passed between tasks.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+import supervision as sv
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field
@@ -34,7 +37,7 @@ from tasks.labels import (
 )
 from tasks.settings import LabelSettings
 from tasks.sources import SourceOptions, discover, localize
-from tasks.thresholds import apply_nms, apply_thresholds
+from tasks.thresholds import keep_labels
 
 
 class ImageSelection(BaseModel):
@@ -159,38 +162,21 @@ def label_chunk(
     if credits is not None:
         credits.check_chunk([ref.readable_path for ref in refs], run_id)
 
-    model = get_model(settings.model)
-    ontology = settings.ontology
-    floor = settings.thresholds.floor(ontology)
-    window_size = (
-        settings.model.batch_size * 4
-    )  # several batches, so shape buckets fill
-    frames: list[pd.DataFrame] = []
-    records: list[ImageRecord] = []
-    decoded_stream = decode_with_prefetch(refs, lookahead=window_size)
-    while window := list(itertools.islice(decoded_stream, window_size)):
-        readable = [item for item in window if isinstance(item, DecodedImage)]
-        predictions = model.predict(
-            [item.image for item in readable], ontology, confidence_floor=floor
-        )
-        for item, detections in zip(readable, predictions, strict=True):
-            detections = apply_thresholds(
-                detections, settings.thresholds, ontology.class_names
-            )
-            detections = apply_nms(detections, settings.nms, settings.nms_iou)
-            frames.append(
-                detections_to_frame(
-                    detections, item.record, model=settings.model.model, run_id=run_id
-                )
-            )
-        records.extend(
-            item.record if isinstance(item, DecodedImage) else item for item in window
-        )
-        progress.advance(len(window))
-
-    labels = pd.concat(frames, ignore_index=True) if frames else None
-    if labels is None:
-        labels = LABEL_SCHEMA.empty_table().to_pandas()
+    ontology, thresholds = settings.ontology, settings.thresholds
+    labels, records = predict_labels(
+        refs,
+        settings,
+        confidence_floor=thresholds.floor(ontology),
+        run_id=run_id,
+        keep=functools.partial(
+            keep_labels,
+            thresholds=thresholds,
+            class_names=ontology.class_names,
+            nms=settings.nms,
+            nms_iou=settings.nms_iou,
+        ),
+        on_window=progress.advance,
+    )
     # Image manifest last: a chunk counts as done only when both shards exist.
     write_parquet_atomically(labels, labels_path, LABEL_SCHEMA)
     write_parquet_atomically(
@@ -206,6 +192,57 @@ def label_chunk(
         ],
         credits=charged.credits if charged else 0.0,
     )
+
+
+def predict_labels(
+    refs: Sequence[ImageRef],
+    settings: LabelSettings,
+    *,
+    confidence_floor: float,
+    run_id: str,
+    keep: Callable[[sv.Detections], sv.Detections] = lambda detections: detections,
+    on_window: Callable[[int], None] | None = None,
+) -> tuple[pd.DataFrame, list[ImageRecord]]:
+    """Decode ``refs`` (prefetched) and run the model on them a few batches at a time.
+
+    The one labeling loop of the batch and of the preview: they differ only in the floor
+    and in ``keep`` (the batch applies thresholds and NMS, the preview keeps every
+    candidate). Returns the label rows and a record per image, skipped ones included.
+    """
+    model = get_model(settings.model)
+    window_size = (
+        settings.model.batch_size * 4
+    )  # several batches, so shape buckets fill
+    frames: list[pd.DataFrame] = []
+    records: list[ImageRecord] = []
+    stream = decode_with_prefetch(refs, lookahead=window_size)
+    while window := list(itertools.islice(stream, window_size)):
+        readable = [item for item in window if isinstance(item, DecodedImage)]
+        predictions = model.predict(
+            [item.image for item in readable],
+            settings.ontology,
+            confidence_floor=confidence_floor,
+        )
+        for item, detections in zip(readable, predictions, strict=True):
+            frames.append(
+                detections_to_frame(
+                    keep(detections),
+                    item.record,
+                    model=settings.model.model,
+                    run_id=run_id,
+                )
+            )
+        records.extend(
+            item.record if isinstance(item, DecodedImage) else item for item in window
+        )
+        if on_window is not None:
+            on_window(len(window))
+    labels = (
+        pd.concat(frames, ignore_index=True)
+        if frames
+        else LABEL_SCHEMA.empty_table().to_pandas()
+    )
+    return labels, records
 
 
 def _result_from_shard(key: str, labels_path: Path, images_path: Path) -> ChunkResult:

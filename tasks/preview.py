@@ -16,7 +16,6 @@ sample and descriptions).
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import random
 import shutil
@@ -30,24 +29,18 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
-from tasks.images import (
-    DecodedImage,
-    ImageRef,
-    SourceError,
-    decode_with_prefetch,
-    discover_images,
-)
+from tasks.images import ImageRef, SourceError
+from tasks.label import predict_labels
 from tasks.labels import (
     IMAGE_SCHEMA,
     LABEL_SCHEMA,
-    ImageRecord,
-    detections_to_frame,
     frame_to_detections,
     images_to_frame,
     write_parquet_atomically,
 )
 from tasks.settings import LabelSettings
-from tasks.thresholds import NmsMode, Thresholds, apply_nms, apply_thresholds
+from tasks.sources import SourceOptions, discover, localize
+from tasks.thresholds import NmsMode, Thresholds, keep_labels
 
 PREVIEW_FLOOR = 0.05
 DEFAULT_SAMPLE_SIZE = 4
@@ -146,13 +139,15 @@ def _named_image(name: str, by_path: dict[str, ImageRef]) -> ImageRef:
 
 def plan_sample(
     source: str,
+    out: str | None = None,
     *,
     size: int = DEFAULT_SAMPLE_SIZE,
     seed: int = 0,
     images: Sequence[str] | None = None,
 ) -> list[ImageRef]:
     """Discover the source's images and select the sample (see ``select_sample``)."""
-    return select_sample(discover_images(source), size=size, seed=seed, images=images)
+    refs = discover(source, out, SourceOptions())
+    return select_sample(refs, size=size, seed=seed, images=images)
 
 
 def preview_floor(settings: LabelSettings, floor: float = PREVIEW_FLOOR) -> float:
@@ -205,7 +200,13 @@ def run_preview(
     key = preview_key(refs, settings, floor)
     cached_candidates, cached_manifest = layout.cached(key)
     if not (cached_candidates.exists() and cached_manifest.exists()):
-        candidates, manifest = _label_sample(refs, settings, floor, run_id)
+        candidates, records = predict_labels(
+            localize(refs, out, SourceOptions()),
+            settings,
+            confidence_floor=floor,
+            run_id=run_id,
+        )
+        manifest = images_to_frame(records, run_id=run_id)
         write_parquet_atomically(candidates, cached_candidates, LABEL_SCHEMA)
         # Manifest last: a cache entry counts only when both files exist.
         write_parquet_atomically(manifest, cached_manifest, IMAGE_SCHEMA)
@@ -225,39 +226,6 @@ def run_preview(
     )
     save_record(out, record)
     return record
-
-
-def _label_sample(
-    refs: Sequence[ImageRef], settings: LabelSettings, floor: float, run_id: str
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Run the model on the sample, a few batches at a time (as ``label_chunk``)."""
-    from model_loaders.cache import get_model
-
-    model = get_model(settings.model)
-    window_size = settings.model.batch_size * 4
-    frames: list[pd.DataFrame] = []
-    records: list[ImageRecord] = []
-    stream = decode_with_prefetch(refs, lookahead=window_size)
-    while window := list(itertools.islice(stream, window_size)):
-        readable = [item for item in window if isinstance(item, DecodedImage)]
-        predictions = model.predict(
-            [item.image for item in readable], settings.ontology, confidence_floor=floor
-        )
-        for item, detections in zip(readable, predictions, strict=True):
-            frames.append(
-                detections_to_frame(
-                    detections, item.record, model=settings.model.model, run_id=run_id
-                )
-            )
-        records.extend(
-            item.record if isinstance(item, DecodedImage) else item for item in window
-        )
-    candidates = (
-        pd.concat(frames, ignore_index=True)
-        if frames
-        else LABEL_SCHEMA.empty_table().to_pandas()
-    )
-    return candidates, images_to_frame(records, run_id=run_id)
 
 
 def save_record(out: str | Path, record: PreviewRecord) -> None:
@@ -321,8 +289,9 @@ def filter_candidates(
     for _, group in candidates.groupby(_IMAGE_KEY, sort=False):
         detections = frame_to_detections(group)
         detections.data["row"] = group.index.to_numpy()
-        detections = apply_thresholds(detections, thresholds, class_names)
-        detections = apply_nms(detections, nms, nms_iou)
+        detections = keep_labels(
+            detections, thresholds, class_names, nms=nms, nms_iou=nms_iou
+        )
         kept.append(np.asarray(detections.data.get("row", []), dtype=int))
     rows = np.sort(np.concatenate(kept)) if kept else np.array([], dtype=int)
     return candidates.iloc[rows]

@@ -37,7 +37,9 @@ class Thresholds(BaseModel):
     def _in_unit_range(cls, per_class: dict[str, float]) -> dict[str, float]:
         for name, value in per_class.items():
             if not 0.0 <= value <= 1.0:
-                raise ValueError(f"threshold for {name!r} is {value}: must be in [0, 1]")
+                raise ValueError(
+                    f"threshold for {name!r} is {value}: must be in [0, 1]"
+                )
         return per_class
 
     def __hash__(self) -> int:
@@ -68,7 +70,9 @@ def parse_threshold_options(options: list[str]) -> Thresholds:
         name, has_name, value_text = option.rpartition("=")
         name = name.strip()
         if has_name and not name:
-            raise ThresholdError(f"--threshold {option!r}: missing class name before '='")
+            raise ThresholdError(
+                f"--threshold {option!r}: missing class name before '='"
+            )
         try:
             value = float(value_text)
         except ValueError:
@@ -99,3 +103,16 @@ def apply_nms(detections: sv.Detections, mode: NmsMode, iou: float) -> sv.Detect
     if mode == "none" or len(detections) == 0:
         return detections
     return detections.with_nms(threshold=iou, class_agnostic=mode == "agnostic")
+
+
+def keep_labels(
+    detections: sv.Detections,
+    thresholds: Thresholds,
+    class_names: list[str],
+    *,
+    nms: NmsMode,
+    nms_iou: float,
+) -> sv.Detections:
+    """The batch's filter, shared by the preview: per-class thresholds, then NMS."""
+    detections = apply_thresholds(detections, thresholds, class_names)
+    return apply_nms(detections, nms, nms_iou)
