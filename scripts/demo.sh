@@ -6,6 +6,10 @@
 #                                    pipeline and exports are real, the labels are meaningless
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Prefect's temporary local server: no usage analytics (this may be an offline machine),
+# and more than the default 20 s to start on a busy machine.
+export PREFECT_SERVER_ANALYTICS_ENABLED=${PREFECT_SERVER_ANALYTICS_ENABLED:-false}
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=${PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS:-120}
 scripts/setup.sh
 MODEL=${AUTOLABEL_MODEL:-IDEA-Research/grounding-dino-tiny}
 if [ "${1:-}" = "--random-model" ]; then
