@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
@@ -33,6 +34,7 @@ from tasks.settings import LabelSettings
 from tasks.thresholds import NmsMode, ThresholdError, parse_threshold_options
 
 EXIT_FAILED, EXIT_USAGE, EXIT_SKIPPED, EXIT_BUDGET, EXIT_QUALITY = 1, 2, 3, 4, 5
+TASKS = ("detect", "segment", "classify", "classify-multi")
 
 console = Console(stderr=True)
 
@@ -60,7 +62,56 @@ ThresholdOption = Annotated[
     typer.Option(help="0.35 (every class) or name=0.5 (one class). Repeatable."),
 ]
 ModelOption = Annotated[
-    str, typer.Option(help="Hugging Face model id or local directory.")
+    str | None,
+    typer.Option(
+        help="Grounding DINO: Hugging Face id or folder (default "
+        "IDEA-Research/grounding-dino-tiny); CLIP: open_clip name (ViT-B-32), hf-hub: "
+        "or local-dir:; your own model: a Hugging Face detector folder (--backend "
+        "trained), a torchvision state dict (--torchvision-arch) or "
+        "roboflow://WORKSPACE/PROJECT/VERSION."
+    ),
+]
+TaskOption = Annotated[
+    str, typer.Option(help="detect, segment (Grounded SAM), classify or classify-multi.")
+]
+BackendOption = Annotated[
+    str | None,
+    typer.Option(
+        help="grounding_dino, grounded_sam, clip, trained (Hugging Face detector "
+        "folder), torchvision or roboflow; default: from --task and --model."
+    ),
+]
+SamCheckpointOption = Annotated[
+    str | None,
+    typer.Option(help="segment: SAM weights (.pth) path or URL (default: official URL)."),
+]
+SamModelTypeOption = Annotated[
+    str, typer.Option(help="segment: SAM architecture: vit_b, vit_l or vit_h.")
+]
+PretrainedOption = Annotated[
+    str | None,
+    typer.Option(help="CLIP: open_clip pretrained tag, e.g. laion2b_s34b_b79k."),
+]
+PromptTemplateOption = Annotated[
+    str, typer.Option(help="CLIP: text prompt around a description; {} is replaced.")
+]
+MapOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--map", help="MODEL_CLASS=CLASS: a trained model's class as an ontology class."
+    ),
+]
+TorchvisionArchOption = Annotated[
+    str | None,
+    typer.Option(
+        "--torchvision-arch",
+        help="Architecture of a torchvision state dict --model, e.g. "
+        "fasterrcnn_resnet50_fpn.",
+    ),
+]
+ClassNamesOption = Annotated[
+    Path | None,
+    typer.Option(help="torchvision: class names, JSON list or one a line."),
 ]
 DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
 DtypeOption = Annotated[str, typer.Option(help="auto, float32, float16 or bfloat16.")]
@@ -131,14 +182,21 @@ def settings_or_exit(
         nms_mode: NmsMode = _choice("--nms", nms, ("none", "class", "agnostic"))
         _choice("--prompt-mode", model["prompt_mode"], ("joint", "per-class"))
         _choice("--dtype", model["dtype"], ("auto", "float32", "float16", "bfloat16"))
+        _choice("--task", model.get("task", "detect"), TASKS)
+        given = {key: value for key, value in model.items() if value is not None}
         return LabelSettings(
             ontology=ontology,
-            model=ModelSpec(**model),
+            model=ModelSpec(**given),
             thresholds=thresholds,
             nms=nms_mode,
             nms_iou=nms_iou,
             chunk_size=chunk_size,
         )
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = "--" + str(first["loc"][0]).replace("_", "-") if first["loc"] else ""
+        print_error(f"{where} {first['msg'].removeprefix('Value error, ')}".strip())
+        raise typer.Exit(EXIT_USAGE) from None
     except (OntologyError, ThresholdError, ValueError) as error:
         print_error(error)
         raise typer.Exit(EXIT_USAGE) from None
@@ -168,6 +226,12 @@ def credit_account_or_exit(
         rates=credit_rates,
         max_credits=max_credits,
     )
+
+
+def labeled_dataset(*candidates: str | None) -> str | None:
+    """The Roboflow project being labeled (for the same-dataset rule of hosted models):
+    the first of --dataset, --upload-to and the source that is a roboflow:// URI."""
+    return next((c for c in candidates if c and c.startswith("roboflow://")), None)
 
 
 def credit_kind(settings: LabelSettings) -> str:

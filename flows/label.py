@@ -8,7 +8,13 @@ from prefect import flow
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.runtime import flow_run
 
+from model_loaders.protocol import CLASSIFICATION_TASKS
 from tasks.credits import BudgetExceeded, CreditAccount, record_credits_task
+from tasks.export_classification import (
+    export_class_folders_task,
+    export_class_table_task,
+    export_roboflow_classification_task,
+)
 from tasks.export_coco import export_coco_task
 from tasks.export_yolo import export_yolo_task
 from tasks.label import (
@@ -99,8 +105,7 @@ def finish_run(
     Part of ``label_images``; also called by a parent flow once its shards are done.
     """
     layout = OutputLayout(out)
-    export_coco_task(layout, settings.ontology.class_names)
-    export_yolo_task(layout, settings.ontology.class_names)
+    _export(layout, settings)
     checks = quality_check_task(out, settings, policy=quality)
     uploaded = None
     if upload_to:
@@ -121,6 +126,20 @@ def finish_run(
         )
     enforce_quality_policy(checks, quality, layout.root / "quality.md")
     return summary
+
+
+def _export(layout: OutputLayout, settings: LabelSettings) -> None:
+    """The exports that fit the task: COCO + YOLO for boxes and masks; a class table,
+    per-class folders (single-label) and Roboflow's upload layout for classification."""
+    names, task = settings.ontology.class_names, settings.model.task
+    if task in CLASSIFICATION_TASKS:
+        export_class_table_task(layout, names)
+        if task == "classify":
+            export_class_folders_task(layout, names)
+        export_roboflow_classification_task(layout, names, task == "classify-multi")
+    else:
+        export_coco_task(layout, names)
+        export_yolo_task(layout, names)
 
 
 def _label_chunks(

@@ -100,16 +100,12 @@ def image_destination(root: Path, relative_path: str) -> Path:
     return root.joinpath(*path.parts)
 
 
-def local_source(source_uri: str) -> Path:
-    """The local file behind ``source_uri`` (only local sources are exported for now).
+def local_source(source_uri: str, out: Path) -> Path:
+    """The local file behind ``source_uri``: the file itself, or the copy of a remote
+    image (S3, Roboflow) that labeling left in ``out``'s cache (fetched again if gone)."""
+    from tasks.sources import local_file
 
-    Raises:
-        ValueError: For a remote URI (s3://, roboflow image id), which needs a download
-            step that exports do not have yet.
-    """
-    if "://" in source_uri:
-        raise ValueError(f"only local images can be exported for now: {source_uri}")
-    return Path(source_uri)
+    return local_file(source_uri, out)
 
 
 def materialize_image(

@@ -1,4 +1,5 @@
-"""YOLO detection export: ``yolo/data.yaml``, ``yolo/images/...``, ``yolo/labels/...``.
+"""YOLO detection and segmentation export: ``yolo/data.yaml``, ``yolo/images/...``,
+``yolo/labels/...``.
 
 Label files mirror the image tree (``images/a/x.jpg`` -> ``labels/a/x.txt``), the layout
 Ultralytics reads recursively, so ``a/x.jpg`` and ``b/x.jpg`` do not collide. We write
@@ -6,10 +7,19 @@ the files ourselves instead of through ``supervision.DetectionDataset.as_yolo``,
 re-encodes images with cv2 and names label files by bare stem. Known limit: Ultralytics
 finds a label by replacing the LAST '/images/' of the image path, so a source sub-folder
 itself named 'images' would send it looking in the wrong place.
+
+Labels with masks are written as YOLO segmentation lines (``class x1 y1 x2 y2 ...``),
+one line per label, whose polygon comes from ``tasks.masks.mask_to_yolo_polygon``: holes
+are spliced in exactly, separate parts are joined by one-pixel seams (as Ultralytics'
+own COCO converter does), and vertices are pixel centres, so the format is lossy at the
+border; the COCO export keeps masks exactly. A label whose mask is empty is written as
+its box's rectangle: a file mixing box lines and polygon lines is misread by
+Ultralytics.
 """
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path, PurePosixPath
 
@@ -28,6 +38,7 @@ from tasks.export_images import (
     write_text_atomically,
 )
 from tasks.labels import OutputLayout, read_images, read_labels
+from tasks.masks import mask_to_yolo_polygon, rle_to_mask
 
 _XYXY = ["x_min", "y_min", "x_max", "y_max"]
 
@@ -35,7 +46,10 @@ _XYXY = ["x_min", "y_min", "x_max", "y_max"]
 def labels_to_yolo_lines(
     labels: pd.DataFrame, *, resolution_wh: tuple[int, int]
 ) -> list[str]:
-    """YOLO lines ``class_id cx cy w h`` for the labels of one image, in row order.
+    """YOLO lines for the labels of one image, in row order.
+
+    Lines are ``class_id cx cy w h`` for boxes, or ``class_id x1 y1 ... xn yn`` when the
+    labels carry masks (see the module docstring).
 
     Boxes are clipped to the image before normalising, so a box poking out of the frame
     keeps its visible part instead of a centre or size outside [0, 1], which YOLO
@@ -51,6 +65,8 @@ def labels_to_yolo_lines(
     xyxy = sv.clip_boxes(
         labels[_XYXY].to_numpy(dtype=np.float64), resolution_wh=resolution_wh
     )
+    if "mask" in labels.columns and labels["mask"].notna().any():
+        return _polygon_lines(labels, xyxy, resolution_wh)
     x, y, w, h = sv.xyxy_to_xywh(xyxy).T
     normalised = np.column_stack(
         [(x + w / 2) / width, (y + h / 2) / height, w / width, h / height]
@@ -62,6 +78,31 @@ def labels_to_yolo_lines(
             class_ids.tolist(), normalised.tolist(), strict=True
         )
     ]
+
+
+def _polygon_lines(
+    labels: pd.DataFrame, xyxy: np.ndarray, resolution_wh: tuple[int, int]
+) -> list[str]:
+    lines = []
+    scale = np.array(resolution_wh, dtype=np.float64)
+    for class_id, box, mask in zip(
+        labels["class_id"].to_numpy(dtype=int).tolist(),
+        xyxy,
+        labels["mask"].tolist(),
+        strict=True,
+    ):
+        polygon = (
+            mask_to_yolo_polygon(rle_to_mask(json.loads(mask)))
+            if isinstance(mask, str)
+            else None
+        )
+        if polygon is None:
+            x0, y0, x1, y1 = box
+            polygon = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]])
+        normalised = np.clip(np.asarray(polygon, dtype=np.float64) / scale, 0.0, 1.0)
+        points = " ".join(f"{v:.6f}" for v in normalised.ravel().tolist())
+        lines.append(f"{class_id} {points}")
+    return lines
 
 
 def write_yolo(layout: OutputLayout, class_names: list[str]) -> Path:
@@ -90,7 +131,7 @@ def write_yolo(layout: OutputLayout, class_names: list[str]) -> Path:
     labels_dir = layout.yolo_dir / "labels"
     for image, label_path in zip(exported, label_paths, strict=True):
         materialize_image(
-            local_source(image.source_uri),
+            local_source(image.source_uri, layout.root),
             image_destination(images_dir, image.relative_path),
             orientation=image.orientation,
         )

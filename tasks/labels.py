@@ -1,14 +1,22 @@
-"""The label table: one row per detection, stored as Parquet shards under ``OUT/labels/``.
+"""The label table: one row per detection, as Parquet shards under ``OUT/labels/``.
 
-In memory a single image's labels are a ``supervision.Detections``; on disk and between stages
-they are rows with the fixed columns below. ``detections_to_frame`` and ``frame_to_detections``
-are the only two conversions between the two. Beside the labels, every chunk writes an image
-manifest (``OUT/images/``): one row per image, labeled or skipped, so that exports and reports
-know about images without labels and about the files that could not be read.
+In memory a single image's labels are a ``supervision.Detections``; on disk and between
+stages they are rows with the fixed columns below. ``detections_to_frame`` and
+``frame_to_detections`` are the only two conversions between the two. Beside the labels,
+every chunk writes an image manifest (``OUT/images/``): one row per image, labeled or
+skipped, so that exports and reports know about images without labels and about the
+files that could not be read.
+
+Segmentation labels carry their mask in the ``mask`` column as compressed COCO RLE, a
+JSON string ``{"size": [h, w], "counts": "..."}`` (lossless, small, and written with its
+chunk, so a run never holds more masks than one chunk's); detection and classification
+rows leave it null. Classification rows are one per (image, class) with the whole image
+as box.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from dataclasses import asdict, dataclass
@@ -19,6 +27,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import supervision as sv
+
+from tasks.masks import masks_to_rles, rle_to_mask
 
 LABEL_SCHEMA = pa.schema(
     [
@@ -34,6 +44,7 @@ LABEL_SCHEMA = pa.schema(
         ("y_min", pa.float64()),
         ("x_max", pa.float64()),
         ("y_max", pa.float64()),
+        ("mask", pa.string()),  # COCO RLE as JSON; null without a mask
         ("model", pa.string()),
         ("run_id", pa.string()),
     ]
@@ -59,9 +70,9 @@ IMAGE_COLUMNS = IMAGE_SCHEMA.names
 class ImageRecord:
     """What the label table needs to know about one image (labeled or skipped).
 
-    ``width``/``height`` are after EXIF orientation is applied (the frame boxes live in);
-    ``orientation`` is the EXIF orientation tag of the file (1 = none), so exports can tell
-    whether the stored file must be rotated before boxes line up with it.
+    ``width``/``height`` are after EXIF orientation is applied (the frame boxes live
+    in); ``orientation`` is the EXIF orientation tag of the file (1 = none), so exports
+    can tell whether the stored file must be rotated before boxes line up with it.
     """
 
     source_uri: str
@@ -83,6 +94,11 @@ class OutputLayout:
         self.coco_json = self.root / "coco" / "annotations.json"
         self.coco_images_dir = self.root / "coco" / "images"
         self.yolo_dir = self.root / "yolo"
+        self.classification_dir = self.root / "classification"
+        self.class_folders_dir = self.classification_dir / "folders"
+        self.class_table_csv = self.classification_dir / "labels.csv"
+        self.class_table_json = self.classification_dir / "labels.json"
+        self.roboflow_classification_dir = self.classification_dir / "roboflow"
         self.report = self.root / "report.md"
 
     def shard_paths(self, chunk_key: str) -> tuple[Path, Path]:
@@ -113,6 +129,7 @@ def detections_to_frame(
             "y_min": xyxy[:, 1],
             "x_max": xyxy[:, 2],
             "y_max": xyxy[:, 3],
+            "mask": _mask_column(detections, image, n),
             "model": [model] * n,
             "run_id": [run_id] * n,
         }
@@ -121,11 +138,16 @@ def detections_to_frame(
 
 
 def frame_to_detections(frame: pd.DataFrame) -> sv.Detections:
-    """A Detections for the rows of one image (``class_name``/``prompt`` kept in ``data``)."""
+    """A Detections for the rows of one image (``class_name``, ``prompt`` in ``data``).
+
+    Rows with masks give a ``mask`` stack (a row without one gets an empty mask); rows
+    without any leave ``mask`` None, as detection labels have.
+    """
     if frame.empty:
         return sv.Detections.empty()
     return sv.Detections(
         xyxy=frame[["x_min", "y_min", "x_max", "y_max"]].to_numpy(dtype=np.float32),
+        mask=_masks_of(frame),
         confidence=frame["confidence"].to_numpy(dtype=np.float32),
         class_id=frame["class_id"].to_numpy(dtype=int),
         data={
@@ -149,7 +171,8 @@ def write_parquet_atomically(
 ) -> None:
     """Write ``frame`` to ``path`` via a temporary file and a rename.
 
-    A crash mid-write leaves only a temporary file, never a half shard that looks finished.
+    A crash mid-write leaves only a temporary file, never a half shard that looks
+    finished.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
@@ -166,7 +189,7 @@ def write_parquet_atomically(
 
 
 def read_labels(layout: OutputLayout) -> pd.DataFrame:
-    """The whole label table of an output folder (empty, with the right columns, if none)."""
+    """The whole label table of an output folder (empty, with its columns, if none)."""
     return _read_shards(layout.labels_dir, LABEL_SCHEMA)
 
 
@@ -179,8 +202,44 @@ def _read_shards(folder: Path, schema: pa.Schema) -> pd.DataFrame:
     shards = sorted(folder.glob("chunk-*.parquet")) if folder.is_dir() else []
     if not shards:
         return schema.empty_table().to_pandas()
-    tables = [pq.read_table(shard, schema=schema) for shard in shards]
+    tables = [_with_schema(pq.read_table(shard), schema) for shard in shards]
     return pa.concat_tables(tables).to_pandas()
+
+
+def _with_schema(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Shards written before a nullable column existed read with that column null."""
+    for field in schema:
+        if field.name not in table.column_names and field.nullable:
+            table = table.append_column(field, pa.nulls(len(table), type=field.type))
+    return table.select(schema.names).cast(schema)
+
+
+def _mask_column(
+    detections: sv.Detections, image: ImageRecord, n: int
+) -> list[str | None]:
+    if detections.mask is None:
+        return [None] * n
+    masks = np.asarray(detections.mask, dtype=bool)
+    if masks.shape != (n, image.height, image.width):
+        raise ValueError(
+            f"masks of shape {masks.shape} do not fit {n} detections on a "
+            f"{image.width}x{image.height} image"
+        )
+    return [json.dumps(rle, separators=(",", ":")) for rle in masks_to_rles(masks)]
+
+
+def _masks_of(frame: pd.DataFrame) -> np.ndarray | None:
+    if "mask" not in frame.columns or frame["mask"].isna().all():
+        return None
+    height, width = int(frame["height"].iloc[0]), int(frame["width"].iloc[0])
+    return np.stack(
+        [
+            rle_to_mask(json.loads(text))
+            if isinstance(text, str)
+            else np.zeros((height, width), dtype=bool)
+            for text in frame["mask"].tolist()
+        ]
+    )
 
 
 def _data_column(detections: sv.Detections, key: str, n: int) -> list[str]:

@@ -154,7 +154,7 @@ def upload_to_roboflow(
                     if roboflow_id is None:
                         roboflow_id = retry(
                             lambda image=image: project.upload_image(
-                                str(local_source(image.source_uri)),
+                                str(local_source(image.source_uri, layout.root)),
                                 split=split,
                                 batch_name=batch_name,
                                 tag_names=tags,

@@ -10,10 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from model_loaders.ontology import Ontology
-from model_loaders.protocol import ModelSpec
+from model_loaders.protocol import CLASSIFICATION_TASKS, ModelSpec
 from tasks.thresholds import NmsMode, Thresholds
 
 
@@ -28,6 +28,19 @@ class LabelSettings(BaseModel):
     nms: NmsMode = Field("class", description="none, class (per class) or agnostic.")
     nms_iou: float = Field(0.5, gt=0.0, le=1.0, description="IoU above which NMS merges.")
     chunk_size: int = Field(128, ge=1, description="Images per labeling task.")
+
+    @model_validator(mode="after")
+    def _no_nms_between_classes_of_an_image(self) -> LabelSettings:
+        """A classification label's box is the whole image, so NMS across classes would
+        keep one class per image: classification runs without NMS."""
+        if self.model.task in CLASSIFICATION_TASKS and self.nms != "none":
+            if self.nms == "agnostic" and "nms" in self.model_fields_set:
+                raise ValueError(
+                    f"--nms agnostic merges every class of an image for --task "
+                    f"{self.model.task}: use --nms none"
+                )
+            object.__setattr__(self, "nms", "none")
+        return self
 
     def fingerprint(self) -> str:
         """A short hash of what changes labels (not of how they are computed, e.g. device)."""

@@ -304,15 +304,12 @@ def test_image_destination_stays_inside_the_export_folder(
             image_destination(tmp_path, relative_path)
 
 
-@pytest.mark.parametrize(
-    ("source_uri", "expected"),
-    [("/data/x.jpg", Path("/data/x.jpg")), ("s3://bucket/x.jpg", ValueError)],
-)
-def test_only_local_sources_are_exported(
-    source_uri: str, expected: Path | type[Exception]
-) -> None:
-    if isinstance(expected, Path):
-        assert local_source(source_uri) == expected
-    else:
-        with pytest.raises(expected, match="only local"):
-            local_source(source_uri)
+def test_remote_images_are_exported_from_the_labeling_cache(tmp_path: Path) -> None:
+    from tasks.s3 import cache_path
+    from tasks.sources import cache_dir
+
+    assert local_source("/data/x.jpg", tmp_path) == Path("/data/x.jpg")
+    cached = cache_path("s3://bucket/x.jpg", cache_dir(tmp_path))
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"jpeg")
+    assert local_source("s3://bucket/x.jpg", tmp_path) == cached

@@ -1,0 +1,295 @@
+"""CLIP (open_clip) zero-shot classification as a labeling backend.
+
+Every description becomes a prompt through the spec's template ("a photo of a {}"). The
+prompts are encoded ONCE per (ontology, template) and kept, so a run encodes its text
+once however many images and chunks follow; images are encoded in batches. A label's box
+is the whole image ``(0, 0, w, h)``.
+
+How a class is scored:
+- ``classify`` (one class per image): softmax over ALL prompts of all classes; a class's
+  probability is the SUM over its descriptions (they are synonyms competing for the same
+  probability mass, so class probabilities still add up to 1, and a class is not
+  penalised for having several good descriptions). Only the top-1 class is returned,
+  with its probability and its best description: a threshold above that probability
+  leaves the image unlabeled; it never falls back to the second class.
+- ``classify-multi`` (any number of classes): each class is scored on its own, so adding
+  or removing a class never changes another class's score. A CLIP model trained with a
+  softmax has no calibrated independent score, so a description is scored by a two-way
+  softmax against the negative prompt ``template.format("something else")``, i.e. how
+  much better it matches the image than "nothing in particular" does (a raw cosine
+  similarity would be independent too, but it lives in a narrow band around 0.2-0.3 that
+  no threshold default fits). A sigmoid-trained model (SigLIP: the model has
+  ``logit_bias``) already scores each prompt independently: there we use its own
+  ``sigmoid(scale * cos + bias)``. A class takes its best description's score (any
+  synonym matching is evidence).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import supervision as sv
+import torch
+from PIL import Image
+
+from model_loaders.device import resolve_device, resolve_dtype
+from model_loaders.ontology import Ontology
+from model_loaders.protocol import ModelLoadError, ModelSpec
+
+NEGATIVE_DESCRIPTION = "something else"
+_PRECISION = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+_WEIGHT_SUFFIXES = {".safetensors", ".bin", ".pth"}  # what open_clip looks for
+_HF_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+
+
+@dataclass(frozen=True)
+class _Prompts:
+    """An ontology's encoded prompts: one unit vector per description, negative last."""
+
+    features: torch.Tensor  # (descriptions + 1, dim), float32
+    class_ids: torch.Tensor  # (descriptions,) ontology index of each, on the CPU
+    descriptions: tuple[str, ...]
+
+
+class ClipModel:
+    """Zero-shot single- or multi-label classification with open_clip."""
+
+    def __init__(self, model, preprocess, tokenizer, spec: ModelSpec, device) -> None:
+        self.model = model
+        self.preprocess = preprocess
+        self.tokenizer = tokenizer
+        self.spec = spec
+        self.device = device
+        self.multi_label = spec.task == "classify-multi"
+        self._prompts: dict[tuple[Ontology, str], _Prompts] = {}
+
+    @classmethod
+    def load(cls, spec: ModelSpec) -> ClipModel:
+        """Load an open_clip model; refuse to run one with random weights.
+
+        ``spec.model`` is a built-in name (with ``spec.pretrained``, a tag or a file),
+        ``hf-hub:ORG/REPO`` or ``local-dir:PATH``.
+        """
+        import open_clip
+
+        device = resolve_device(spec.device)
+        dtype = resolve_dtype(spec.dtype, device)
+        _check_loadable(spec)
+        try:
+            model, preprocess = open_clip.create_model_from_pretrained(
+                spec.model,
+                pretrained=spec.pretrained,
+                precision=_PRECISION[dtype],
+                device=device,
+            )
+            tokenizer = open_clip.get_tokenizer(spec.model)
+        except Exception as error:  # open_clip raises RuntimeError, ValueError, OSError
+            first_line = str(error).splitlines()[0] if str(error) else "no details"
+            raise ModelLoadError(
+                f"cannot load CLIP {_described(spec)}: {type(error).__name__}: "
+                f"{first_line}"
+            ) from error
+        return cls(model.eval(), preprocess, tokenizer, spec, device)
+
+    def prompts_for(self, ontology: Ontology) -> _Prompts:
+        """The ontology's encoded prompts, computed on first use and kept."""
+        key = (ontology, self.spec.prompt_template)
+        if key not in self._prompts:
+            pairs = ontology.prompts()
+            template = self.spec.prompt_template
+            texts = [template.format(d) for d, _ in pairs]
+            texts.append(template.format(NEGATIVE_DESCRIPTION))
+            with torch.inference_mode():
+                tokens = self.tokenizer(texts).to(self.device)
+                features = self.model.encode_text(tokens, normalize=True).float()
+            self._prompts[key] = _Prompts(
+                features=features,
+                class_ids=torch.tensor([c for _, c in pairs]),
+                descriptions=tuple(d for d, _ in pairs),
+            )
+        return self._prompts[key]
+
+    def predict(
+        self,
+        images: Sequence[Image.Image],
+        ontology: Ontology,
+        *,
+        confidence_floor: float,
+    ) -> list[sv.Detections]:
+        prompts = self.prompts_for(ontology)
+        results: list[sv.Detections] = []
+        size = self.spec.batch_size
+        for start in range(0, len(images), size):
+            batch = images[start : start + size]
+            logits = self._logits(batch, prompts)
+            if self.multi_label:
+                scores = self._multi_label_scores(logits)
+            else:
+                scores = logits[:, :-1].softmax(dim=-1)
+            scores = scores.cpu()  # one transfer per batch, not one per class
+            for image, image_scores in zip(batch, scores, strict=True):
+                results.append(
+                    self._detections(
+                        image, image_scores, prompts, ontology, confidence_floor
+                    )
+                )
+        return results
+
+    @torch.inference_mode()
+    def _logits(self, images: Sequence[Image.Image], prompts: _Prompts) -> torch.Tensor:
+        """Scaled cosine similarities (images, descriptions + 1), float32."""
+        pixels = torch.stack(
+            [self.preprocess(image.convert("RGB")) for image in images]
+        )
+        dtype = next(self.model.parameters()).dtype
+        features = self.model.encode_image(
+            pixels.to(self.device, dtype), normalize=True
+        ).float()
+        logits = self.model.logit_scale.exp().float() * features @ prompts.features.T
+        bias = getattr(self.model, "logit_bias", None)
+        return logits + bias.float() if bias is not None else logits
+
+    def _multi_label_scores(self, logits: torch.Tensor) -> torch.Tensor:
+        """Each description's own score in [0, 1] (see the module docstring)."""
+        if getattr(self.model, "logit_bias", None) is not None:
+            return logits[:, :-1].sigmoid()
+        return (logits[:, :-1] - logits[:, -1:]).sigmoid()  # 2-way softmax vs negative
+
+    def _detections(
+        self,
+        image: Image.Image,
+        description_scores: torch.Tensor,
+        prompts: _Prompts,
+        ontology: Ontology,
+        confidence_floor: float,
+    ) -> sv.Detections:
+        n_classes = len(ontology.classes)
+        if self.multi_label:
+            class_scores = torch.full((n_classes,), -1.0)
+            class_scores = class_scores.scatter_reduce(
+                0, prompts.class_ids, description_scores, reduce="amax"
+            )
+            candidates = torch.arange(n_classes)
+        else:
+            class_scores = torch.zeros(n_classes)
+            class_scores = class_scores.index_add(
+                0, prompts.class_ids, description_scores
+            )
+            candidates = class_scores.argmax().reshape(1)
+        chosen = [
+            c for c in candidates.tolist() if class_scores[c].item() >= confidence_floor
+        ]
+        best_prompt = [
+            self._best_description(description_scores, prompts, c) for c in chosen
+        ]
+        return sv.Detections(
+            xyxy=np.tile(
+                np.array([0, 0, image.width, image.height], dtype=np.float32),
+                (len(chosen), 1),
+            ),
+            confidence=np.array(
+                [class_scores[c].item() for c in chosen], dtype=np.float32
+            ),
+            class_id=np.array(chosen, dtype=int),
+            data={
+                "class_name": np.array(
+                    [ontology.class_names[c] for c in chosen], dtype=str
+                ).reshape(-1),
+                "prompt": np.array(best_prompt, dtype=str).reshape(-1),
+            },
+        )
+
+    @staticmethod
+    def _best_description(
+        description_scores: torch.Tensor, prompts: _Prompts, class_id: int
+    ) -> str:
+        own = (prompts.class_ids == class_id).nonzero().flatten()
+        return prompts.descriptions[own[description_scores[own].argmax()].item()]
+
+
+def _check_loadable(spec: ModelSpec) -> None:
+    """Fail at once, in one line, where open_clip would fail late or retry a minute."""
+    import open_clip
+
+    name = spec.model
+    if name.startswith("local-dir:"):
+        folder = Path(name.removeprefix("local-dir:")).expanduser()
+        if not folder.is_dir():
+            raise ModelLoadError(f"--model {name}: no such folder")
+        if not (folder / "open_clip_config.json").is_file():
+            raise ModelLoadError(
+                f"--model {name}: the folder has no open_clip_config.json"
+            )
+        weights = [p for p in folder.iterdir() if p.suffix in _WEIGHT_SUFFIXES]
+        if not weights:
+            raise ModelLoadError(
+                f"--model {name}: the folder has no weights "
+                "(open_clip_model.safetensors)"
+            )
+        return
+    if name.startswith("hf-hub:"):
+        repo = name.removeprefix("hf-hub:")
+        if not _cached(repo, ("open_clip_config.json",)) and not _hub_reachable():
+            raise ModelLoadError(_offline_message(name))
+        return
+    if open_clip.get_model_config(name.replace("/", "-")) is None:
+        raise ModelLoadError(
+            f"unknown CLIP model {name!r}: use an open_clip name (e.g. ViT-B-32, see "
+            "open_clip.list_models()), hf-hub:ORG/REPO or local-dir:PATH"
+        )
+    if not spec.pretrained:
+        tags = ", ".join(open_clip.list_pretrained_tags_by_model(name)[:5])
+        raise ModelLoadError(
+            f"CLIP model {name} needs --pretrained: a weights file or a tag "
+            f"({tags}, ...)"
+        )
+    if os.path.isfile(spec.pretrained):
+        return
+    config = open_clip.get_pretrained_cfg(name, spec.pretrained)
+    if not config:
+        raise ModelLoadError(
+            f"--pretrained {spec.pretrained}: neither a file nor a known tag of {name}"
+        )
+    hub = config.get("hf_hub", "")
+    repo, file_name = (hub.rstrip("/"), "") if hub.endswith("/") else os.path.split(hub)
+    files = (file_name,) if file_name else _HF_WEIGHT_FILES
+    if repo and _cached(repo, files):
+        return
+    url = config.get("url", "")
+    if url and Path("~/.cache/clip", os.path.basename(url)).expanduser().is_file():
+        return
+    if not _hub_reachable():
+        raise ModelLoadError(_offline_message(name, spec.pretrained))
+
+
+def _cached(repo: str, files: Sequence[str]) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return any(isinstance(try_to_load_from_cache(repo, f), str) for f in files)
+    except ValueError:  # not a valid repo id
+        return False
+
+
+def _hub_reachable() -> bool:
+    from model_loaders.hub import _hub_resolves
+
+    return _hub_resolves()
+
+
+def _offline_message(name: str, pretrained: str | None = None) -> str:
+    what = f"{name} --pretrained {pretrained}" if pretrained else name
+    return (
+        f"cannot load CLIP {what}: its weights are not in the local cache and the Hub "
+        "cannot be reached (offline?). On a machine with internet save the model as a "
+        "folder with open_clip_config.json + open_clip_model.safetensors, copy it here "
+        "and pass --model local-dir:FOLDER."
+    )
+
+
+def _described(spec: ModelSpec) -> str:
+    return f"{spec.model!r}" + (f" ({spec.pretrained})" if spec.pretrained else "")

@@ -1,0 +1,242 @@
+"""Grounded SAM as a labeling backend: Grounding DINO boxes, Segment Anything masks.
+
+The boxes come from the Grounding DINO backend itself (loaded through the per-process
+cache), so detection and segmentation label the same boxes with the same scores. Then,
+per image:
+- the SAM image embedding is computed once (images are encoded in batches: SAM pads
+  every image to the same square input, so batching never changes an embedding's input);
+- ALL of the image's boxes go through the prompt encoder and mask decoder in one call,
+  as ``SamPredictor.predict_torch`` with a box batch does, never one decoder call per
+  box (Autodistill's way). Only beyond ``MAX_BOXES_PER_DECODE`` boxes is the batch
+  split, to bound memory: the decoder copies the 64x64x256 embedding once per box and
+  upsamples every mask to full resolution as float32;
+- images without boxes skip SAM entirely.
+
+Each box gets SAM's single-mask output (``multimask_output=False``, SAM's recommendation
+for box prompts), thresholded at ``mask_threshold``; the box and score stay Grounding
+DINO's. SAM runs in float32 whatever the spec's dtype.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Sequence
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+import supervision as sv
+import torch
+from PIL import Image
+
+from model_loaders.device import resolve_device
+from model_loaders.ontology import Ontology
+from model_loaders.protocol import LabelingModel, ModelLoadError, ModelSpec
+
+SAM_CHECKPOINT_URLS = {
+    "vit_h": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
+    "vit_l": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
+    "vit_b": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
+}
+MAX_BOXES_PER_DECODE = 64
+
+
+class GroundedSamModel:
+    """Zero-shot instance segmentation: Grounding DINO boxes, SAM masks."""
+
+    def __init__(
+        self, boxes: LabelingModel, sam, spec: ModelSpec, device: torch.device
+    ) -> None:
+        from segment_anything.utils.transforms import ResizeLongestSide
+
+        self.boxes = boxes
+        self.sam = sam
+        self.spec = spec
+        self.device = device
+        self.transform = ResizeLongestSide(sam.image_encoder.img_size)
+
+    @classmethod
+    def load(cls, spec: ModelSpec) -> GroundedSamModel:
+        """Load SAM from ``spec.sam_checkpoint``; Grounding DINO from the cache."""
+        from model_loaders.cache import get_model
+
+        device = resolve_device(spec.device)
+        sam = load_sam(spec.sam_model_type, spec.sam_checkpoint)
+        boxes = get_model(box_model_spec(spec))
+        return cls(boxes, sam.to(device).eval(), spec, device)
+
+    def predict(
+        self,
+        images: Sequence[Image.Image],
+        ontology: Ontology,
+        *,
+        confidence_floor: float,
+    ) -> list[sv.Detections]:
+        detections = self.boxes.predict(
+            images, ontology, confidence_floor=confidence_floor
+        )
+        for image, image_detections in zip(images, detections, strict=True):
+            if len(image_detections) == 0:
+                image_detections.mask = np.zeros(
+                    (0, image.height, image.width), dtype=bool
+                )
+        needs_masks = [i for i, d in enumerate(detections) if len(d) > 0]
+        size = self.spec.batch_size
+        for start in range(0, len(needs_masks), size):
+            batch = needs_masks[start : start + size]
+            embeddings, input_sizes = self.embed([images[i] for i in batch])
+            for row, index in enumerate(batch):
+                image = images[index]
+                detections[index].mask = self.decode(
+                    embeddings[row : row + 1],
+                    detections[index].xyxy,
+                    input_size=input_sizes[row],
+                    original_size=(image.height, image.width),
+                )
+        return detections
+
+    @torch.inference_mode()
+    def embed(
+        self, images: Sequence[Image.Image]
+    ) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """SAM image embeddings of a batch, and each image's resized (h, w) input size.
+
+        The same steps as ``SamPredictor.set_image``, for several images at once.
+        """
+        inputs, input_sizes = [], []
+        for image in images:
+            resized = self.transform.apply_image(np.asarray(image.convert("RGB")))
+            tensor = torch.as_tensor(resized, device=self.device)
+            tensor = tensor.permute(2, 0, 1).contiguous()[None]
+            input_sizes.append((int(tensor.shape[-2]), int(tensor.shape[-1])))
+            inputs.append(self.sam.preprocess(tensor.float()))
+        return self.sam.image_encoder(torch.cat(inputs)), input_sizes
+
+    @torch.inference_mode()
+    def decode(
+        self,
+        embedding: torch.Tensor,
+        xyxy: np.ndarray,
+        *,
+        input_size: tuple[int, int],
+        original_size: tuple[int, int],
+    ) -> np.ndarray:
+        """Bool masks (N, H, W) for all boxes of one image, in one decoder call.
+
+        The same steps as ``SamPredictor.predict_torch(boxes=...)`` with
+        ``multimask_output=False``.
+        """
+        boxes = torch.as_tensor(xyxy, dtype=torch.float32, device=self.device)
+        boxes = self.transform.apply_boxes_torch(boxes.reshape(-1, 4), original_size)
+        height, width = original_size
+        masks = []
+        for start in range(0, len(boxes), MAX_BOXES_PER_DECODE):
+            sparse, dense = self.sam.prompt_encoder(
+                points=None,
+                boxes=boxes[start : start + MAX_BOXES_PER_DECODE],
+                masks=None,
+            )
+            low_res, _ = self.sam.mask_decoder(
+                image_embeddings=embedding,
+                image_pe=self.sam.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=False,
+            )
+            upscaled = self.sam.postprocess_masks(low_res, input_size, original_size)
+            masks.append((upscaled[:, 0] > self.sam.mask_threshold).cpu().numpy())
+        if not masks:
+            return np.zeros((0, height, width), dtype=bool)
+        return np.concatenate(masks)
+
+
+def box_model_spec(spec: ModelSpec) -> ModelSpec:
+    """The Grounding DINO spec whose boxes a Grounded SAM spec segments."""
+    return ModelSpec(
+        backend="grounding_dino",
+        task="detect",
+        model=spec.model,
+        device=spec.device,
+        dtype=spec.dtype,
+        batch_size=spec.batch_size,
+        prompt_mode=spec.prompt_mode,
+    )
+
+
+def load_sam(model_type: str, checkpoint: str | None):
+    """A ``segment_anything`` Sam of ``model_type`` with the weights of ``checkpoint``.
+
+    ``checkpoint`` is a ``.pth`` state dict path or URL (None: Meta's official URL for
+    the type). Weights are read with ``torch.load(weights_only=True)``: a checkpoint is
+    data, never code.
+    """
+    path = _checkpoint_file(model_type, checkpoint)
+    sam = build_sam(model_type)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # pickle errors, truncated files, not a state dict
+        raise ModelLoadError(
+            f"cannot read SAM checkpoint {path}: {type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else 'no details'}"
+        ) from error
+    try:
+        sam.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as error:
+        raise ModelLoadError(
+            f"SAM checkpoint {path} does not fit --sam-model-type {model_type}: pass "
+            "the type it was trained as (vit_b, vit_l or vit_h)"
+        ) from error
+    return sam.eval()
+
+
+def build_sam(model_type: str):
+    """An untrained Sam of ``model_type``: Meta's three or a small test architecture."""
+    from model_loaders.random_init_sam_clip import SMALL_SAM_TYPES, build_small_sam
+
+    if model_type in SMALL_SAM_TYPES:
+        return build_small_sam(model_type)
+    from segment_anything import sam_model_registry
+
+    if model_type not in SAM_CHECKPOINT_URLS:
+        raise ModelLoadError(
+            f"unknown --sam-model-type {model_type!r}: use vit_b, vit_l or vit_h"
+        )
+    return sam_model_registry[model_type]()
+
+
+def _checkpoint_file(model_type: str, checkpoint: str | None) -> Path:
+    """The local weights file, downloaded into torch's hub cache if it is a URL."""
+    if checkpoint is None:
+        if model_type not in SAM_CHECKPOINT_URLS:
+            raise ModelLoadError(
+                f"--sam-model-type {model_type} has no official weights: pass "
+                "--sam-checkpoint PATH"
+            )
+        checkpoint = SAM_CHECKPOINT_URLS[model_type]
+    if "://" not in checkpoint:
+        path = Path(checkpoint).expanduser()
+        if not path.is_file():
+            raise ModelLoadError(f"--sam-checkpoint {checkpoint}: no such file")
+        return path
+    cached = (
+        Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(checkpoint).path).name
+    )
+    if cached.is_file():
+        return cached
+    host = urlparse(checkpoint).hostname or ""
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        raise ModelLoadError(
+            f"cannot load SAM weights {checkpoint}: not in {cached.parent} and {host} "
+            "cannot be reached (offline?). On a machine with internet download that "
+            "file, copy it here and pass --sam-checkpoint PATH."
+        ) from None
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        torch.hub.download_url_to_file(checkpoint, str(cached), progress=False)
+    except Exception as error:  # HTTP errors, disk full, interrupted transfer
+        raise ModelLoadError(
+            f"cannot download SAM weights {checkpoint}: {type(error).__name__}: {error}"
+        ) from error
+    return cached

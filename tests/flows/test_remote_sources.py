@@ -1,0 +1,108 @@
+"""The labeling flow on remote sources: an S3 prefix (real S3 protocol, moto's server on
+127.0.0.1) with a video among the photos, outputs written back to S3, and labels re-uploaded
+to a Roboflow project (the real SDK against the local API stub)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import supervision as sv
+
+from flows.label import label_images
+from model_loaders.ontology import Ontology
+from model_loaders.protocol import ModelSpec
+from tasks.labels import OutputLayout, read_images
+from tasks.s3 import s3_client, staging_folder
+from tasks.settings import LabelSettings
+from tasks.sources import SourceOptions
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def bucket(s3_endpoint, sample_photos, tmp_path, monkeypatch):
+    """A bucket with three photos and a 2-second video under photos/."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    client = s3_client(s3_endpoint)
+    client.create_bucket(Bucket="raw")
+    for path in sorted(sample_photos.glob("*.jpg"))[:3]:
+        client.upload_file(str(path), "raw", f"photos/{path.name}")
+    video = tmp_path / "clip.mp4"
+    info = sv.VideoInfo(width=160, height=120, fps=10, total_frames=20)
+    with sv.VideoSink(str(video), info, codec="mp4v") as sink:
+        for i in range(20):
+            sink.write_frame(np.full((120, 160, 3), i * 10, dtype=np.uint8))
+    client.upload_file(str(video), "raw", "photos/clip.mp4")
+    client.create_bucket(Bucket="labels")
+    return client
+
+
+def test_an_s3_prefix_with_a_video_is_labeled_and_exported_back_to_s3(
+    bucket, s3_endpoint, tiny_grounding_dino
+):
+    settings = LabelSettings(
+        ontology=Ontology.from_class_options(["person", "rocket"]),
+        model=ModelSpec(model=tiny_grounding_dino, device="cpu"),
+        chunk_size=2,
+    )
+    summary = label_images(
+        source="s3://raw/photos",
+        out="s3://labels/run1",
+        settings=settings,
+        sources=SourceOptions(s3_endpoint_url=s3_endpoint, fps=1),
+    )
+
+    assert (summary.images, summary.labeled, summary.skipped) == (5, 5, [])
+    local = OutputLayout(staging_folder("s3://labels/run1"))
+    names = sorted(read_images(local)["relative_path"])
+    assert names == [
+        "astronaut.jpg",
+        "chelsea.jpg",
+        "clip_t000000.000s.jpg",
+        "clip_t000001.000s.jpg",
+        "coffee.jpg",
+    ]
+    keys = {o["Key"] for o in bucket.list_objects_v2(Bucket="labels")["Contents"]}
+    assert {"run1/coco/annotations.json", "run1/report.md", "run1/yolo/data.yaml"} <= keys
+    assert "run1/coco/images/clip_t000001.000s.jpg" in keys
+    assert not [k for k in keys if "/.cache/" in k]  # source images stay local
+    coco = json.loads(
+        bucket.get_object(Bucket="labels", Key="run1/coco/annotations.json")["Body"].read()
+    )
+    assert len(coco["images"]) == 5
+
+
+def test_labels_are_reuploaded_to_roboflow_as_one_batch(
+    roboflow_api, tiny_grounding_dino, sample_photos, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("ROBOFLOW_API_KEY", "testkey-flow-1")
+    settings = LabelSettings(
+        ontology=Ontology.from_class_options(["person", "rocket"]),
+        model=ModelSpec(model=tiny_grounding_dino, device="cpu"),
+    )
+    summary = label_images(
+        source=str(sample_photos),
+        out=str(tmp_path / "out"),
+        settings=settings,
+        upload_to="roboflow://acme/cans",
+    )
+    assert (summary.upload.uploaded, summary.upload.failed) == (4, [])
+    uploads = [r for r in roboflow_api.requests if r.path.endswith("/upload")]
+    assert {r.query["batch"][0] for r in uploads} == {f"autolabel {summary.run_id}"}
+    assert "Roboflow upload: 4 uploaded" in (tmp_path / "out" / "report.md").read_text()

@@ -1,0 +1,306 @@
+"""Segmentation exports: COCO (RLE and polygons) and YOLO, read back by pycocotools and
+supervision. Masks with holes and with several parts must survive the round trip."""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import supervision as sv
+from PIL import Image
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from tasks.export_coco import labels_to_coco, write_coco
+from tasks.export_yolo import labels_to_yolo_lines, write_yolo
+from tasks.labels import (
+    IMAGE_SCHEMA,
+    LABEL_SCHEMA,
+    ImageRecord,
+    OutputLayout,
+    detections_to_frame,
+    images_to_frame,
+    read_images,
+    read_labels,
+    write_parquet_atomically,
+)
+from tests.tasks.test_masks import SHAPES
+
+CLASS_NAMES = ["cat", "dog"]
+
+
+@dataclass(frozen=True)
+class Labeled:
+    """A source image of the fixture and its (class id, score, mask) labels."""
+
+    name: str
+    size_wh: tuple[int, int]
+    labels: list[tuple[int, float, np.ndarray]]
+
+
+IMAGES = [
+    Labeled(
+        "x.png",
+        (50, 40),
+        [
+            (0, 0.9, SHAPES["hole and two parts"]),
+            (1, 0.5, SHAPES["hole and two parts"] * 0),
+        ],
+    ),
+    Labeled(
+        "y.png",
+        (40, 30),
+        [
+            (1, 0.8, SHAPES["hole"]),
+            (0, 0.7, SHAPES["two parts"]),
+            (1, 0.6, SHAPES["two holes"]),
+        ],
+    ),
+    Labeled("empty.png", (20, 20), []),
+]
+
+
+def _box(mask: np.ndarray) -> list[float]:
+    """A label box: the mask's tight box, or a fixed box for an empty mask."""
+    if not mask.any():
+        return [1.0, 2.0, 9.0, 12.0]
+    ys, xs = np.nonzero(mask)
+    return [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]
+
+
+def write_segmentation_folder(root: Path) -> OutputLayout:
+    """Source images under ``root/source``, segmentation labels under ``root/out``."""
+    layout = OutputLayout(root / "out")
+    records, frames = [], []
+    for image in IMAGES:
+        path = root / "source" / image.name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        width, height = image.size_wh
+        Image.new("RGB", (width, height), (90, 120, 150)).save(path)
+        record = ImageRecord(
+            source_uri=str(path),
+            relative_path=image.name,
+            image_id=image.name,
+            width=width,
+            height=height,
+        )
+        masks = np.array([m for _, _, m in image.labels], dtype=bool).reshape(
+            -1, height, width
+        )
+        detections = sv.Detections(
+            xyxy=np.array([_box(m) for m in masks], dtype=np.float32).reshape(-1, 4),
+            mask=masks,
+            confidence=np.array([s for _, s, _ in image.labels], dtype=np.float32),
+            class_id=np.array([c for c, _, _ in image.labels], dtype=int),
+            data={
+                "class_name": np.array(
+                    [CLASS_NAMES[c] for c, _, _ in image.labels], dtype=str
+                ),
+                "prompt": np.array(
+                    [CLASS_NAMES[c] for c, _, _ in image.labels], dtype=str
+                ),
+            },
+        )
+        records.append(record)
+        frames.append(detections_to_frame(detections, record, model="gsam", run_id="r"))
+    labels_path, images_path = layout.shard_paths("one")
+    write_parquet_atomically(
+        pd.concat(frames, ignore_index=True), labels_path, LABEL_SCHEMA
+    )
+    write_parquet_atomically(
+        images_to_frame(records, run_id="r"), images_path, IMAGE_SCHEMA
+    )
+    return layout
+
+
+def expected_masks(name: str) -> list[tuple[int, np.ndarray]]:
+    """(class id, mask) of an image's labels, in export order (score, highest first)."""
+    image = next(i for i in IMAGES if i.name == name)
+    return [(c, m) for c, _, m in sorted(image.labels, key=lambda x: -x[1])]
+
+
+@pytest.fixture
+def layout(tmp_path: Path) -> OutputLayout:
+    return write_segmentation_folder(tmp_path)
+
+
+@pytest.mark.parametrize("mask_format", ["rle", "polygon"])
+def test_coco_masks_round_trip_through_pycocotools(layout, mask_format: str) -> None:
+    path = write_coco(layout, CLASS_NAMES, mask_format=mask_format)
+
+    coco = COCO(str(path))
+
+    assert len(coco.anns) == 5
+    for image in coco.imgs.values():
+        anns = coco.loadAnns(coco.getAnnIds(imgIds=image["id"]))
+        expected = expected_masks(image["file_name"].removeprefix("images/"))
+        assert [a["category_id"] - 1 for a in anns] == [c for c, _ in expected]
+        for ann, (_, mask) in zip(anns, expected, strict=True):
+            np.testing.assert_array_equal(coco.annToMask(ann).astype(bool), mask)
+            assert ann["area"] == int(mask.sum())  # pixel count, not the box area
+            assert ann["iscrowd"] == 0 and type(ann["iscrowd"]) is int
+            x, y, w, h = ann["bbox"]
+            assert [x, y, x + w, y + h] == _box(mask)
+
+
+def test_rle_segmentations_are_the_stored_rle(layout) -> None:
+    coco = json.loads(write_coco(layout, CLASS_NAMES).read_text())
+    stored = read_labels(layout).sort_values("confidence", ascending=False)
+
+    segmentations = {
+        (a["image_id"], a["score"]): a["segmentation"] for a in coco["annotations"]
+    }
+
+    assert all(isinstance(s, dict) for s in segmentations.values())
+    assert sorted(
+        json.dumps(s, separators=(",", ":")) for s in segmentations.values()
+    ) == sorted(stored["mask"])
+
+
+def test_polygons_keep_holes_and_parts_and_fall_back_to_rle_only_when_needed(
+    layout,
+) -> None:
+    coco = json.loads(
+        write_coco(layout, CLASS_NAMES, mask_format="polygon").read_text()
+    )
+
+    kinds = [type(a["segmentation"]).__name__ for a in coco["annotations"]]
+
+    # Four non-empty masks as polygons; the empty mask has none, so it keeps its RLE.
+    assert sorted(kinds) == ["dict", "list", "list", "list", "list"]
+    by_area = {a["area"]: a["segmentation"] for a in coco["annotations"]}
+    assert len(by_area[int(SHAPES["two parts"].sum())]) == 2  # one polygon per part
+    assert len(by_area[int(SHAPES["hole"].sum())]) == 1  # the hole spliced in
+
+
+def test_cocoeval_segm_of_the_file_against_itself_is_perfect(layout) -> None:
+    coco_dict = json.loads(write_coco(layout, CLASS_NAMES).read_text())
+    # An empty mask matches nothing (IoU of two empty masks is 0): evaluate the others.
+    coco_dict["annotations"] = [a for a in coco_dict["annotations"] if a["area"] > 0]
+    ground_truth = COCO()
+    ground_truth.dataset = copy.deepcopy(coco_dict)
+    ground_truth.createIndex()
+    detections = ground_truth.loadRes(copy.deepcopy(coco_dict["annotations"]))
+
+    evaluation = COCOeval(ground_truth, detections, iouType="segm")
+    evaluation.evaluate()
+    evaluation.accumulate()
+    evaluation.summarize()
+
+    assert evaluation.stats[0] == pytest.approx(1.0)
+
+
+def test_supervision_reads_back_the_masks(layout) -> None:
+    path = write_coco(layout, CLASS_NAMES)
+
+    dataset = sv.DetectionDataset.from_coco(
+        images_directory_path=str(path.parent),
+        annotations_path=str(path),
+        force_masks=True,
+    )
+
+    assert dataset.classes == CLASS_NAMES
+    for image_path, detections in dataset.annotations.items():
+        expected = expected_masks(Path(image_path).name)
+        assert len(detections) == len(expected)
+        if not expected:
+            continue
+        for mask, (_, expected_mask) in zip(detections.mask, expected, strict=True):
+            np.testing.assert_array_equal(mask, expected_mask)
+        assert detections.class_id.tolist() == [c for c, _ in expected]
+
+
+def test_detection_tables_still_export_without_segmentation(tmp_path: Path) -> None:
+    from tests.tasks.test_export_images import CLASS_NAMES as NAMES
+    from tests.tasks.test_export_images import small_tables
+
+    images, labels = small_tables(tmp_path)
+
+    coco = labels_to_coco(images, labels, NAMES, mask_format="polygon")
+
+    assert coco["annotations"] and all(
+        "segmentation" not in a for a in coco["annotations"]
+    )
+
+
+def test_yolo_writes_one_polygon_line_per_label(layout) -> None:
+    data_yaml = write_yolo(layout, CLASS_NAMES)
+    labels_dir = data_yaml.parent / "labels"
+
+    lines = {
+        path.stem: path.read_text().splitlines() for path in labels_dir.glob("*.txt")
+    }
+
+    assert {k: len(v) for k, v in lines.items()} == {"x": 2, "y": 3, "empty": 0}
+    for line in lines["x"] + lines["y"]:
+        values = line.split()
+        assert len(values) >= 7 and len(values) % 2 == 1  # class + >= 3 points
+        assert all(0.0 <= float(v) <= 1.0 for v in values[1:])
+    # The empty mask is written as its box's rectangle (normalised, 6 decimals).
+    assert lines["x"][1] == (
+        "1 0.020000 0.050000 0.180000 0.050000 0.180000 0.300000 0.020000 0.300000"
+    )
+
+
+def test_supervision_reads_back_yolo_polygons_close_to_the_masks(layout) -> None:
+    data_yaml = write_yolo(layout, CLASS_NAMES)
+
+    dataset = sv.DetectionDataset.from_yolo(
+        images_directory_path=str(data_yaml.parent / "images"),
+        annotations_directory_path=str(data_yaml.parent / "labels"),
+        data_yaml_path=str(data_yaml),
+        force_masks=True,
+    )
+
+    for image_path, detections in dataset.annotations.items():
+        expected = expected_masks(Path(image_path).name)
+        assert detections.class_id.tolist() == [c for c, _ in expected]
+        if not expected:
+            continue
+        for mask, (_, expected_mask) in zip(detections.mask, expected, strict=True):
+            if not expected_mask.any():
+                continue
+            # Lossy format: pixel-centre vertices and seams between parts.
+            iou = (mask & expected_mask).sum() / (mask | expected_mask).sum()
+            assert iou > 0.9
+            assert mask[expected_mask].mean() > 0.95
+
+
+def test_yolo_lines_of_a_detection_table_stay_boxes() -> None:
+    labels = pd.DataFrame(
+        {
+            "class_id": [1],
+            "x_min": [0.0],
+            "y_min": [0.0],
+            "x_max": [20.0],
+            "y_max": [15.0],
+            "mask": [None],
+        }
+    )
+
+    assert labels_to_yolo_lines(labels, resolution_wh=(40, 30)) == [
+        "1 0.250000 0.250000 0.500000 0.500000"
+    ]
+
+
+def test_masks_are_read_back_from_parquet_shards_exactly(layout) -> None:
+    from tasks.labels import frame_to_detections
+
+    labels = read_labels(layout)
+    images = read_images(layout)
+
+    for name in ("x.png", "y.png"):
+        rows = labels[labels["source_uri"].str.endswith(name)].sort_values(
+            "confidence", ascending=False
+        )
+        detections = frame_to_detections(rows)
+        for mask, (_, expected) in zip(
+            detections.mask, expected_masks(name), strict=True
+        ):
+            np.testing.assert_array_equal(mask, expected)
+    assert len(images) == 3
