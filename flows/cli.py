@@ -16,6 +16,7 @@ from flows.cli_options import (
     EXIT_FAILED,
     EXIT_QUALITY,
     EXIT_SKIPPED,
+    EXIT_USAGE,
     BackendOption,
     BatchSizeOption,
     ChunkSizeOption,
@@ -53,6 +54,7 @@ from flows.cli_options import (
     settings_or_exit,
     warm_model_or_exit,
 )
+from model_loaders.protocol import CLASSIFICATION_TASKS
 from tasks.credits import CreditLedger, format_credits, redact, resolve_ledger_path
 from tasks.images import SourceError
 from tasks.quality import QualityCheckFailed
@@ -140,6 +142,12 @@ def label(
             dataset=labeled_dataset(dataset, upload_to, source),
         ),
     )
+    if upload_to and settings.model.task in CLASSIFICATION_TASKS:
+        print_error(
+            f"--upload-to sends boxes, not --task {settings.model.task} labels yet: "
+            f"upload {out}/classification/roboflow/ with the Roboflow CLI instead"
+        )
+        raise typer.Exit(EXIT_USAGE)
     local_out = staging_folder(out) if is_s3(out) else Path(out)
     account = credit_account_or_exit(
         out=local_out,
