@@ -12,15 +12,14 @@ What makes it fast and correct:
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import supervision as sv
 import torch
 from PIL import Image
 
+from model_loaders.batching import PreparedImage, prepare_images, same_shape_batches
 from model_loaders.device import resolve_device, resolve_dtype
 from model_loaders.grounding_dino_prompts import (
     PromptText,
@@ -32,14 +31,6 @@ from model_loaders.grounding_dino_prompts import (
 from model_loaders.hub import check_model_reachable
 from model_loaders.ontology import Ontology
 from model_loaders.protocol import ModelLoadError, ModelSpec
-
-
-@dataclass
-class _PreparedImage:
-    index: int
-    pixel_values: torch.Tensor  # (3, H, W) at the processor's resized shape
-    height: int  # original size, to scale boxes back
-    width: int
 
 
 class GroundingDinoModel:
@@ -99,7 +90,7 @@ class GroundingDinoModel:
         confidence_floor: float,
     ) -> list[sv.Detections]:
         texts = self.texts_for(ontology)
-        prepared = [self._prepare(index, image) for index, image in enumerate(images)]
+        prepared = prepare_images(images, self.processor.image_processor)
         per_image: list[list[sv.Detections]] = [[] for _ in images]
         for batch in self._batches(prepared, len(texts)):
             batch_texts = [texts[text_index] for _, text_index in batch]
@@ -113,36 +104,19 @@ class GroundingDinoModel:
                 per_image[image.index].append(image_detections)
         return [sv.Detections.merge(parts) for parts in per_image]
 
-    def _prepare(self, index: int, image: Image.Image) -> _PreparedImage:
-        pixel_values = self.processor.image_processor(
-            images=image, return_tensors="pt"
-        )["pixel_values"][0]
-        return _PreparedImage(index, pixel_values, image.height, image.width)
-
     def _batches(
-        self, prepared: list[_PreparedImage], n_texts: int
-    ) -> list[list[tuple[_PreparedImage, int]]]:
-        """(image, text) pairs grouped by resized shape, then cut into batches.
-
-        Only same-shape images share a batch, so no image is ever padded.
-        """
-        buckets: dict[tuple[int, ...], list[tuple[_PreparedImage, int]]] = defaultdict(
-            list
+        self, prepared: list[PreparedImage], n_texts: int
+    ) -> list[list[tuple[PreparedImage, int]]]:
+        """(image, text) pairs of same-shape images, cut into batches: no padding."""
+        pairs = [(image, text) for image in prepared for text in range(n_texts)]
+        return same_shape_batches(
+            pairs, shape=lambda pair: pair[0].shape, batch_size=self.spec.batch_size
         )
-        for image in prepared:
-            for text_index in range(n_texts):
-                buckets[tuple(image.pixel_values.shape)].append((image, text_index))
-        size = self.spec.batch_size
-        return [
-            pairs[start : start + size]
-            for pairs in buckets.values()
-            for start in range(0, len(pairs), size)
-        ]
 
     @torch.inference_mode()
     def _forward(
         self,
-        images: list[_PreparedImage],
+        images: list[PreparedImage],
         texts: list[PromptText],
         confidence_floor: float,
         class_names: list[str],

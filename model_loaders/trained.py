@@ -16,28 +16,19 @@ so nothing is padded and a label never depends on its batch mates.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import supervision as sv
 import torch
 from PIL import Image
 
+from model_loaders.batching import PreparedImage, prepare_images, same_shape_batches
 from model_loaders.class_mapping import ClassMapper, ClassMapping, parse_class_map
 from model_loaders.device import resolve_device, resolve_dtype
 from model_loaders.hub import check_model_reachable
 from model_loaders.ontology import Ontology
 from model_loaders.protocol import ModelLoadError, ModelSpec
-
-
-@dataclass
-class _PreparedImage:
-    index: int
-    pixel_values: torch.Tensor  # (3, H, W) at the processor's resized shape
-    height: int  # original size: post-processing scales boxes back to it
-    width: int
 
 
 class TrainedDetector:
@@ -109,37 +100,22 @@ class TrainedDetector:
         confidence_floor: float,
     ) -> list[sv.Detections]:
         mapping = self.class_mapping(ontology)
-        prepared = [self._prepare(index, image) for index, image in enumerate(images)]
+        prepared = prepare_images(images, self.processor)
         results: list[sv.Detections | None] = [None] * len(images)
-        for batch in self._batches(prepared):
+        batches = same_shape_batches(
+            prepared, shape=lambda image: image.shape, batch_size=self.spec.batch_size
+        )
+        for batch in batches:
             for image, detections in zip(
                 batch, self._forward(batch, mapping, confidence_floor), strict=True
             ):
                 results[image.index] = detections
         return [r for r in results if r is not None]
 
-    def _prepare(self, index: int, image: Image.Image) -> _PreparedImage:
-        pixel_values = self.processor(images=image.convert("RGB"), return_tensors="pt")[
-            "pixel_values"
-        ][0]
-        return _PreparedImage(index, pixel_values, image.height, image.width)
-
-    def _batches(self, prepared: list[_PreparedImage]) -> list[list[_PreparedImage]]:
-        """Images grouped by resized shape, then cut into ``batch_size`` batches."""
-        buckets: dict[tuple[int, ...], list[_PreparedImage]] = defaultdict(list)
-        for image in prepared:
-            buckets[tuple(image.pixel_values.shape)].append(image)
-        size = self.spec.batch_size
-        return [
-            images[start : start + size]
-            for images in buckets.values()
-            for start in range(0, len(images), size)
-        ]
-
     @torch.inference_mode()
     def _forward(
         self,
-        images: list[_PreparedImage],
+        images: list[PreparedImage],
         mapping: ClassMapping,
         confidence_floor: float,
     ) -> list[sv.Detections]:

@@ -83,3 +83,15 @@ def roboflow_api(monkeypatch, tmp_path):
     stub.stop()
     monkeypatch.delenv("API_URL")
     roboflow.config.refresh_region_urls()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real S3-compatible server (moto's) on 127.0.0.1, for boto3 to talk to."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
