@@ -84,7 +84,9 @@ def label(
             "roboflow://workspace/project[/batch]."
         ),
     ],
-    out: Annotated[str, typer.Option(help="Output folder, or s3://bucket/prefix.")] = "out",
+    out: Annotated[
+        str, typer.Option(help="Output folder, or s3://bucket/prefix.")
+    ] = "out",
     classes: ClassOption = None,
     ontology: OntologyOption = None,
     threshold: ThresholdOption = None,
@@ -185,7 +187,8 @@ def label(
 def report_run(summary: RunSummary, out: str) -> int:
     """Print what a labeling run did; the exit code that says how it ended."""
     console.print(
-        f"Labeled {summary.labeled} of {summary.images} images: {summary.labels} labels "
+        f"Labeled {summary.labeled} of {summary.images} images: "
+        f"{summary.labels} labels "
         f"({', '.join(f'{k} {v}' for k, v in summary.per_class.items())}); "
         f"{format_credits(summary.credits_used or 0.0)} credits. "
         f"Outputs in {out}/ (report: {out.rstrip('/')}/report.md)."

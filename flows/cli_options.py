@@ -1,7 +1,7 @@
 """Options and helpers shared by the ``autolabel`` commands.
 
-Every command validates all of its options before anything heavy is loaded, and reports a
-problem as one line naming the option, with exit code 2.
+Every command validates all of its options before anything heavy is loaded, and reports
+a problem as one line naming the option, with exit code 2.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ def print_error(error: object) -> None:
     """One line, never wrapped, never marked up: users grep and paste these."""
     console.print(f"[red]error:[/red] {escape(str(error))}", soft_wrap=True)
 
+
 ClassOption = Annotated[
     list[str] | None,
     typer.Option(
@@ -72,7 +73,8 @@ ModelOption = Annotated[
     ),
 ]
 TaskOption = Annotated[
-    str, typer.Option(help="detect, segment (Grounded SAM), classify or classify-multi.")
+    str,
+    typer.Option(help="detect, segment (Grounded SAM), classify or classify-multi."),
 ]
 BackendOption = Annotated[
     str | None,
@@ -83,7 +85,9 @@ BackendOption = Annotated[
 ]
 SamCheckpointOption = Annotated[
     str | None,
-    typer.Option(help="segment: SAM weights (.pth) path or URL (default: official URL)."),
+    typer.Option(
+        help="segment: SAM weights (.pth) path or URL (default: official URL)."
+    ),
 ]
 SamModelTypeOption = Annotated[
     str, typer.Option(help="segment: SAM architecture: vit_b, vit_l or vit_h.")
@@ -126,7 +130,9 @@ MaxCreditsOption = Annotated[
     float | None,
     typer.Option(
         min=0,
-        help="Budget: stop before labeling more once this run would charge more credits.",
+        help=(
+            "Budget: stop before labeling more once this run would charge more credits."
+        ),
     ),
 ]
 LedgerOption = Annotated[
@@ -145,7 +151,9 @@ DatasetOption = Annotated[
 ]
 S3EndpointOption = Annotated[
     str | None,
-    typer.Option(help="Endpoint URL of an S3-compatible store (MinIO, SeaweedFS, ...)."),
+    typer.Option(
+        help="Endpoint URL of an S3-compatible store (MinIO, SeaweedFS, ...)."
+    ),
 ]
 FpsOption = Annotated[
     float | None,
@@ -170,7 +178,8 @@ def settings_or_exit(
     chunk_size: int,
     model: dict,
 ) -> LabelSettings:
-    """Validate every option before anything heavy is loaded; exit 2 with one clear line."""
+    """Validate every option before anything heavy is loaded; exit 2 with one clear
+    line."""
     try:
         parsed = (
             list(Ontology.from_file(ontology_file).classes) if ontology_file else []
@@ -257,8 +266,8 @@ def _choice(option: str, value: str, allowed: tuple[str, ...]) -> str:
 def warm_model_or_exit(spec: ModelSpec) -> None:
     """Load the model into this process's cache before the flow starts.
 
-    The flow's tasks run in this process and reuse it; a model that cannot be loaded fails
-    here with one line instead of a task traceback.
+    The flow's tasks run in this process and reuse it; a model that cannot be loaded
+    fails here with one line instead of a task traceback.
     """
     from model_loaders.cache import get_model
 

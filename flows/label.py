@@ -1,4 +1,5 @@
-"""The labeling flow: plan chunks -> label them (metered) -> export -> quality -> report."""
+"""The labeling flow: plan chunks -> label them (metered) -> export -> quality ->
+report."""
 
 from __future__ import annotations
 
@@ -47,7 +48,8 @@ def label_images(
     selection: ImageSelection | None = None,
     shard: tuple[int, int] | None = None,
 ) -> RunSummary | None:
-    """Label every image under ``source`` with ``settings``; write everything under ``out``.
+    """Label every image under ``source`` with ``settings``; write everything under
+    ``out``.
 
     Args:
         source: Folder of images (searched recursively).

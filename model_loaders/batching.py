@@ -1,8 +1,8 @@
 """Batching images without padding, shared by the transformers detectors.
 
 Padding an image to share a batch with a bigger one changes DETR-family outputs (the
-padded area takes part in attention), so a label would depend on which images happened to
-share a batch. These helpers batch only images of the same resized shape.
+padded area takes part in attention), so a label would depend on which images happened
+to share a batch. These helpers batch only images of the same resized shape.
 """
 
 from __future__ import annotations

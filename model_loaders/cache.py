@@ -1,9 +1,9 @@
 """The per-process model cache: each model is loaded once per worker process.
 
-A module-level dict behind locks rather than ``functools.lru_cache``: under Prefect's thread-pool
-task runner, lru_cache lets two threads that miss at the same time both load the model. Here the
-first caller loads while the others wait on that model's own lock, and different models can load
-in parallel.
+A module-level dict behind locks rather than ``functools.lru_cache``: under Prefect's
+thread-pool task runner, lru_cache lets two threads that miss at the same time both load
+the model. Here the first caller loads while the others wait on that model's own lock,
+and different models can load in parallel.
 """
 
 from __future__ import annotations

@@ -33,7 +33,8 @@ def resolve_device(device: str) -> torch.device:
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """``auto``: bfloat16 on GPUs that support it, else float16 on GPU, float32 on CPU/MPS."""
+    """``auto``: bfloat16 on GPUs that support it, else float16 on GPU, float32 on
+    CPU/MPS."""
     if dtype != "auto":
         return getattr(torch, dtype)
     if device.type == "cuda":

@@ -1,13 +1,13 @@
 """Grounding DINO (transformers) as a labeling backend.
 
 What makes it fast and correct:
-- one forward pass covers all classes (joint prompt), split into several texts only when the
-  class list exceeds the model's token limit;
-- images are batched, but only with images of the same resized shape: Grounding DINO's output
-  changes when an image is padded to share a batch with a bigger one, and a label must never
-  depend on which images happened to share a batch;
-- scores are read per description from the token logits (see ``grounding_dino_prompts``), so
-  each detection belongs to exactly one ontology class.
+- one forward pass covers all classes (joint prompt), split into several texts only when
+  the class list exceeds the model's token limit;
+- images are batched, but only with images of the same resized shape: Grounding DINO's
+  output changes when an image is padded to share a batch with a bigger one, and a label
+  must never depend on which images happened to share a batch;
+- scores are read per description from the token logits (see
+  ``grounding_dino_prompts``), so each detection belongs to exactly one ontology class.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Finding a Hugging Face model before loading it, failing fast when it cannot be had.
 
-transformers retries an unreachable Hub for minutes, file by file, before it gives up. A model
-that is neither a local folder nor in the local Hugging Face cache, on a machine that cannot
-resolve the Hub's host name, gets one clear line instead, at once.
+transformers retries an unreachable Hub for minutes, file by file, before it gives up. A
+model that is neither a local folder nor in the local Hugging Face cache, on a machine
+that cannot resolve the Hub's host name, gets one clear line instead, at once.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from model_loaders.protocol import ModelLoadError
 
 
 def check_model_reachable(model: str, *, what: str) -> None:
-    """Raise ModelLoadError unless ``model`` is a local folder, cached, or downloadable."""
+    """Raise ModelLoadError unless ``model`` is a local folder, cached, or
+    downloadable."""
     path = Path(model).expanduser()
     if model.startswith((".", "/", "~")) or path.exists():
         if not path.is_dir():
@@ -25,8 +26,9 @@ def check_model_reachable(model: str, *, what: str) -> None:
     if _in_local_cache(model) or _hub_resolves():
         return
     raise ModelLoadError(
-        f"cannot load {what} {model!r}: it is not in the local Hugging Face cache and the Hub "
-        f"cannot be reached (offline?). On a machine with internet run `hf download {model} "
+        f"cannot load {what} {model!r}: it is not in the local Hugging Face cache "
+        "and the Hub cannot be reached (offline?). On a machine with internet run "
+        f"`hf download {model} "
         "--local-dir DIR`, copy DIR here and pass --model DIR."
     )
 

@@ -1,9 +1,9 @@
 """The ontology: which classes to label and which words the model is shown for each.
 
-A class has a name (what lands in the exports) and one or more descriptions (the prompts the
-model sees). Several descriptions may map to one class; by default the description is the class
-name itself. The ontology is validated before any model is loaded, so a typo costs milliseconds,
-not a model load.
+A class has a name (what lands in the exports) and one or more descriptions (the prompts
+the model sees). Several descriptions may map to one class; by default the description
+is the class name itself. The ontology is validated before any model is loaded, so a
+typo costs milliseconds, not a model load.
 """
 
 from __future__ import annotations
@@ -83,7 +83,8 @@ class Ontology(BaseModel):
                 owner = prompt_owner.setdefault(key, ontology_class.name)
                 if owner != ontology_class.name:
                     raise OntologyError(
-                        f"the description {prompt!r} is used for two classes, {owner!r} and "
+                        f"the description {prompt!r} is used for two classes, "
+                        f"{owner!r} and "
                         f"{ontology_class.name!r}: a detection could not be told apart"
                     )
         return self
@@ -109,12 +110,14 @@ class Ontology(BaseModel):
 
     @classmethod
     def from_class_options(cls, options: list[str]) -> Ontology:
-        """Build from repeated ``--class "name: description; other description"`` options."""
+        """Build from repeated ``--class "name: description; other description"``
+        options."""
         return build_ontology([parse_class_option(option) for option in options])
 
     @classmethod
     def from_file(cls, path: str | Path) -> Ontology:
-        """Load a YAML or JSON file (see ``ontology_from_data`` for the accepted shapes)."""
+        """Load a YAML or JSON file (see ``ontology_from_data`` for the accepted
+        shapes)."""
         path = Path(path)
         try:
             text = path.read_text(encoding="utf-8")
@@ -136,7 +139,8 @@ class Ontology(BaseModel):
             raise OntologyError(f"ontology file {path}: {error}") from None
 
     def to_data(self) -> dict[str, list[str]]:
-        """A plain mapping class name -> descriptions, the form ``ontology_from_data`` reads."""
+        """A plain mapping class name -> descriptions, the form ``ontology_from_data``
+        reads."""
         return {c.name: list(c.descriptions) for c in self.classes}
 
 
@@ -175,7 +179,8 @@ def ontology_from_data(data: Any) -> Ontology:
 
 
 def build_ontology(classes: list[OntologyClass]) -> Ontology:
-    """Construct an Ontology, turning pydantic's wrapped error into a plain OntologyError."""
+    """Construct an Ontology, turning pydantic's wrapped error into a plain
+    OntologyError."""
     return _unwrapped(Ontology, classes=tuple(classes))
 
 

@@ -125,8 +125,10 @@ class ModelSpec(BaseModel):
     )
     dataset: str | None = Field(
         None,
-        description="roboflow: the dataset being labeled, roboflow://WORKSPACE/PROJECT; "
-        "a hosted model of another project is refused.",
+        description=(
+            "roboflow: the dataset being labeled, roboflow://WORKSPACE/PROJECT; "
+            "a hosted model of another project is refused."
+        ),
     )
     architecture: str | None = Field(
         None,
@@ -174,7 +176,6 @@ class ModelSpec(BaseModel):
                 f"{', '.join(sorted(tasks))}"
             )
         return self
-
 
     def _default_backend(self) -> str:
         """The backend ``model`` and ``task`` imply: a Roboflow-hosted model, a

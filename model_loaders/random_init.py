@@ -1,16 +1,19 @@
 """Randomly initialised Grounding DINO checkpoints, saved exactly like a downloaded one.
 
-Weights cannot be downloaded on CI or on offline machines, so the tests, the benchmarks and the
-offline demo build a model from a config, save it (weights + processor) to a folder, and then load
-that folder through the same ``--model PATH`` code path a user's real checkpoint takes. The
-compute of a random model equals that of a trained one of the same architecture; its labels are
-meaningless.
+Weights cannot be downloaded on CI or on offline machines, so the tests, the benchmarks
+and the offline demo build a model from a config, save it (weights + processor) to a
+folder, and then load that folder through the same ``--model PATH`` code path a user's
+real checkpoint takes. The compute of a random model equals that of a trained one of the
+same architecture; its labels are meaningless.
 
 Sizes:
-- ``tiny``: ~0.5 M parameters, small images; for tests (builds and runs in well under a second).
-- ``mid``: a scaled-down architecture that runs in seconds per image on two CPU cores; benchmarks.
-- ``full``: ``GroundingDinoConfig()`` defaults, i.e. the grounding-dino-tiny architecture
-  (Swin-T + bert-base, 172 M parameters), with the real 800/1333 px resize; GPU benchmarks.
+- ``tiny``: ~0.5 M parameters, small images; for tests (builds and runs in well under a
+  second).
+- ``mid``: a scaled-down architecture that runs in seconds per image on two CPU cores;
+  benchmarks.
+- ``full``: ``GroundingDinoConfig()`` defaults, i.e. the grounding-dino-tiny
+  architecture (Swin-T + bert-base, 172 M parameters), with the real 800/1333 px resize;
+  GPU benchmarks.
 """
 
 from __future__ import annotations
@@ -19,12 +22,14 @@ import string
 from pathlib import Path
 from typing import Literal
 
-# The model hard-codes these ids as [CLS], [SEP], '.' and '?' (transformers' SPECIAL_TOKENS),
-# so any vocabulary we build must place those tokens at exactly these positions.
+# The model hard-codes these ids as [CLS], [SEP], '.' and '?' (transformers'
+# SPECIAL_TOKENS), so any vocabulary we build must place those tokens at exactly these
+# positions.
 _FIXED_TOKENS = {0: "[PAD]", 100: "[UNK]", 101: "[CLS]", 102: "[SEP]", 103: "[MASK]"}
 _PERIOD_ID, _QUESTION_ID = 1012, 1029
 
-# Whole words that the tests and demo prompts use, so that they tokenise to one token each.
+# Whole words that the tests and demo prompts use, so that they tokenise to one token
+# each.
 _WORDS = [
     "a",
     "an",
@@ -79,10 +84,12 @@ Size = Literal["tiny", "mid", "full"]
 
 
 def build_vocab() -> list[str]:
-    """A BERT WordPiece vocabulary with the special tokens where Grounding DINO expects them.
+    """A BERT WordPiece vocabulary with the special tokens where Grounding DINO expects
+    them.
 
-    Letters and '##' letter pieces make every lowercase ASCII word tokenisable, so long prompts
-    (e.g. a class list over the 256-token limit) can be built from arbitrary words.
+    Letters and '##' letter pieces make every lowercase ASCII word tokenisable, so long
+    prompts (e.g. a class list over the 256-token limit) can be built from arbitrary
+    words.
     """
     size = 1100
     vocab = [f"[unused{i}]" for i in range(size)]
@@ -106,7 +113,8 @@ def build_vocab() -> list[str]:
 def save_random_grounding_dino(
     path: str | Path, size: Size = "tiny", seed: int = 0
 ) -> Path:
-    """Build a randomly initialised Grounding DINO of ``size`` and save model + processor."""
+    """Build a randomly initialised Grounding DINO of ``size`` and save model +
+    processor."""
     import torch
     from transformers import (
         BertConfig,

@@ -212,7 +212,9 @@ def write_roboflow_classification(
                 continue
             destination = split / _folder_name(classes[0]) / name
         materialize_image(
-            local_source(image.source_uri, layout.root), destination, orientation=image.orientation
+            local_source(image.source_uri, layout.root),
+            destination,
+            orientation=image.orientation,
         )
         placed.add(destination)
     if multi_label:

@@ -102,7 +102,8 @@ def image_destination(root: Path, relative_path: str) -> Path:
 
 def local_source(source_uri: str, out: Path) -> Path:
     """The local file behind ``source_uri``: the file itself, or the copy of a remote
-    image (S3, Roboflow) that labeling left in ``out``'s cache (fetched again if gone)."""
+    image (S3, Roboflow) that labeling left in ``out``'s cache (fetched again if
+    gone)."""
     from tasks.sources import local_file
 
     return local_file(source_uri, out)

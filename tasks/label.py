@@ -1,9 +1,10 @@
-"""Labeling a chunk of images: decode with prefetch, batched inference, one Parquet shard.
+"""Labeling a chunk of images: decode with prefetch, batched inference, one Parquet
+shard.
 
-A chunk (many images, never one) is the unit of work of a Prefect task. Its shard is named by a
-key over the chunk's files and the settings, so a rerun of the same work finds the shard and
-skips the chunk. The model comes from the per-process cache: loaded once per worker, never
-passed between tasks.
+A chunk (many images, never one) is the unit of work of a Prefect task. Its shard is
+named by a key over the chunk's files and the settings, so a rerun of the same work
+finds the shard and skips the chunk. The model comes from the per-process cache: loaded
+once per worker, never passed between tasks.
 """
 
 from __future__ import annotations
@@ -76,7 +77,8 @@ class Chunk:
 
 @dataclass
 class ChunkResult:
-    """What one chunk produced (also rebuilt from its shard when the chunk is skipped)."""
+    """What one chunk produced (also rebuilt from its shard when the chunk is
+    skipped)."""
 
     key: str
     images: int
@@ -121,8 +123,8 @@ def plan_chunks(
 def prune_stale_shards(out: str, chunks: list[Chunk]) -> int:
     """Delete shards of an earlier run with other files or settings; returns how many.
 
-    The output folder then describes exactly this run, so exports never mix in labels made
-    with other thresholds or of images that are gone.
+    The output folder then describes exactly this run, so exports never mix in labels
+    made with other thresholds or of images that are gone.
     """
     layout = OutputLayout(out)
     keep = {path for chunk in chunks for path in layout.shard_paths(chunk.key)}

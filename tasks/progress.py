@@ -1,9 +1,10 @@
-"""Process-local progress reporting from tasks to whoever is watching (the CLI's progress bar).
+"""Process-local progress reporting from tasks to whoever is watching (the CLI's
+progress bar).
 
-Prefect tasks run in the CLI's process by default; a callback cannot be a task parameter (it
-would be hashed and serialised), so the CLI registers a listener here and the tasks report to
-it. On a remote worker nobody listens and reporting costs nothing; the Prefect UI follows the
-run through its task runs and artifacts instead.
+Prefect tasks run in the CLI's process by default; a callback cannot be a task parameter
+(it would be hashed and serialised), so the CLI registers a listener here and the tasks
+report to it. On a remote worker nobody listens and reporting costs nothing; the Prefect
+UI follows the run through its task runs and artifacts instead.
 """
 
 from __future__ import annotations

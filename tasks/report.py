@@ -1,7 +1,7 @@
 """The run report: counts per class, images without labels, images skipped and why.
 
-Written to ``OUT/report.md`` and attached to the flow run as a markdown artifact, so the same
-text is read on the terminal, in the output folder and in the Prefect UI.
+Written to ``OUT/report.md`` and attached to the flow run as a markdown artifact, so the
+same text is read on the terminal, in the output folder and in the Prefect UI.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from tasks.quality import QualityResult
 from tasks.roboflow_upload import UploadSummary
 from tasks.settings import LabelSettings
 
-_MAX_LISTED = 200  # longer lists are cut in the markdown (the Parquet tables hold them all)
+# Longer lists are cut in the markdown (the Parquet tables hold them all).
+_MAX_LISTED = 200
 
 
 @dataclass
@@ -43,7 +44,8 @@ class RunSummary:
     per_class: dict[str, int] = field(default_factory=dict)
     unlabeled: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
-    credits_used: float | None = None  # charged to this run; None when nothing is metered
+    # Charged to this run; None when nothing is metered.
+    credits_used: float | None = None
     credits_total: float | None = None  # charged to the dataset so far
     budget_stop: str | None = None  # why the budget stopped the run early, if it did
     quality_failed: list[str] = field(default_factory=list)  # names of failed checks
@@ -71,13 +73,23 @@ def summarize(
         images=len(images),
         labeled=len(readable),
         labels=len(labels),
-        per_class={name: int(counts.get(name, 0)) for name in settings.ontology.class_names},
-        unlabeled=sorted(readable.loc[~readable["image_id"].isin(labeled_ids), "relative_path"]),
-        skipped=list(zip(skipped["relative_path"], skipped["skipped_reason"], strict=True)),
-        credits_used=credits.ledger().used(credits.dataset, run_id) if credits else None,
+        per_class={
+            name: int(counts.get(name, 0)) for name in settings.ontology.class_names
+        },
+        unlabeled=sorted(
+            readable.loc[~readable["image_id"].isin(labeled_ids), "relative_path"]
+        ),
+        skipped=list(
+            zip(skipped["relative_path"], skipped["skipped_reason"], strict=True)
+        ),
+        credits_used=credits.ledger().used(credits.dataset, run_id)
+        if credits
+        else None,
         credits_total=credits.ledger().used(credits.dataset) if credits else None,
         budget_stop=outcome.budget_stop,
-        quality_failed=[c.name for c in outcome.quality.failed] if outcome.quality else [],
+        quality_failed=[c.name for c in outcome.quality.failed]
+        if outcome.quality
+        else [],
         upload=outcome.upload,
     )
 
@@ -120,7 +132,9 @@ def write_report(
 ) -> RunSummary:
     """Summarise the run and write ``OUT/report.md``."""
     summary = summarize(out, settings, run_id, outcome)
-    OutputLayout(out).report.write_text(render_report(summary, settings), encoding="utf-8")
+    OutputLayout(out).report.write_text(
+        render_report(summary, settings), encoding="utf-8"
+    )
     return summary
 
 
@@ -149,7 +163,9 @@ def _credit_lines(summary: RunSummary) -> list[str]:
         f"{format_credits(summary.credits_total or 0.0)} to the dataset so far"
     ]
     if summary.budget_stop:
-        lines.append(f"- **Stopped by the budget** before labeling more: {summary.budget_stop}")
+        lines.append(
+            f"- **Stopped by the budget** before labeling more: {summary.budget_stop}"
+        )
     return lines
 
 
@@ -164,7 +180,8 @@ def _upload_lines(summary: RunSummary) -> list[str]:
     if upload is None:
         return []
     lines = [
-        f"- Roboflow upload: {upload.uploaded} uploaded, {upload.skipped} already there, "
+        f"- Roboflow upload: {upload.uploaded} uploaded, "
+        f"{upload.skipped} already there, "
         f"{len(upload.failed)} failed"
     ]
     lines += [f"  - `{path}`: {reason}" for path, reason in upload.failed[:_MAX_LISTED]]

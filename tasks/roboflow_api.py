@@ -1,8 +1,8 @@
 """Access to the Roboflow API through the official SDK: targets, the API key, retries.
 
-What the SDK lacks is added here once, for every Roboflow feature (ingest, re-upload, hosted
-models): retries with backoff on 429/5xx and dropped connections (the SDK raises at once),
-and redaction of the API key, which the SDK puts into request URLs and so into
+What the SDK lacks is added here once, for every Roboflow feature (ingest, re-upload,
+hosted models): retries with backoff on 429/5xx and dropped connections (the SDK raises
+at once), and redaction of the API key, which the SDK puts into request URLs and so into
 connection-error messages and urllib3's debug logs.
 """
 
@@ -58,7 +58,8 @@ def resolve_api_key() -> str:
         return Secret.load(SECRET_BLOCK, _sync=True).get()
     except Exception:  # no block, or no Prefect server: same advice either way
         raise RoboflowAccessError(
-            "no Roboflow API key: set ROBOFLOW_API_KEY or create a Prefect Secret block "
+            "no Roboflow API key: set ROBOFLOW_API_KEY or create a Prefect "
+            "Secret block "
             f"named {SECRET_BLOCK!r}"
         ) from None
 

@@ -1,8 +1,8 @@
 """A Roboflow project (optionally one batch of it) as a source of images.
 
-Discovery asks the project's search API, through the SDK, for image ids, names and signed
-download URLs, page by page, and keeps that listing in the output's cache; pixels are
-downloaded only when a chunk needs them, one image at a time.
+Discovery asks the project's search API, through the SDK, for image ids, names and
+signed download URLs, page by page, and keeps that listing in the output's cache; pixels
+are downloaded only when a chunk needs them, one image at a time.
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ def list_images(
 ) -> list[ImageRef]:
     """Every image of ``roboflow://WORKSPACE/PROJECT[/BATCH_ID]``, sorted by name.
 
-    Each ref's URI is ``roboflow://WORKSPACE/PROJECT/image/ID``; its download URL is kept in
-    ``cache_dir`` for ``fetch``.
+    Each ref's URI is ``roboflow://WORKSPACE/PROJECT/image/ID``; its download URL is
+    kept in ``cache_dir`` for ``fetch``.
     """
     try:
         target = RoboflowTarget.parse(source, extra="batch")
@@ -101,7 +101,8 @@ def fetch(
 
 
 def _relative_name(hit: dict) -> str:
-    """The image's name, with its id added so two images called ``img.jpg`` both survive."""
+    """The image's name, with its id added so two images called ``img.jpg`` both
+    survive."""
     name = PurePosixPath(str(hit.get("name") or hit["id"])).name
     stem, suffix = PurePosixPath(name).stem, PurePosixPath(name).suffix.lower()
     if suffix not in IMAGE_SUFFIXES:

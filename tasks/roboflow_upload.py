@@ -45,7 +45,8 @@ class UploadLedger:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path)
         self._db.execute(
-            "CREATE TABLE IF NOT EXISTS uploads (project TEXT NOT NULL, image_id TEXT NOT NULL,"
+            "CREATE TABLE IF NOT EXISTS uploads (project TEXT NOT NULL,"
+            " image_id TEXT NOT NULL,"
             " roboflow_id TEXT, annotated INTEGER NOT NULL DEFAULT 0,"
             " PRIMARY KEY (project, image_id))"
         )
@@ -53,7 +54,8 @@ class UploadLedger:
 
     def state(self, project: str, image_id: str) -> tuple[str | None, bool]:
         row = self._db.execute(
-            "SELECT roboflow_id, annotated FROM uploads WHERE project = ? AND image_id = ?",
+            "SELECT roboflow_id, annotated FROM uploads"
+            " WHERE project = ? AND image_id = ?",
             (project, image_id),
         ).fetchone()
         return (row[0], bool(row[1])) if row else (None, False)
@@ -62,7 +64,8 @@ class UploadLedger:
         self, project: str, image_id: str, roboflow_id: str, annotated: bool
     ) -> None:
         self._db.execute(
-            "INSERT INTO uploads VALUES (?, ?, ?, ?) ON CONFLICT (project, image_id) DO UPDATE"
+            "INSERT INTO uploads VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (project, image_id) DO UPDATE"
             " SET roboflow_id = excluded.roboflow_id, annotated = excluded.annotated",
             (project, image_id, roboflow_id, int(annotated)),
         )
@@ -121,9 +124,9 @@ def upload_to_roboflow(
 ) -> UploadSummary:
     """Upload every labeled image of ``out`` with its annotation to ``target``.
 
-    Images already recorded in the upload ledger are skipped, and so is a second file with
-    the same content; an image whose upload worked but whose annotation did not gets only
-    its annotation on the next run. One image failing never stops the others.
+    Images already recorded in the upload ledger are skipped, and so is a second file
+    with the same content; an image whose upload worked but whose annotation did not
+    gets only its annotation on the next run. One image failing never stops the others.
     """
     destination = RoboflowTarget.parse(target)
     key = api_key or resolve_api_key()

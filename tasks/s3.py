@@ -1,10 +1,11 @@
 """S3 (and S3-compatible stores) as a source of images and a destination for exports.
 
-Listing pages through the bucket (1000 keys a page) and keeps only image keys; objects are
-fetched one at a time into a local cache when a chunk needs them, never the whole bucket.
-Cache file names are hashes of the object's URI, so no key ('..', absolute-looking paths,
-odd unicode) can place a file outside the cache folder. Credentials come from boto3's normal
-chain (environment, ~/.aws, instance roles); ``endpoint_url`` points at S3-compatible stores.
+Listing pages through the bucket (1000 keys a page) and keeps only image keys; objects
+are fetched one at a time into a local cache when a chunk needs them, never the whole
+bucket. Cache file names are hashes of the object's URI, so no key ('..',
+absolute-looking paths, odd unicode) can place a file outside the cache folder.
+Credentials come from boto3's normal chain (environment, ~/.aws, instance roles);
+``endpoint_url`` points at S3-compatible stores.
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ def s3_client(endpoint_url: str | None = None):
 def list_images(source: str, *, client) -> list[ImageRef]:
     """Every image object under ``s3://bucket/prefix``, sorted by key.
 
-    ``relative_path`` is the key below the prefix, so exports mirror the bucket's folders.
+    ``relative_path`` is the key below the prefix, so exports mirror the bucket's
+    folders.
     """
     return list_objects(source, client=client, suffixes=IMAGE_SUFFIXES)
 
@@ -129,8 +131,8 @@ def staging_folder(destination: str) -> Path:
 def upload_folder(
     folder: Path, destination: str, *, client, exclude: tuple[str, ...] = (".cache",)
 ) -> int:
-    """Copy every file under ``folder`` to ``s3://bucket/prefix/<relative path>``, except
-    the top-level entries named in ``exclude`` (the cache of source images)."""
+    """Copy every file under ``folder`` to ``s3://bucket/prefix/<relative path>``,
+    except the top-level entries named in ``exclude`` (the cache of source images)."""
     location = S3Location.parse(destination)
     prefix = location.prefix.rstrip("/")
     count = 0
@@ -148,5 +150,6 @@ def upload_folder(
 
 @task(name="upload-outputs", retries=2, retry_delay_seconds=10, cache_policy=NO_CACHE)
 def upload_outputs_task(folder: str, destination: str, endpoint_url: str | None) -> int:
-    """Send a run's outputs to S3 (retried: a transfer is the kind of step that flakes)."""
+    """Send a run's outputs to S3 (retried: a transfer is the kind of step that
+    flakes)."""
     return upload_folder(Path(folder), destination, client=s3_client(endpoint_url))

@@ -1,8 +1,8 @@
 """The settings of a labeling run: what to label, with which model, at which thresholds.
 
-One pydantic model so the same value is a Prefect flow parameter (a form in the Prefect UI), a
-JSON file saved beside the outputs (approved settings), and the key that tells a finished chunk
-from one labeled with other settings.
+One pydantic model so the same value is a Prefect flow parameter (a form in the Prefect
+UI), a JSON file saved beside the outputs (approved settings), and the key that tells a
+finished chunk from one labeled with other settings.
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ class LabelSettings(BaseModel):
     model: ModelSpec = Field(default_factory=ModelSpec)
     thresholds: Thresholds = Field(default_factory=Thresholds)
     nms: NmsMode = Field("class", description="none, class (per class) or agnostic.")
-    nms_iou: float = Field(0.5, gt=0.0, le=1.0, description="IoU above which NMS merges.")
+    nms_iou: float = Field(
+        0.5, gt=0.0, le=1.0, description="IoU above which NMS merges."
+    )
     chunk_size: int = Field(128, ge=1, description="Images per labeling task.")
 
     @model_validator(mode="after")
@@ -43,7 +45,8 @@ class LabelSettings(BaseModel):
         return self
 
     def fingerprint(self) -> str:
-        """A short hash of what changes labels (not of how they are computed, e.g. device)."""
+        """A short hash of what changes labels (not of how they are computed, e.g.
+        device)."""
         relevant = self.model_dump(
             exclude={"chunk_size": True, "model": {"device", "batch_size"}}
         )

@@ -1,9 +1,9 @@
 """Where images come from: a local folder, an S3 prefix or a Roboflow project, with the
 videos among them sampled into frames.
 
-``discover`` lists a source's images as references (no pixels); ``localize`` gives a chunk's
-remote images a local copy in the output's cache just before they are labeled, so a bucket
-is never downloaded at once and exports find the same files again later.
+``discover`` lists a source's images as references (no pixels); ``localize`` gives a
+chunk's remote images a local copy in the output's cache just before they are labeled,
+so a bucket is never downloaded at once and exports find the same files again later.
 """
 
 from __future__ import annotations

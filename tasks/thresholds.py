@@ -1,9 +1,9 @@
 """Per-class confidence thresholds and NMS, applied after the model.
 
 The model is always run at the lowest threshold any class needs (the floor) and every
-candidate above it is kept; per-class thresholds and NMS then filter those candidates. The same
-filter serves batch labeling and the preview's instant re-filtering, so what a preview shows at
-a threshold is exactly what the batch will label.
+candidate above it is kept; per-class thresholds and NMS then filter those candidates.
+The same filter serves batch labeling and the preview's instant re-filtering, so what a
+preview shows at a threshold is exactly what the batch will label.
 """
 
 from __future__ import annotations
@@ -63,7 +63,8 @@ class Thresholds(BaseModel):
 
 
 def parse_threshold_options(options: list[str]) -> Thresholds:
-    """Parse repeated ``--threshold 0.35`` (default) / ``--threshold name=0.5`` options."""
+    """Parse repeated ``--threshold 0.35`` (default) / ``--threshold name=0.5``
+    options."""
     default = DEFAULT_THRESHOLD
     per_class: dict[str, float] = {}
     for option in options:
@@ -91,7 +92,8 @@ def parse_threshold_options(options: list[str]) -> Thresholds:
 def apply_thresholds(
     detections: sv.Detections, thresholds: Thresholds, class_names: list[str]
 ) -> sv.Detections:
-    """Keep detections scoring at least their class's threshold (score == threshold stays)."""
+    """Keep detections scoring at least their class's threshold (score == threshold
+    stays)."""
     if len(detections) == 0:
         return detections
     limits = np.array([thresholds.for_class(name) for name in class_names])

@@ -1,9 +1,10 @@
-"""Videos as sampled frames: each frame becomes an ordinary image named after its video and
-time stamp, so every later stage (labeling, exports, uploads) treats it like a photo.
+"""Videos as sampled frames: each frame becomes an ordinary image named after its video
+and time stamp, so every later stage (labeling, exports, uploads) treats it like a
+photo.
 
-Frames are decoded once per (video file, fps) into a cache folder under the output and reused
-by reruns. Decoding goes through supervision's frame generator, striding over frames so that
-only the sampled ones are kept.
+Frames are decoded once per (video file, fps) into a cache folder under the output and
+reused by reruns. Decoding goes through supervision's frame generator, striding over
+frames so that only the sampled ones are kept.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ def frame_name(relative_video_path: str, seconds: float) -> str:
 def sample_frames(
     video_path: Path, relative_path: str, *, fps: float, cache_dir: Path
 ) -> list[ImageRef]:
-    """JPEG frames of ``video_path`` every ``1 / fps`` seconds, cached under ``cache_dir``.
+    """JPEG frames of ``video_path`` every ``1 / fps`` seconds, cached under
+    ``cache_dir``.
 
     Raises:
         ValueError: If ``fps`` is not positive or the file cannot be decoded as a video.
@@ -47,12 +49,16 @@ def sample_frames(
         try:
             info = sv.VideoInfo.from_video_path(str(video_path))
         except Exception as error:  # cv2/PyAV raise many kinds
-            raise ValueError(f"{relative_path}: cannot read as a video ({error})") from None
+            raise ValueError(
+                f"{relative_path}: cannot read as a video ({error})"
+            ) from None
         video_fps = info.fps if info.fps and info.fps > 0 else fps
         stride = max(1, round(video_fps / fps))
         _extract(video_path, relative_path, folder, stride=stride, video_fps=video_fps)
     return [
-        ImageRef(str(path), (PurePosixPath(relative_path).parent / path.name).as_posix())
+        ImageRef(
+            str(path), (PurePosixPath(relative_path).parent / path.name).as_posix()
+        )
         for path in sorted(folder.glob("*.jpg"))
     ]
 

@@ -1,5 +1,6 @@
-"""Shared fixtures: a tiny random Grounding DINO saved like a real checkpoint, real sample
-photos, and one Prefect test harness (a real temporary Prefect server) per test session."""
+"""Shared fixtures: a tiny random Grounding DINO saved like a real checkpoint, real
+sample photos, and one Prefect test harness (a real temporary Prefect server) per test
+session."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import os
 import tempfile
 from pathlib import Path
 
-# Before Prefect is imported anywhere: a private PREFECT_HOME per test session (cached results
-# and the harness database must not leak between sessions) and no analytics (no network here).
+# Before Prefect is imported anywhere: a private PREFECT_HOME per test session (cached
+# results and the harness database must not leak between sessions) and no analytics (no
+# network here).
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="autolabel-prefect-home-")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -22,7 +24,9 @@ SAMPLE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 
 @pytest.fixture(scope="session")
 def tiny_grounding_dino(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A ~0.5 M parameter random Grounding DINO folder, loadable with ``--model PATH``."""
+    """A ~0.5 M parameter random Grounding DINO folder, loadable with
+    ``--model PATH``.
+    """
     from model_loaders.random_init import save_random_grounding_dino
 
     return str(
@@ -70,7 +74,8 @@ def prefect_harness():
 
 @pytest.fixture
 def roboflow_api(monkeypatch, tmp_path):
-    """A local stub of the Roboflow API that the real roboflow SDK talks to (API_URL)."""
+    """A local stub of the Roboflow API that the real roboflow SDK talks to
+    (API_URL)."""
     import roboflow.config
 
     from tests.roboflow_stub import RoboflowStub

@@ -1,8 +1,9 @@
-"""A local HTTP stub of the Roboflow API endpoints the SDK calls (shared/DESIGN.md section 5).
+"""A local HTTP stub of the Roboflow API endpoints the SDK calls (shared/DESIGN.md
+section 5).
 
-It records every request, answers like the real API, and can be told to fail chosen calls
-(HTTP 429/5xx, or a dropped connection) a number of times, so tests can drive the real
-``roboflow`` SDK through retries.
+It records every request, answers like the real API, and can be told to fail chosen
+calls (HTTP 429/5xx, or a dropped connection) a number of times, so tests can drive the
+real ``roboflow`` SDK through retries.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """The `autolabel label` command: options are validated before any model loads, failures
-are one clear line with a meaningful exit code, and a run produces the promised files."""
+are one clear line with a meaningful exit code, and a run produces the promised
+files."""
 
 from __future__ import annotations
 

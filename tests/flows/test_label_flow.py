@@ -1,5 +1,6 @@
-"""The labeling flow end to end under a real Prefect test server: real photos plus broken
-files in, a Parquet label table, COCO, YOLO and a report out, all telling the same story."""
+"""The labeling flow end to end under a real Prefect test server: real photos plus
+broken files in, a Parquet label table, COCO, YOLO and a report out, all telling the
+same story."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""Credits, budgets and crash-safe resumes through the real flow and CLI: a run stopped by
-its budget keeps what it labeled; a run killed with SIGKILL and rerun labels and charges
-every image exactly once."""
+"""Credits, budgets and crash-safe resumes through the real flow and CLI: a run stopped
+by its budget keeps what it labeled; a run killed with SIGKILL and rerun labels and
+charges every image exactly once."""
 
 from __future__ import annotations
 
@@ -35,7 +35,8 @@ def test_a_budget_stops_the_run_before_labeling_more_and_keeps_what_it_did(
     tiny_grounding_dino, sample_photos, tmp_path
 ):
     out = tmp_path / "out"
-    # 4 images at 0.01 credits each in chunks of 2: a 0.03 budget pays for one chunk only.
+    # 4 images at 0.01 credits each in chunks of 2: a 0.03 budget pays for one chunk
+    # only.
     args = _label_args(sample_photos, out, tiny_grounding_dino, "--chunk-size", "2")
     stopped = runner.invoke(app, [*args, "--max-credits", "0.03"])
 

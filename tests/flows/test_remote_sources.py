@@ -1,6 +1,6 @@
 """The labeling flow on remote sources: an S3 prefix (real S3 protocol, moto's server on
-127.0.0.1) with a video among the photos, outputs written back to S3, and labels re-uploaded
-to a Roboflow project (the real SDK against the local API stub)."""
+127.0.0.1) with a video among the photos, outputs written back to S3, and labels
+re-uploaded to a Roboflow project (the real SDK against the local API stub)."""
 
 from __future__ import annotations
 
@@ -68,11 +68,17 @@ def test_an_s3_prefix_with_a_video_is_labeled_and_exported_back_to_s3(
         "coffee.jpg",
     ]
     keys = {o["Key"] for o in bucket.list_objects_v2(Bucket="labels")["Contents"]}
-    assert {"run1/coco/annotations.json", "run1/report.md", "run1/yolo/data.yaml"} <= keys
+    assert {
+        "run1/coco/annotations.json",
+        "run1/report.md",
+        "run1/yolo/data.yaml",
+    } <= keys
     assert "run1/coco/images/clip_t000001.000s.jpg" in keys
     assert not [k for k in keys if "/.cache/" in k]  # source images stay local
     coco = json.loads(
-        bucket.get_object(Bucket="labels", Key="run1/coco/annotations.json")["Body"].read()
+        bucket.get_object(Bucket="labels", Key="run1/coco/annotations.json")[
+            "Body"
+        ].read()
     )
     assert len(coco["images"]) == 5
 

@@ -1,5 +1,5 @@
-"""The Grounding DINO backend against transformers' own single-image reference, on the same
-(tiny, random) weights loaded through the real ``--model PATH`` code path."""
+"""The Grounding DINO backend against transformers' own single-image reference, on the
+same (tiny, random) weights loaded through the real ``--model PATH`` code path."""
 
 from __future__ import annotations
 
@@ -46,12 +46,14 @@ def _backend(path: str, **spec) -> GroundingDinoModel:
 def test_batched_labels_equal_the_single_image_reference(
     tiny_grounding_dino, reference, photos
 ):
-    """Same boxes, scores and classes as processor + model + post-processing on one image.
+    """Same boxes, scores and classes as processor + model + post-processing on one
+    image.
 
-    The reference score of a query is the max over ALL tokens ([CLS], '.', [SEP] included);
-    ours is the max over the tokens of one class's descriptions. They are equal exactly when
-    the reference's best token is a class token, and only then is the reference's class
-    defined: those queries must match in score and class; every query must match in box.
+    The reference score of a query is the max over ALL tokens ([CLS], '.', [SEP]
+    included); ours is the max over the tokens of one class's descriptions. They are
+    equal exactly when the reference's best token is a class token, and only then is the
+    reference's class defined: those queries must match in score and class; every query
+    must match in box.
     """
     processor, model = reference
     backend = _backend(tiny_grounding_dino, batch_size=3)
@@ -72,7 +74,8 @@ def test_batched_labels_equal_the_single_image_reference(
             target_sizes=[(image.height, image.width)],
         )
         assert len(ours) == len(result["boxes"]) == model.config.num_queries
-        # We clip boxes to the image; the reference leaves them reaching past the border.
+        # We clip boxes to the image; the reference leaves them reaching past the
+        # border.
         reference_xyxy = sv.clip_boxes(result["boxes"].numpy(), image.size)
         np.testing.assert_allclose(ours.xyxy, reference_xyxy, atol=1e-3)
         tokens = processor.tokenizer.convert_ids_to_tokens(inputs["input_ids"][0])
@@ -106,9 +109,9 @@ def test_per_class_mode_agrees_with_the_transformers_pipeline(
 ):
     """One prompt per label, as `zero-shot-object-detection` does (bare label as text).
 
-    The pipeline scores a box by its max over all tokens, special ones included; we score by
-    the label's own tokens. So boxes must agree exactly (the pipeline truncates them to
-    integers), and among boxes whose two scores agree the rank order must too.
+    The pipeline scores a box by its max over all tokens, special ones included; we
+    score by the label's own tokens. So boxes must agree exactly (the pipeline truncates
+    them to integers), and among boxes whose two scores agree the rank order must too.
     """
     backend = _backend(tiny_grounding_dino, prompt_mode="per-class", batch_size=4)
     reference = pipeline("zero-shot-object-detection", model=tiny_grounding_dino)
@@ -187,8 +190,8 @@ def test_several_descriptions_map_to_one_class_and_record_the_prompt(
 
 
 def test_bfloat16_runs_and_finds_mostly_the_float32_boxes(tiny_grounding_dino, photos):
-    """bf16 (the GPU default) rounds enough to change which of the two-stage proposals win,
-    so the query order differs; most boxes must still be found within 2 px."""
+    """bf16 (the GPU default) rounds enough to change which of the two-stage proposals
+    win, so the query order differs; most boxes must still be found within 2 px."""
     fp32 = _backend(tiny_grounding_dino, dtype="float32")
     bf16 = _backend(tiny_grounding_dino, dtype="bfloat16")
     assert bf16.dtype == torch.bfloat16

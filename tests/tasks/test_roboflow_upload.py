@@ -1,6 +1,7 @@
-"""Re-upload to Roboflow with the real roboflow SDK against a local stub of its API: every
-image arrives exactly once with its annotation, through injected 429/5xx answers and dropped
-connections, a rerun uploads nothing new, and the API key never shows up anywhere."""
+"""Re-upload to Roboflow with the real roboflow SDK against a local stub of its API:
+every image arrives exactly once with its annotation, through injected 429/5xx answers
+and dropped connections, a rerun uploads nothing new, and the API key never shows up
+anywhere."""
 
 from __future__ import annotations
 
