@@ -29,7 +29,12 @@ from model_loaders.ontology import (
 )
 from model_loaders.protocol import ModelLoadError, ModelSpec
 from tasks import progress
-from tasks.credits import CreditAccount, CreditRates, resolve_ledger_path
+from tasks.credits import (
+    CreditAccount,
+    CreditRates,
+    credit_kind,
+    resolve_ledger_path,
+)
 from tasks.settings import LabelSettings
 from tasks.thresholds import NmsMode, ThresholdError, parse_threshold_options
 
@@ -231,7 +236,7 @@ def credit_account_or_exit(
         ledger_path=str(resolve_ledger_path(out, ledger)),
         dataset=dataset or source,
         model=settings.model.model,
-        task=credit_kind(settings),
+        task=credit_kind(settings.model),
         rates=credit_rates,
         max_credits=max_credits,
     )
@@ -241,12 +246,6 @@ def labeled_dataset(*candidates: str | None) -> str | None:
     """The Roboflow project being labeled (for the same-dataset rule of hosted models):
     the first of --dataset, --upload-to and the source that is a roboflow:// URI."""
     return next((c for c in candidates if c and c.startswith("roboflow://")), None)
-
-
-def credit_kind(settings: LabelSettings) -> str:
-    """The rate a run is charged at: its task, or 'trained' for the user's own model."""
-    own_model = settings.model.backend not in ("grounding_dino", "grounded_sam", "clip")
-    return "trained" if own_model else settings.model.task
 
 
 def quality_or_exit(quality: str) -> str:

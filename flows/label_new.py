@@ -17,11 +17,10 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
 
-from flows.cli_options import credit_kind
 from flows.events import check_dataset_id
 from flows.label import label_images
 from tasks.approval import load_approved
-from tasks.credits import CreditAccount, resolve_ledger_path
+from tasks.credits import CreditAccount, credit_kind, resolve_ledger_path
 from tasks.label import ImageSelection
 from tasks.report import RunSummary
 from tasks.settings import LabelSettings
@@ -90,7 +89,7 @@ def dataset_account(
         ledger_path=str(resolve_ledger_path(out)),
         dataset=dataset,
         model=settings.model.model,
-        task=credit_kind(settings),
+        task=credit_kind(settings.model),
         max_credits=max_credits,
     )
 

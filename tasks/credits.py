@@ -40,6 +40,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field
 
+from model_loaders.protocol import TASK_BACKENDS, ModelSpec
 from tasks.images import file_content_id
 
 TaskKind = Literal["detect", "segment", "classify", "classify-multi", "trained"]
@@ -390,6 +391,12 @@ class CreditAccount(BaseModel):
         manifest = pd.read_parquet(images_shard, columns=["image_id", "skipped_reason"])
         readable = manifest.loc[manifest["skipped_reason"].isna(), "image_id"]
         return self.charge(readable.astype(str).tolist(), run_id)
+
+
+def credit_kind(model: ModelSpec) -> TaskKind:
+    """The rate a run is charged at: its task, or 'trained' for the user's own model."""
+    foundation = set(TASK_BACKENDS.values())
+    return model.task if model.backend in foundation else "trained"
 
 
 def resolve_ledger_path(out: str | Path, configured: str | Path | None = None) -> Path:
