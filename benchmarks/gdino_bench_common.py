@@ -270,24 +270,31 @@ def prepare_raw_batches(
     """Processor outputs of every (text, batch of images), already on the device.
 
     Built before timing so that (a) measures ``model(**inputs)`` alone. One entry per
-    text and batch, like the backend does when a class list needs several texts.
+    text and batch, like the backend does when a class list needs several texts. Image
+    processor and tokenizer are called separately, as the backend does: given a list
+    of texts that do not end in '.', ``GroundingDinoProcessor`` merges them into one
+    image's label list (``["cat", "dog"]`` -> ``"cat. dog."``, batch 1).
     """
     batches = []
     for text in texts:
         for start in range(0, len(images), batch_size):
             part = list(images[start : start + batch_size])
-            inputs = processor(
-                images=part, text=[text] * len(part), return_tensors="pt"
+            inputs = dict(processor.image_processor(images=part, return_tensors="pt"))
+            inputs.update(
+                processor.tokenizer(
+                    [text] * len(part), padding="longest", return_tensors="pt"
+                )
             )
-            batches.append(
-                {
-                    name: value.to(device, dtype)
-                    if value.is_floating_point()
-                    else value.to(device)
-                    for name, value in inputs.items()
-                }
-            )
+            batches.append(_to_device(inputs, device, dtype))
     return batches
+
+
+def _to_device(inputs: dict[str, Any], device: Any, dtype: Any) -> dict[str, Any]:
+    """Floating tensors to the model's dtype, integer ones (ids, masks) as they are."""
+    return {
+        name: value.to(device, dtype) if value.is_floating_point() else value.to(device)
+        for name, value in inputs.items()
+    }
 
 
 def run_raw_forward(model: Any, batches: Sequence[dict[str, Any]]) -> None:
@@ -358,10 +365,7 @@ def _naive_one_class(
 ) -> np.ndarray:
     """Rows (x0, y0, x1, y1, score, class_id) of one class on one image."""
     inputs = processor(images=image, text=name, return_tensors="pt")
-    inputs = {
-        key: value.to(device, dtype) if value.is_floating_point() else value.to(device)
-        for key, value in inputs.items()
-    }
+    inputs = _to_device(dict(inputs), device, dtype)
     outputs = model(**inputs)
     # Post-processing in float32 whatever the model ran in (bf16 boxes lose pixels).
     outputs.logits = outputs.logits.float()
