@@ -33,9 +33,9 @@ from flows.cli_options import (
     ThresholdOption,
     console,
     credit_account_or_exit,
+    detection_settings_or_exit,
     print_error,
     quality_or_exit,
-    settings_or_exit,
 )
 from model_loaders.protocol import DEFAULT_GROUNDING_DINO
 
@@ -164,21 +164,10 @@ def label_sharded(
     same paths.
     """
     quality = quality_or_exit(quality)
-    settings = settings_or_exit(
-        classes=classes or [],
-        ontology_file=ontology,
-        threshold=threshold or [],
-        nms=nms,
-        nms_iou=nms_iou,
-        chunk_size=chunk_size,
-        model=dict(
-            model=model,
-            device=device,
-            dtype=dtype,
-            batch_size=batch_size,
-            prompt_mode=prompt_mode,
-        ),
-    )
+    settings = detection_settings_or_exit(
+        classes, ontology, threshold, model, device, dtype, batch_size, chunk_size,
+        prompt_mode, nms, nms_iou,
+    )  # fmt: skip
     if not (os.environ.get("PREFECT_API_URL") or _configured_api_url()):
         print_error("set PREFECT_API_URL to the server your workers poll")
         raise typer.Exit(EXIT_FAILED)

@@ -216,6 +216,28 @@ def settings_or_exit(
         raise typer.Exit(EXIT_USAGE) from None
 
 
+def detection_settings_or_exit(
+    classes, ontology, threshold, model, device, dtype, batch_size, chunk_size,
+    prompt_mode, nms, nms_iou,
+) -> LabelSettings:  # fmt: skip
+    """``settings_or_exit`` for commands that take the Grounding DINO options only."""
+    return settings_or_exit(
+        classes=classes or [],
+        ontology_file=ontology,
+        threshold=threshold or [],
+        nms=nms,
+        nms_iou=nms_iou,
+        chunk_size=chunk_size,
+        model=dict(
+            model=model,
+            device=device,
+            dtype=dtype,
+            batch_size=batch_size,
+            prompt_mode=prompt_mode,
+        ),
+    )
+
+
 def credit_account_or_exit(
     *,
     out: Path,

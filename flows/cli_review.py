@@ -41,10 +41,10 @@ from flows.cli_options import (
     ThresholdOption,
     console,
     credit_account_or_exit,
+    detection_settings_or_exit,
     print_error,
     progress_bar,
     quality_or_exit,
-    settings_or_exit,
     warm_model_or_exit,
 )
 from model_loaders.protocol import DEFAULT_GROUNDING_DINO, ModelSpec
@@ -139,7 +139,7 @@ def preview(
         _usage("missing SOURCE (a folder of images), or --from OUT")
     spec = stored.settings.model if stored else ModelSpec()
     fields = LabelSettings.model_fields
-    settings = _settings(
+    settings = detection_settings_or_exit(
         classes, ontology, threshold,
         model or spec.model, device or spec.device, dtype or spec.dtype,
         batch_size or spec.batch_size, fields["chunk_size"].default,
@@ -220,7 +220,7 @@ def run(
             )
         settings = _approved_settings(out, device, batch_size, chunk_size)
     else:
-        settings = _settings(
+        settings = detection_settings_or_exit(
             classes, ontology, threshold, model, device, dtype, batch_size,
             chunk_size, prompt_mode, nms, nms_iou,
         )  # fmt: skip
@@ -414,27 +414,6 @@ def _keep_stored_thresholds(
     data = settings.model_dump()
     data["thresholds"] = merge_thresholds(kept, options).model_dump()
     return LabelSettings.model_validate(data)
-
-
-def _settings(
-    classes, ontology, threshold, model, device, dtype, batch_size, chunk_size,
-    prompt_mode, nms, nms_iou,
-) -> LabelSettings:  # fmt: skip
-    return settings_or_exit(
-        classes=classes or [],
-        ontology_file=ontology,
-        threshold=threshold or [],
-        nms=nms,
-        nms_iou=nms_iou,
-        chunk_size=chunk_size,
-        model=dict(
-            model=model,
-            device=device,
-            dtype=dtype,
-            batch_size=batch_size,
-            prompt_mode=prompt_mode,
-        ),
-    )
 
 
 def _approved_settings(
