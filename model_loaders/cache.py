@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import threading
 
+from model_loaders.allocator import keep_freed_memory
+from model_loaders.device import runs_on_cpu
 from model_loaders.protocol import LabelingModel, ModelSpec
 from model_loaders.registry import backend_class
 
@@ -28,6 +30,8 @@ def get_model(spec: ModelSpec) -> LabelingModel:
     with lock:
         model = _models.get(spec)
         if model is None:
+            if runs_on_cpu(spec.device):  # see model_loaders.allocator for why
+                keep_freed_memory()
             model = backend_class(spec.backend).load(spec)
             _models[spec] = model
         return model

@@ -32,6 +32,14 @@ def resolve_device(device: str) -> torch.device:
     return resolved
 
 
+def runs_on_cpu(device: str) -> bool:
+    """Whether a model asked to run on ``device`` runs on the CPU (False if invalid)."""
+    try:
+        return resolve_device(device).type == "cpu"
+    except ModelLoadError:
+        return False
+
+
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     """``auto``: bfloat16 on GPUs that support it, else float16 on GPU, float32 on
     CPU/MPS."""
