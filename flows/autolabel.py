@@ -43,6 +43,7 @@ def autolabel(
     seed: int = 0,
     images: list[str] | None = None,
     approve: bool = False,
+    approved_by: str | None = None,
     reuse_approved: bool = False,
     approval_timeout: int = DEFAULT_APPROVAL_TIMEOUT,
     poll_interval: float = 2.0,
@@ -60,6 +61,8 @@ def autolabel(
         seed: Seed of the sample (same seed, same sample).
         images: Relative paths to preview instead of a random sample.
         approve: Take ``settings``' thresholds as approved without waiting.
+        approved_by: Who approved them that way, for ``approved.json`` (default:
+            this user and host, "--approve").
         reuse_approved: Skip preview and approval; label with ``out/approved.json``.
         approval_timeout: Seconds to wait for approval before ending, unlabeled.
         poll_interval: Seconds between checks for an answer while paused.
@@ -89,7 +92,7 @@ def autolabel(
     sample_seed = summary.seed  # reruns pin the same images, so they record none
     for round_ in itertools.count(1):
         if approve:
-            decision = as_given_task(settings)
+            decision = as_given_task(settings, approved_by)
         else:
             decision = wait_for_approval(
                 settings,
@@ -122,8 +125,11 @@ def _below_floor(settings: LabelSettings, summary: PreviewSummary) -> bool:
 
 
 @task(name="take-thresholds-as-given", cache_policy=NO_CACHE)
-def as_given_task(settings: LabelSettings) -> ApprovalDecision:
-    """``--approve``: the thresholds given are the approved ones, no waiting."""
+def as_given_task(
+    settings: LabelSettings, approved_by: str | None = None
+) -> ApprovalDecision:
+    """``--approve`` (or the review page): the thresholds given are the approved ones,
+    no waiting."""
     names = settings.ontology.class_names
     thresholds = settings.thresholds.model_copy(
         update={"per_class": {n: settings.thresholds.for_class(n) for n in names}}
@@ -132,7 +138,7 @@ def as_given_task(settings: LabelSettings) -> ApprovalDecision:
         decision="approve",
         thresholds=thresholds,
         ontology=settings.ontology,
-        approved_by=whoami("--approve"),
+        approved_by=approved_by or whoami("--approve"),
         descriptions_changed=False,
     )
 

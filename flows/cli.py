@@ -250,6 +250,11 @@ from flows import cli_deploy  # noqa: E402
 app.command("notify-upload")(cli_deploy.notify_upload)
 app.command("label-sharded")(cli_deploy.label_sharded)
 
+# The review page in a browser (flows/cli_ui.py).
+from flows import cli_ui  # noqa: E402
+
+app.command()(cli_ui.ui)
+
 
 if __name__ == "__main__":
     app()

@@ -1,0 +1,152 @@
+"""``autolabel ui``: the review page, served on this machine.
+
+The page generates test results on a sample (the preview flow, free), tunes per-class
+thresholds with sliders in the browser, and approves them, which labels the whole
+source (the autolabel flow) and shows its progress and report. See
+``flows/review_ui/app.py`` for the routes and who may reach them.
+"""
+
+from __future__ import annotations
+
+import secrets
+import socket
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from flows.cli_options import (
+    EXIT_FAILED,
+    EXIT_USAGE,
+    BatchSizeOption,
+    ChunkSizeOption,
+    ClassOption,
+    DatasetOption,
+    DeviceOption,
+    LedgerOption,
+    MaxCreditsOption,
+    ModelOption,
+    OntologyOption,
+    RatesOption,
+    TaskOption,
+    console,
+    print_error,
+)
+from model_loaders.ontology import Ontology, build_ontology, parse_class_option
+from tasks.credits import CreditRates
+from tasks.preview import DEFAULT_SAMPLE_SIZE
+
+
+def ui(
+    source: Annotated[
+        str | None,
+        typer.Argument(
+            help="Dataset the page starts with (folder, s3://... or roboflow://...); "
+            "it can be changed on the page."
+        ),
+    ] = None,
+    out: Annotated[
+        Path, typer.Option(help="Output folder: test results, labels, report.")
+    ] = Path("out"),
+    classes: ClassOption = None,
+    ontology: OntologyOption = None,
+    task: TaskOption = "detect",
+    model: ModelOption = None,
+    sample: Annotated[
+        int, typer.Option("--sample", min=1, help="Images in the test sample.")
+    ] = DEFAULT_SAMPLE_SIZE,
+    host: Annotated[
+        str,
+        typer.Option(help="Address to serve on; anything but loopback needs a token."),
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, help="Port (0: any free one).")] = 8765,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="AUTOLABEL_UI_TOKEN",
+            help="Token the page requires; made up and printed when --host is not "
+            "a loopback address and none is given.",
+        ),
+    ] = None,
+    device: DeviceOption = "auto",
+    batch_size: BatchSizeOption = 8,
+    chunk_size: ChunkSizeOption = 128,
+    credits_ledger: LedgerOption = None,
+    credit_rates: RatesOption = None,
+    dataset: DatasetOption = None,
+    max_credits: MaxCreditsOption = None,
+) -> None:
+    """Serve the review page: test results, threshold sliders, approval, progress."""
+    import uvicorn
+
+    from flows.review_ui.app import create_app, is_loopback
+    from flows.review_ui.jobs import ReviewSession, RunDefaults
+
+    try:
+        rates = CreditRates.from_file(credit_rates) if credit_rates else CreditRates()
+        start_classes = _start_classes(classes or [], ontology)
+    except (OSError, ValueError) as error:
+        print_error(error)
+        raise typer.Exit(EXIT_USAGE) from None
+    loopback = is_loopback(host)
+    token = token or None
+    if not loopback and token is None:
+        token = secrets.token_urlsafe(24)
+    session = ReviewSession(
+        out,
+        RunDefaults(
+            device=device,
+            batch_size=batch_size,
+            chunk_size=chunk_size,
+            rates=rates,
+            ledger=credits_ledger,
+            dataset=dataset,
+            max_credits=max_credits,
+        ),
+    )
+    app = create_app(
+        session,
+        token=token,
+        loopback_only=loopback,
+        page_defaults={
+            "source": str(Path(source).resolve())
+            if source and "://" not in source
+            else source,
+            "classes": start_classes,
+            "task": task,
+            "model": model,
+            "sample_size": sample,
+        },
+    )
+    try:
+        listener = socket.create_server((host, port))
+    except OSError as error:
+        print_error(f"cannot serve on {host}:{port}: {error.strerror or error}")
+        raise typer.Exit(EXIT_FAILED) from None
+    bound_port = listener.getsockname()[1]
+    shown_host = f"[{host}]" if ":" in host else host
+    url = f"http://{shown_host}:{bound_port}/"
+    # stdout, one line, so scripts (and the tests) can read the address.
+    print(f"Review page: {url}" + (f"?token={token}" if token else ""), flush=True)
+    console.print(f"Outputs go to {out}/. Stop with Ctrl+C.")
+    server = uvicorn.Server(
+        uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+    )
+    server.run(sockets=[listener])
+
+
+def _start_classes(options: list[str], ontology: Path | None) -> list[dict]:
+    """The classes the form starts with: --ontology then --class, validated."""
+    parsed = list(Ontology.from_file(ontology).classes) if ontology else []
+    parsed += [parse_class_option(option) for option in options]
+    if not parsed:
+        return []
+    return [
+        {
+            "name": c.name,
+            "descriptions": ""
+            if list(c.descriptions) == [c.name]
+            else "; ".join(c.descriptions),
+        }
+        for c in build_ontology(parsed).classes
+    ]

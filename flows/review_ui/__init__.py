@@ -1,0 +1,1 @@
+"""The review page: ``autolabel ui`` (FastAPI app, background jobs, static page)."""

@@ -1,0 +1,166 @@
+"""The review page's HTTP side: a FastAPI app over one ``ReviewSession``.
+
+Routes: ``/`` (the page), ``/static/*`` (its script and style), and a small JSON API the
+page calls: ``GET /api/state`` (defaults, the stored preview, the current job), ``POST
+/api/preview`` (generate test results), ``GET /api/preview/images/{index}`` (a sample
+image, by position only), ``POST /api/label`` (approve and label), ``GET /api/job``
+(progress and the final report).
+
+Access: on a loopback address the page is open to this machine only (Host header
+checked, so another site cannot reach it through DNS rebinding). On any other address a
+token is required: sent once as ``?token=`` (the page then keeps it in an HttpOnly
+cookie and drops it from the address bar), or as ``Authorization: Bearer``. POSTs must
+be JSON, which a form on another site cannot send without the browser asking first.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import secrets
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import (
+    FileResponse,
+    JSONResponse,
+    RedirectResponse,
+    Response,
+)
+from fastapi.staticfiles import StaticFiles
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+from flows.review_ui.jobs import (
+    LabelRequest,
+    PreviewRequest,
+    RequestError,
+    ReviewSession,
+)
+from tasks.review import sample_image_jpeg
+
+STATIC_DIR = Path(__file__).parent / "static"
+TOKEN_COOKIE = "autolabel_token"
+_OPEN_PATHS = {"/favicon.ico"}
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or 'localhost') is reachable from this machine
+    only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def create_app(
+    session: ReviewSession,
+    *,
+    token: str | None = None,
+    page_defaults: dict[str, Any] | None = None,
+    loopback_only: bool = True,
+) -> FastAPI:
+    """The page's app.
+
+    Args:
+        session: The output folder's state and jobs.
+        token: Required on every request when set (the server is reachable from other
+            machines); None on a loopback address.
+        page_defaults: Values the form starts with (source, classes, task, model).
+        loopback_only: Accept only Host headers naming this machine.
+    """
+    app = FastAPI(title="autolabel review", docs_url=None, redoc_url=None)
+    if loopback_only:
+        app.add_middleware(
+            TrustedHostMiddleware,
+            allowed_hosts=["127.0.0.1", "localhost", "[::1]", "::1"],
+        )
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        if token is not None and request.url.path not in _OPEN_PATHS:
+            given = _token_of(request)
+            if given is None or not secrets.compare_digest(given, token):
+                return JSONResponse(
+                    {
+                        "error": "a valid token is required (open the URL printed by "
+                        "`autolabel ui`)"
+                    },
+                    status_code=401,
+                )
+            if request.query_params.get("token") and request.url.path == "/":
+                redirect = RedirectResponse("/", status_code=303)
+                redirect.set_cookie(
+                    TOKEN_COOKIE, token, httponly=True, samesite="strict"
+                )
+                return redirect
+        if request.method == "POST" and not request.headers.get(
+            "content-type", ""
+        ).startswith("application/json"):
+            return JSONResponse({"error": "send JSON"}, status_code=415)
+        return await call_next(request)
+
+    @app.exception_handler(RequestError)
+    async def request_error(_: Request, error: RequestError) -> JSONResponse:
+        return JSONResponse({"error": str(error)}, status_code=error.status)
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", headers=_NO_STORE)
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> Response:
+        return Response(status_code=204)
+
+    @app.get("/api/state")
+    def state() -> dict[str, Any]:
+        job = session.job()
+        return {
+            "defaults": page_defaults or {},
+            "preview": session.preview(),
+            "job": job.as_dict() if job else None,
+        }
+
+    @app.post("/api/preview")
+    def generate(request: PreviewRequest) -> dict[str, Any]:
+        return session.start_preview(request).as_dict()
+
+    @app.get("/api/preview")
+    def stored_preview() -> JSONResponse:
+        payload = session.preview()
+        if payload is None:
+            return JSONResponse({"error": "no test results yet"}, status_code=404)
+        return JSONResponse(payload, headers=_NO_STORE)
+
+    @app.get("/api/preview/images/{index}")
+    def sample_image(index: int) -> Response:
+        jpeg = sample_image_jpeg(str(session.out), index)
+        if jpeg is None:
+            return JSONResponse({"error": "no such image"}, status_code=404)
+        # The URL carries the preview key (?key=), so a new preview gets new URLs.
+        return Response(
+            jpeg, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"}
+        )
+
+    @app.post("/api/label")
+    def label(request: LabelRequest) -> dict[str, Any]:
+        return session.start_labeling(request).as_dict()
+
+    @app.get("/api/job")
+    def job() -> JSONResponse:
+        current = session.job()
+        return JSONResponse(current.as_dict() if current else None, headers=_NO_STORE)
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app
+
+
+_NO_STORE = {"Cache-Control": "no-store"}
+
+
+def _token_of(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    if header.lower().startswith("bearer "):
+        return header[7:].strip()
+    return request.query_params.get("token") or request.cookies.get(TOKEN_COOKIE)

@@ -1,0 +1,293 @@
+"""The review page's work: the preview flow and the approved batch, one at a time.
+
+The page asks; this module runs the real Prefect flows (``flows.preview.preview`` for
+test results, ``flows.autolabel.autolabel`` with the approved thresholds for the batch)
+in a background thread of the server, so the page stays responsive and polls for
+progress. One job at a time per output folder: a second request while one runs is
+refused (the page greys its buttons meanwhile).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import traceback
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, ValidationError
+
+from model_loaders.ontology import OntologyError, build_ontology, parse_class_option
+from model_loaders.protocol import ModelSpec
+from tasks import progress
+from tasks.approval import whoami
+from tasks.credits import (
+    CreditAccount,
+    CreditRates,
+    credit_kind,
+    format_credits,
+    resolve_ledger_path,
+)
+from tasks.preview import DEFAULT_SAMPLE_SIZE, PreviewError, load_record
+from tasks.review import CreditEstimate, estimate_credits, review_payload
+from tasks.settings import LabelSettings
+from tasks.thresholds import ThresholdError, Thresholds
+
+Task = Literal["detect", "segment", "classify", "classify-multi"]
+JobKind = Literal["preview", "label"]
+APPROVED_VIA = "review page"
+
+
+class RequestError(ValueError):
+    """A request the page must correct (bad classes, unknown preview, busy)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ClassRow(BaseModel):
+    """One class as the page edits it: a name and its descriptions ('a; b')."""
+
+    name: str
+    descriptions: str = ""
+
+
+class PreviewRequest(BaseModel):
+    """'Generate test results': what to sample and how to label it."""
+
+    source: str = Field(min_length=1)
+    classes: list[ClassRow] = Field(min_length=1)
+    task: Task = "detect"
+    model: str | None = None
+    sample_size: int = Field(DEFAULT_SAMPLE_SIZE, ge=1, le=64)
+    seed: int = 0
+    thresholds: dict[str, float] = Field(default_factory=dict)
+
+
+class LabelRequest(BaseModel):
+    """'Auto label with these settings', confirmed: the approved thresholds."""
+
+    key: str = Field(description="The preview the thresholds were chosen on.")
+    thresholds: dict[str, float]
+
+
+@dataclasses.dataclass
+class RunDefaults:
+    """How the server runs models and charges: from ``autolabel ui``'s options."""
+
+    device: str = "auto"
+    batch_size: int = 8
+    chunk_size: int = 128
+    rates: CreditRates = dataclasses.field(default_factory=CreditRates)
+    ledger: Path | None = None
+    dataset: str | None = None
+    max_credits: float | None = None
+
+
+@dataclasses.dataclass
+class Job:
+    """One background run, as the page polls it."""
+
+    kind: JobKind
+    id: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex[:12])
+    state: Literal["running", "done", "failed"] = "running"
+    started_at: str = dataclasses.field(
+        default_factory=lambda: datetime.now(timezone.utc).isoformat()
+    )
+    done: int = 0
+    total: int | None = None
+    error: str | None = None
+    result: dict[str, Any] | None = None
+
+    def expect(self, total: int) -> None:  # tasks.progress listener
+        self.total = (self.total or 0) + total
+
+    def advance(self, done: int) -> None:
+        self.done += done
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class ReviewSession:
+    """The server side of the page for one output folder."""
+
+    def __init__(self, out: Path, defaults: RunDefaults | None = None) -> None:
+        self.out = Path(out)
+        self.defaults = defaults or RunDefaults()
+        self._lock = threading.Lock()
+        self._job: Job | None = None
+        self._estimates: dict[str, CreditEstimate] = {}
+
+    # --- what the page reads ---------------------------------------------------
+
+    def job(self) -> Job | None:
+        return self._job
+
+    def preview(self) -> dict[str, Any] | None:
+        """The stored preview with its credit estimate; None before the first one."""
+        try:
+            payload = review_payload(str(self.out))
+        except PreviewError:
+            return None
+        payload["estimate"] = dataclasses.asdict(self.estimate(payload["key"]))
+        return payload
+
+    def estimate(self, key: str) -> CreditEstimate:
+        """What labeling the preview's whole source would cost (cached per preview)."""
+        if key not in self._estimates:
+            record = load_record(self.out)
+            self._estimates[key] = estimate_credits(
+                record, str(self.out), self.defaults.rates
+            )
+        return self._estimates[key]
+
+    # --- what the page asks for ------------------------------------------------
+
+    def start_preview(self, request: PreviewRequest) -> Job:
+        """Run the preview flow on a sample (free); its candidates come back once."""
+        settings = self._settings(request)
+        from flows.preview import preview
+
+        def run(job: Job) -> dict[str, Any]:
+            summary = preview(
+                source=request.source,
+                out=str(self.out),
+                settings=settings,
+                sample_size=request.sample_size,
+                seed=request.seed,
+            )
+            return {"counts": summary.counts, "credits": summary.credits}
+
+        return self._start("preview", run)
+
+    def start_labeling(self, request: LabelRequest) -> Job:
+        """Approve the thresholds and label the whole source with them.
+
+        Runs the ``autolabel`` flow with the approval given: the preview is taken from
+        its cache (no model call for the sample), ``approved.json`` records who
+        approved what, and the batch is charged to the ledger.
+        """
+        try:
+            record = load_record(self.out)
+        except PreviewError as error:
+            raise RequestError(str(error), 409) from None
+        if request.key != record.key:
+            raise RequestError(
+                "the test results changed since this page loaded them: reload", 409
+            )
+        settings = _with_thresholds(record.settings, request.thresholds)
+        account = self._account(record.source, settings)
+        from flows.autolabel import autolabel
+
+        def run(job: Job) -> dict[str, Any]:
+            summary = autolabel(
+                source=record.source,
+                out=str(self.out),
+                settings=settings,
+                images=list(record.sample),
+                approve=True,
+                approved_by=whoami(APPROVED_VIA),
+                credits=account,
+            )
+            report = self.out / "report.md"
+            result = dataclasses.asdict(summary)
+            result["credits_text"] = format_credits(summary.credits_used or 0.0)
+            result["report"] = (
+                report.read_text(encoding="utf-8") if report.is_file() else ""
+            )
+            return result
+
+        return self._start("label", run)
+
+    # --- helpers -------------------------------------------------------------
+
+    def _settings(self, request: PreviewRequest) -> LabelSettings:
+        try:
+            ontology = build_ontology(
+                [
+                    parse_class_option(
+                        f"{row.name}: {row.descriptions}"
+                        if row.descriptions.strip()
+                        else row.name
+                    )
+                    for row in request.classes
+                ]
+            )
+            model = {"task": request.task, "model": request.model or None}
+            spec = ModelSpec(
+                **{k: v for k, v in model.items() if v is not None},
+                device=self.defaults.device,
+                batch_size=self.defaults.batch_size,
+            )
+            names = set(ontology.class_names)
+            known = {k: v for k, v in request.thresholds.items() if k in names}
+            return LabelSettings(
+                ontology=ontology,
+                model=spec,
+                thresholds=Thresholds(per_class=known),
+                chunk_size=self.defaults.chunk_size,
+            )
+        except ValidationError as error:
+            first = error.errors()[0]
+            raise RequestError(first["msg"].removeprefix("Value error, ")) from None
+        except (OntologyError, ThresholdError, ValueError) as error:
+            raise RequestError(str(error)) from None
+
+    def _account(self, source: str, settings: LabelSettings) -> CreditAccount:
+        return CreditAccount(
+            ledger_path=str(resolve_ledger_path(self.out, self.defaults.ledger)),
+            dataset=self.defaults.dataset or source,
+            model=settings.model.model,
+            task=credit_kind(settings.model),
+            rates=self.defaults.rates,
+            max_credits=self.defaults.max_credits,
+        )
+
+    def _start(self, kind: JobKind, run: Callable[[Job], dict[str, Any]]) -> Job:
+        with self._lock:
+            if self._job is not None and self._job.state == "running":
+                raise RequestError(
+                    f"a {self._job.kind} run is still going: wait for it", 409
+                )
+            job = Job(kind=kind)
+            self._job = job
+        threading.Thread(
+            target=self._run, args=(job, run), name=f"review-{kind}", daemon=True
+        ).start()
+        return job
+
+    def _run(self, job: Job, run: Callable[[Job], dict[str, Any]]) -> None:
+        progress.add_listener(job)
+        try:
+            job.result = run(job)
+            job.state = "done"
+        except Exception as error:  # shown on the page; the server keeps serving
+            job.error = f"{type(error).__name__}: {error}"
+            job.state = "failed"
+            traceback.print_exc()
+        finally:
+            progress.remove_listener(job)
+
+
+def _with_thresholds(
+    settings: LabelSettings, thresholds: dict[str, float]
+) -> LabelSettings:
+    """``settings`` with a threshold for every class: the approved ones."""
+    names = settings.ontology.class_names
+    unknown = sorted(set(thresholds) - set(names))
+    if unknown:
+        raise RequestError(f"no such class in the test results: {', '.join(unknown)}")
+    per_class = {n: thresholds.get(n, settings.thresholds.for_class(n)) for n in names}
+    try:
+        approved = settings.thresholds.model_copy(update={"per_class": per_class})
+        approved = Thresholds.model_validate(approved.model_dump())
+    except ValidationError as error:
+        raise RequestError(error.errors()[0]["msg"]) from None
+    data = settings.model_dump()
+    data["thresholds"] = approved.model_dump()
+    return LabelSettings.model_validate(data)

@@ -1,0 +1,336 @@
+// The review page: classes in, test results out, thresholds by slider, approval.
+//
+// The server sends a preview's candidates once (GET /api/preview). Moving a slider
+// re-filters them here, with the batch's own rule (tasks/review.py explains it):
+// a candidate is shown when its score reaches its class's threshold and no shown
+// candidate that NMS visits before it suppresses it. No request is made for that.
+
+const PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4",
+  "#f032e6", "#9a6324", "#469990", "#800000", "#808000", "#000075"];
+const POLL_MS = 400;
+
+const $ = (selector) => document.querySelector(selector);
+const state = { preview: null, thresholds: {}, current: 0, kept: null };
+
+// ---------------------------------------------------------------- the filter
+
+function keptCandidates(preview, thresholds) {
+  // Candidates come grouped per image in NMS visiting order; suppressors point back.
+  const kept = new Uint8Array(preview.candidates.length);
+  preview.candidates.forEach((c, i) => {
+    kept[i] = c.score >= thresholds[c.class] && !c.suppressors.some((j) => kept[j]) ? 1 : 0;
+  });
+  return kept;
+}
+
+function refilter() {
+  state.kept = keptCandidates(state.preview, state.thresholds);
+  const shown = {}, total = {};
+  for (const name of state.preview.class_names) { shown[name] = 0; total[name] = 0; }
+  state.preview.candidates.forEach((c, i) => { total[c.class] += 1; shown[c.class] += state.kept[i]; });
+  for (const control of document.querySelectorAll(".class-control")) {
+    const name = control.dataset.class;
+    control.querySelector(".count").textContent = `${shown[name]}/${total[name]}`;
+    control.querySelector(".value").textContent = state.thresholds[name].toFixed(2);
+  }
+  draw();
+  return { shown, total };
+}
+
+// ---------------------------------------------------------------- drawing
+
+function colorOf(name) {
+  return PALETTE[state.preview.class_names.indexOf(name) % PALETTE.length];
+}
+
+function svg(tag, attributes) {
+  const element = document.createElementNS("http://www.w3.org/2000/svg", tag);
+  for (const [key, value] of Object.entries(attributes)) element.setAttribute(key, value);
+  return element;
+}
+
+function imageUrl(index) {
+  return `/api/preview/images/${index}?key=${encodeURIComponent(state.preview.key)}`;
+}
+
+function draw() {
+  const { preview, current } = state;
+  const image = preview.images[current];
+  const overlay = $("#overlay");
+  const chips = $("#image-labels");
+  overlay.replaceChildren();
+  chips.replaceChildren();
+  if (!image) return;
+  overlay.setAttribute("viewBox", `0 0 ${image.width || 1} ${image.height || 1}`);
+  const classify = preview.task.startsWith("classify");
+  const fontSize = Math.max(10, Math.round((image.width || 640) / 40));  // image units
+  preview.candidates.forEach((c, i) => {
+    if (c.image !== current || !state.kept[i]) return;
+    const color = colorOf(c.class);
+    const label = `${c.class} ${c.score.toFixed(2)}`;
+    if (classify) {  // an image-level label: a chip, not a box around the whole image
+      const chip = document.createElement("span");
+      chip.className = "chip";
+      chip.style.background = color;
+      chip.textContent = label;
+      chips.append(chip);
+      return;
+    }
+    const group = svg("g", { class: "label" });
+    for (const points of c.polygons || []) {
+      const pairs = [];
+      for (let k = 0; k < points.length; k += 2) pairs.push(`${points[k]},${points[k + 1]}`);
+      group.append(svg("polygon", { class: "mask", points: pairs.join(" "), fill: color, stroke: color }));
+    }
+    const [x0, y0, x1, y1] = c.box;
+    group.append(svg("rect", { class: "box", x: x0, y: y0, width: x1 - x0, height: y1 - y0, stroke: color }));
+    const text = svg("text", { x: x0 + 2, y: Math.max(y0 - 4, fontSize), "font-size": fontSize });
+    text.textContent = label;
+    group.append(text);
+    overlay.append(group);
+  });
+}
+
+function show(index) {
+  state.current = index;
+  const image = state.preview.images[index];
+  $("#main-image").src = imageUrl(index);
+  $("#image-name").textContent = image.skipped ? `${image.name}: skipped (${image.skipped})` : image.name;
+  document.querySelectorAll(".thumb").forEach((t) => t.classList.toggle("current", Number(t.dataset.index) === index));
+  draw();
+}
+
+// ---------------------------------------------------------------- results
+
+function renderPreview(preview) {
+  state.preview = preview;
+  state.thresholds = Object.fromEntries(preview.classes.map((c) => [c.name, c.threshold]));
+  const readable = preview.images.filter((i) => !i.skipped).length;
+  $("#results-note").textContent =
+    `${readable} of ${preview.images.length} sample images · ${preview.model} · ` +
+    `candidates scoring ≥ ${preview.floor}`;
+
+  const strip = $("#thumbnails");
+  strip.replaceChildren();
+  for (const image of preview.images) {
+    let thumb;
+    if (image.skipped) {
+      thumb = document.createElement("div");
+      thumb.className = "thumb skipped";
+      thumb.textContent = `${image.name}: ${image.skipped}`;
+    } else {
+      thumb = document.createElement("img");  // same URL as the main view: cached once
+      thumb.className = "thumb";
+      thumb.src = imageUrl(image.index);
+      thumb.alt = image.name;
+    }
+    thumb.dataset.index = image.index;
+    thumb.title = image.name;
+    thumb.addEventListener("click", () => show(image.index));
+    strip.append(thumb);
+  }
+
+  const controls = $("#class-controls");
+  controls.replaceChildren();
+  for (const cls of preview.classes) {
+    const row = document.createElement("div");
+    row.className = "class-control";
+    row.dataset.class = cls.name;
+    row.innerHTML = `<span class="swatch"></span><span class="name"></span>
+      <input type="range" class="threshold" step="0.01" max="1">
+      <span class="value"></span><span class="count"></span>`;
+    row.querySelector(".swatch").style.background = colorOf(cls.name);
+    row.querySelector(".name").textContent = cls.name;
+    row.querySelector(".name").title = cls.descriptions.join("; ");
+    const slider = row.querySelector("input");
+    slider.min = preview.floor;
+    slider.value = cls.threshold;
+    slider.setAttribute("aria-label", `${cls.name} threshold`);
+    slider.addEventListener("input", () => {
+      state.thresholds[cls.name] = Number(slider.value);
+      refilter();
+    });
+    controls.append(row);
+  }
+  $("#results").hidden = false;
+  const first = preview.images.findIndex((i) => !i.skipped);
+  state.kept = keptCandidates(preview, state.thresholds);
+  show(first < 0 ? 0 : first);
+  refilter();
+}
+
+// ---------------------------------------------------------------- the form
+
+function addClassRow(name = "", descriptions = "") {
+  const row = document.createElement("tr");
+  row.innerHTML = `<td><input class="class-name" placeholder="name"></td>
+    <td><input class="class-desc" placeholder="(the name)"></td>
+    <td><button type="button" class="remove" title="Remove">✕</button></td>`;
+  row.querySelector(".class-name").value = name;
+  row.querySelector(".class-desc").value = descriptions;
+  row.querySelector(".remove").addEventListener("click", () => row.remove());
+  $("#classes tbody").append(row);
+}
+
+function formRequest() {
+  const classes = [...document.querySelectorAll("#classes tbody tr")]
+    .map((row) => ({
+      name: row.querySelector(".class-name").value.trim(),
+      descriptions: row.querySelector(".class-desc").value.trim(),
+    }))
+    .filter((row) => row.name || row.descriptions);
+  return {
+    source: $("#source").value.trim(),
+    classes,
+    task: $("#task").value,
+    model: $("#model").value.trim() || null,
+    sample_size: Number($("#sample-size").value),
+    seed: Number($("#seed").value),
+    thresholds: state.thresholds,
+  };
+}
+
+function fillForm(defaults, preview) {
+  $("#source").value = preview?.source ?? defaults.source ?? "";
+  $("#task").value = preview?.task ?? defaults.task ?? "detect";
+  $("#model").value = preview?.model ?? defaults.model ?? "";
+  const sampleSize = preview?.images.length ?? defaults.sample_size;
+  if (sampleSize) $("#sample-size").value = sampleSize;
+  const classes = preview
+    ? preview.classes.map((c) => [c.name, c.descriptions.join("; ") === c.name ? "" : c.descriptions.join("; ")])
+    : (defaults.classes ?? []).map((c) => [c.name, c.descriptions ?? ""]);
+  $("#classes tbody").replaceChildren();
+  for (const [name, descriptions] of classes) addClassRow(name, descriptions);
+  if (!classes.length) addClassRow();
+}
+
+// ---------------------------------------------------------------- server calls
+
+async function api(path, body) {
+  const response = await fetch(path, body === undefined ? {} : {
+    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+  });
+  const data = await response.json().catch(() => ({}));
+  if (!response.ok) {
+    const detail = Array.isArray(data.detail) ? data.detail.map((d) => `${d.loc.at(-1)}: ${d.msg}`).join("; ") : null;
+    throw new Error(data.error || detail || `${response.status} ${response.statusText}`);
+  }
+  return data;
+}
+
+async function waitForJob(onProgress) {
+  for (;;) {
+    const job = await api("/api/job");
+    onProgress(job);
+    if (job.state !== "running") return job;
+    await new Promise((resolve) => setTimeout(resolve, POLL_MS));
+  }
+}
+
+function busy(on) {
+  for (const id of ["#generate", "#auto-label", "#confirm-start"]) $(id).disabled = on;
+}
+
+function setStatus(selector, text, error = false) {
+  $(selector).textContent = text;
+  $(selector).classList.toggle("error", error);
+}
+
+async function generate() {
+  busy(true);
+  setStatus("#status", "Running the model on the sample…");
+  try {
+    await api("/api/preview", formRequest());
+    const job = await waitForJob((j) => {
+      if (j.total) setStatus("#status", `Running the model on the sample… ${j.done}/${j.total}`);
+    });
+    if (job.state === "failed") throw new Error(job.error);
+    renderPreview(await api("/api/preview"));
+    setStatus("#status", "Test results ready (0 credits). Move the sliders to tune.");
+  } catch (error) {
+    setStatus("#status", String(error.message || error), true);
+  } finally {
+    busy(false);
+  }
+}
+
+function openConfirm() {
+  const { preview } = state;
+  const counts = refilter();
+  const estimate = preview.estimate;
+  $("#confirm-images").textContent = `${estimate.images} images in ${preview.source}`;
+  $("#confirm-model").textContent = `${preview.task} · ${preview.model}`;
+  $("#confirm-credits").textContent =
+    `at most ${+estimate.credits.toFixed(4)} (${estimate.rate} per image)`;
+  const body = $("#confirm-classes tbody");
+  body.replaceChildren();
+  for (const name of preview.class_names) {
+    const row = document.createElement("tr");
+    row.dataset.class = name;
+    row.innerHTML = "<td></td><td class='threshold'></td><td></td>";
+    row.cells[0].textContent = name;
+    row.cells[1].textContent = state.thresholds[name].toFixed(2);
+    row.cells[2].textContent = `${counts.shown[name]}/${counts.total[name]}`;
+    body.append(row);
+  }
+  $("#confirm").showModal();
+}
+
+async function startLabeling() {
+  $("#confirm").close();
+  busy(true);
+  $("#batch").hidden = false;
+  $("#batch-result").hidden = true;
+  setStatus("#batch-status", "Starting the batch…");
+  try {
+    await api("/api/label", { key: state.preview.key, thresholds: state.thresholds });
+    await followBatch();
+  } catch (error) {
+    setStatus("#batch-status", String(error.message || error), true);
+  } finally {
+    busy(false);
+  }
+}
+
+async function followBatch() {
+  const job = await waitForJob((j) => {
+    if (j.total) {
+      $("#batch-progress").max = j.total;
+      $("#batch-progress").value = j.done;
+      setStatus("#batch-status", `Labeling: ${j.done}/${j.total} images`);
+    }
+  });
+  if (job.state === "failed") throw new Error(job.error);
+  const result = job.result;
+  $("#batch-progress").max = 1;
+  $("#batch-progress").value = 1;
+  setStatus("#batch-status", "Done.");
+  $("#batch-summary").textContent =
+    `Labeled ${result.labeled} of ${result.images} images: ${result.labels} labels`;
+  $("#batch-credits").textContent = result.credits_text;
+  $("#batch-report").textContent = result.report;
+  $("#batch-result").hidden = false;
+}
+
+// ---------------------------------------------------------------- start
+
+async function main() {
+  $("#add-class").addEventListener("click", () => addClassRow());
+  $("#generate").addEventListener("click", generate);
+  $("#auto-label").addEventListener("click", openConfirm);
+  $("#confirm-cancel").addEventListener("click", () => $("#confirm").close());
+  $("#confirm-start").addEventListener("click", startLabeling);
+  const { defaults, preview, job } = await api("/api/state");
+  fillForm(defaults, preview);
+  if (preview) renderPreview(preview);
+  if (job?.state === "running" && job.kind === "label") {
+    $("#batch").hidden = false;
+    busy(true);
+    followBatch().catch((e) => setStatus("#batch-status", String(e.message || e), true)).finally(() => busy(false));
+  } else if (job?.state === "running") {
+    setStatus("#status", "Test results are being generated: reload when done.");
+  }
+  document.body.dataset.ready = "1";
+}
+
+main().catch((error) => setStatus("#status", String(error.message || error), true));

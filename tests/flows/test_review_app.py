@@ -1,0 +1,150 @@
+"""The review page's server: who may reach it, which files it serves, bad requests.
+
+The page itself is tested in a browser (test_review_page.py); these call the HTTP API
+directly (FastAPI's TestClient, and ``autolabel ui`` as a subprocess for the token).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from flows.review_ui.app import TOKEN_COOKIE, create_app, is_loopback
+from flows.review_ui.jobs import ReviewSession
+from model_loaders.ontology import Ontology
+from model_loaders.protocol import ModelSpec
+from tasks.preview import plan_sample, run_preview
+from tasks.settings import LabelSettings
+from tests.conftest import write_sample_photos
+
+ROOT = Path(__file__).resolve().parents[2]
+LOCAL = "http://127.0.0.1"
+
+
+@pytest.fixture(scope="module")
+def previewed_out(tmp_path_factory: pytest.TempPathFactory, tiny_grounding_dino: str):
+    """An output folder holding a real preview of 2 photos (tiny model, no Prefect)."""
+    root = tmp_path_factory.mktemp("review-app")
+    photos, out = root / "photos", root / "out"
+    write_sample_photos(photos)
+    (photos / "secret.txt").write_text("not for the page")
+    settings = LabelSettings(
+        ontology=Ontology.from_class_options(["cat"]),
+        model=ModelSpec(model=tiny_grounding_dino, device="cpu"),
+    )
+    refs = plan_sample(str(photos), str(out), size=2, seed=0)
+    run_preview(
+        str(photos), refs, settings, str(out), run_id="t", seed=0, sample_size=2
+    )
+    return out
+
+
+def test_serves_sample_images_by_position_only(previewed_out: Path):
+    client = TestClient(create_app(ReviewSession(previewed_out)), base_url=LOCAL)
+    preview = client.get("/api/preview").json()
+    assert [image["index"] for image in preview["images"]] == [0, 1]
+    image = client.get("/api/preview/images/1")
+    assert image.status_code == 200 and image.headers["content-type"] == "image/jpeg"
+    for path in (
+        "/api/preview/images/2",
+        "/api/preview/images/-1",
+        "/api/preview/images/..%2F..%2Fphotos%2Fsecret.txt",
+        "/api/preview/images/../../photos/secret.txt",
+        "/static/..%2F..%2F..%2Fpyproject.toml",
+        "/static/../jobs.py",
+    ):
+        response = client.get(path)
+        assert response.status_code in (404, 422), path
+        assert b"not for the page" not in response.content
+        assert b"[project]" not in response.content
+
+
+def test_loopback_server_refuses_other_host_names(previewed_out: Path):
+    """A page on another site cannot reach it by rebinding its DNS name to 127.0.0.1."""
+    client = TestClient(create_app(ReviewSession(previewed_out)), base_url=LOCAL)
+    assert client.get("/api/state").status_code == 200
+    assert client.get("/", headers={"host": "localhost:8765"}).status_code == 200
+    refused = client.get("/api/state", headers={"host": "attacker.example"})
+    assert refused.status_code == 400
+
+
+def test_token_is_required_when_set(previewed_out: Path):
+    token = "tok-3f9a"
+    app = create_app(ReviewSession(previewed_out), token=token, loopback_only=False)
+    client = TestClient(app, base_url="http://192.0.2.10")
+    for path in ("/", "/api/state", "/api/preview/images/0", "/static/review.js"):
+        response = client.get(path)
+        assert response.status_code == 401, path
+        assert token not in response.text
+    assert client.get("/api/state?token=wrong").status_code == 401
+    bearer = {"authorization": f"Bearer {token}"}
+    assert client.get("/api/state", headers=bearer).status_code == 200
+
+    entry = client.get(f"/?token={token}", follow_redirects=False)
+    assert entry.status_code == 303 and entry.headers["location"] == "/"
+    assert client.cookies.get(TOKEN_COOKIE) == token  # the page keeps it
+    assert client.get("/").status_code == 200
+    assert client.get("/api/preview/images/0").status_code == 200
+
+
+def test_bad_requests_get_a_reason_and_nothing_runs(previewed_out: Path):
+    session = ReviewSession(previewed_out)
+    client = TestClient(create_app(session), base_url=LOCAL)
+    as_form = client.post("/api/preview", content="source=x", headers={
+        "content-type": "application/x-www-form-urlencoded"})  # fmt: skip
+    assert as_form.status_code == 415
+    duplicate = client.post(
+        "/api/preview",
+        json={"source": "x", "classes": [{"name": "cat"}, {"name": "cat"}]},
+    )
+    assert duplicate.status_code == 400 and "cat" in duplicate.json()["error"]
+    no_classes = client.post("/api/preview", json={"source": "x", "classes": []})
+    assert no_classes.status_code == 422
+    key = client.get("/api/preview").json()["key"]
+    stale = client.post("/api/label", json={"key": "old", "thresholds": {"cat": 0.5}})
+    assert stale.status_code == 409 and "reload" in stale.json()["error"]
+    unknown = client.post("/api/label", json={"key": key, "thresholds": {"dog": 0.5}})
+    assert unknown.status_code == 400 and "dog" in unknown.json()["error"]
+    out_of_range = client.post(
+        "/api/label", json={"key": key, "thresholds": {"cat": 2}}
+    )
+    assert out_of_range.status_code == 400
+    assert session.job() is None
+
+
+def test_is_loopback():
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5")
+    assert not is_loopback("example.org")
+
+
+def test_cli_on_a_network_address_makes_up_a_token(tmp_path: Path):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "ui", "--out", str(tmp_path / "out"),
+         "--host", "0.0.0.0", "--port", "0"],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True,
+        env={k: v for k, v in os.environ.items() if k != "AUTOLABEL_UI_TOKEN"},
+    )  # fmt: skip
+    try:
+        line = process.stdout.readline().strip()
+        match = re.fullmatch(
+            r"Review page: http://0\.0\.0\.0:(\d+)/\?token=(\S{20,})", line
+        )
+        assert match, line
+        port, token = match.groups()
+        base = f"http://127.0.0.1:{port}"
+        assert httpx.get(f"{base}/api/state").status_code == 401
+        authorized = httpx.get(
+            f"{base}/api/state", headers={"authorization": f"Bearer {token}"}
+        )
+        assert authorized.status_code == 200
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

@@ -1,0 +1,264 @@
+"""The review page in a real browser: Debian's Chromium driven by Playwright.
+
+``autolabel ui`` runs as a user starts it (a subprocess, on 127.0.0.1, any free port)
+with a tiny random Grounding DINO and the session's Prefect test server. One page goes
+through what a user does, test by test and in order: generate test results, move
+sliders, click thumbnails, approve and watch the batch finish.
+
+A screenshot of the page with results is saved to ``test-artifacts/review-page.png``
+(``AUTOLABEL_TEST_ARTIFACTS`` moves it); the README shows a copy.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tasks.approval import load_approved
+from tasks.credits import CreditLedger
+from tasks.labels import OutputLayout, read_labels
+from tasks.preview import class_counts, filter_candidates, load_record, read_candidates
+from tasks.thresholds import Thresholds
+from tests.conftest import write_sample_photos
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = os.environ.get("AUTOLABEL_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_FLAGS = [  # a closed network: no background connections, no sandbox as root
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = Path(os.environ.get("AUTOLABEL_TEST_ARTIFACTS", ROOT / "test-artifacts"))
+SLOW = 180_000  # ms: a model run on a loaded 2-core machine
+
+
+@dataclass
+class Served:
+    url: str
+    photos: Path
+    out: Path
+    model: str
+    process: subprocess.Popen
+
+
+@pytest.fixture(scope="module")
+def served(
+    prefect_harness, tmp_path_factory: pytest.TempPathFactory, tiny_grounding_dino: str
+) -> Iterator[Served]:
+    """``autolabel ui PHOTOS --class cat`` on 127.0.0.1 (6 photos, sample of 3)."""
+    from prefect.settings import PREFECT_API_URL
+
+    root = tmp_path_factory.mktemp("review-page")
+    photos, out = root / "photos", root / "out"
+    write_sample_photos(photos)
+    write_sample_photos(photos / "more", ("camera", "coins"))
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "ui", str(photos), "--out", str(out),
+         "--class", "cat", "--model", tiny_grounding_dino, "--device", "cpu",
+         "--sample", "3", "--port", "0"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    line = process.stdout.readline()
+    match = re.match(r"Review page: (http://127\.0\.0\.1:\d+/)$", line.strip())
+    assert match, f"unexpected first line from `autolabel ui`: {line!r}"
+    yield Served(match.group(1), photos, out, tiny_grounding_dino, process)
+    process.terminate()
+    process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def page(served: Served):
+    """One browser tab on the review page for the whole module."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail(
+            f"no Chromium at {CHROMIUM}: install Debian's chromium "
+            "(scripts/install_browser.sh) or set AUTOLABEL_CHROMIUM"
+        )
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_FLAGS
+        )
+        tab = browser.new_page(viewport={"width": 1400, "height": 1000})
+        errors: list[str] = []
+        tab.on("pageerror", lambda error: errors.append(str(error)))
+        tab.goto(served.url)
+        tab.wait_for_selector("body[data-ready]")
+        yield tab
+        assert not errors, errors
+        browser.close()
+
+
+def _thresholds(page) -> dict[str, float]:
+    return {
+        row.get_attribute("data-class"): float(row.locator("input").input_value())
+        for row in page.locator(".class-control").all()
+    }
+
+
+def _counts_on_page(page) -> dict[str, str]:
+    return {
+        row.get_attribute("data-class"): row.locator(".count").inner_text()
+        for row in page.locator(".class-control").all()
+    }
+
+
+def _batch_view(out: Path, thresholds: dict[str, float]) -> pd.DataFrame:
+    """What the batch keeps of the stored candidates at ``thresholds``."""
+    settings = load_record(out).settings
+    return filter_candidates(
+        read_candidates(out),
+        Thresholds(per_class=thresholds),
+        nms=settings.nms,
+        nms_iou=settings.nms_iou,
+        class_names=settings.ontology.class_names,
+    )
+
+
+def _expected_counts(out: Path, thresholds: dict[str, float]) -> dict[str, str]:
+    shown = _batch_view(out, thresholds)
+    names = load_record(out).settings.ontology.class_names
+    counts = class_counts(read_candidates(out), shown, names)
+    return {name: f"{kept}/{total}" for name, (kept, total) in counts.items()}
+
+
+def _boxes_expected_on(page, out: Path, thresholds: dict[str, float]) -> int:
+    name = page.locator("#image-name").inner_text()
+    shown = _batch_view(out, thresholds)
+    return int(shown["source_uri"].str.endswith("/" + name).sum())
+
+
+def test_generate_test_results(page, served: Served):
+    # The form starts from the command line; the user edits and adds a class.
+    assert page.locator("#source").input_value() == str(served.photos)
+    assert page.locator("#model").input_value() == served.model
+    page.locator("#classes tbody tr").nth(0).locator(".class-desc").fill("a cat")
+    page.click("#add-class")
+    row = page.locator("#classes tbody tr").nth(1)
+    row.locator(".class-name").fill("person")
+    row.locator(".class-desc").fill("a person; an astronaut")
+
+    page.click("#generate")
+    page.wait_for_selector("#status:has-text('Test results ready')", timeout=SLOW)
+
+    assert page.locator(".thumb").count() == 3
+    record = load_record(served.out)
+    assert [c.name for c in record.settings.ontology.classes] == ["cat", "person"]
+    assert record.settings.ontology.classes[1].descriptions == (
+        "a person",
+        "an astronaut",
+    )
+    counts = _counts_on_page(page)
+    assert counts == _expected_counts(served.out, _thresholds(page))
+    assert all(re.fullmatch(r"\d+/\d+", text) for text in counts.values())
+    assert page.locator("#free-note").inner_text() == "Test results cost 0 credits."
+    assert page.locator("#overlay .box").count() == _boxes_expected_on(
+        page, served.out, _thresholds(page)
+    )
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "review-page.png"), full_page=True)
+
+
+def test_sliders_refilter_in_the_browser_like_the_batch(page, served: Served):
+    requests: list[str] = []
+    page.on("request", lambda request: requests.append(request.url))
+    scores = sorted(read_candidates(served.out)["confidence"])
+    floor = load_record(served.out).floor
+    seen_boxes = set()
+    for name in ("person", "cat"):
+        slider = page.locator(f".class-control[data-class='{name}'] input")
+        for value in (floor, round(scores[len(scores) // 2], 2), 1.0):
+            slider.fill(str(value))
+            thresholds = _thresholds(page)
+            assert thresholds[name] == pytest.approx(value)
+            assert _counts_on_page(page) == _expected_counts(served.out, thresholds)
+            boxes = page.locator("#overlay .box").count()
+            assert boxes == _boxes_expected_on(page, served.out, thresholds)
+            seen_boxes.add(boxes)
+    counts = _counts_on_page(page)
+    assert counts["person"].startswith("0/") and counts["cat"].startswith("0/")
+    assert len(seen_boxes) >= 3  # boxes appeared and disappeared
+    assert not [url for url in requests if "/api/" in url]  # no round trip at all
+
+
+def test_thumbnail_click_shows_that_image_at_once(page, served: Served):
+    page.locator(".class-control[data-class='person'] input").fill("0.05")
+    for index in (2, 1, 0):
+        elapsed_ms, src = page.evaluate(
+            """async (index) => {
+                const main = document.querySelector('#main-image');
+                const start = performance.now();
+                document.querySelector(`.thumb[data-index="${index}"]`).click();
+                await main.decode();
+                return [performance.now() - start, main.currentSrc];
+            }""",
+            index,
+        )
+        assert f"/api/preview/images/{index}?" in src
+        assert elapsed_ms < 200, f"thumbnail {index} took {elapsed_ms:.0f} ms"
+        expected = _boxes_expected_on(page, served.out, _thresholds(page))
+        assert page.locator("#overlay .box").count() == expected
+        name = page.locator(f".thumb[data-index='{index}']").get_attribute("title")
+        assert page.locator("#image-name").inner_text() == name
+
+
+def test_approve_labels_the_batch_with_the_chosen_thresholds(page, served: Served):
+    chosen = {"cat": 0.5, "person": 0.9}
+    for name, value in chosen.items():
+        page.locator(f".class-control[data-class='{name}'] input").fill(str(value))
+    shown_on_sample = _counts_on_page(page)
+
+    page.click("#auto-label")
+    dialog = page.locator("#confirm")
+    assert dialog.is_visible()
+    assert dialog.locator("#confirm-images").inner_text().startswith("6 images")
+    assert dialog.locator("#confirm-credits").inner_text().startswith("at most 0.06")
+    for name, value in chosen.items():
+        row = dialog.locator(f"#confirm-classes tr[data-class='{name}']")
+        assert row.locator(".threshold").inner_text() == f"{value:.2f}"
+    dialog.locator("#confirm-start").click()
+    page.wait_for_selector("#batch-result:visible", timeout=SLOW)
+
+    assert page.locator("#batch-summary").inner_text().startswith("Labeled 6 of 6")
+    assert page.locator("#batch-credits").inner_text() == "0.06"
+    assert "# Auto-label report" in page.locator("#batch-report").inner_text()
+    approved = load_approved(served.out)
+    assert approved.approved_by.endswith("(review page)")
+    names = approved.settings.ontology.class_names
+    assert {n: approved.settings.thresholds.for_class(n) for n in names} == chosen
+
+    labels = read_labels(OutputLayout(served.out))
+    assert len(labels) and set(labels["class_name"]) <= set(chosen)
+    for name, value in chosen.items():
+        assert (labels.loc[labels["class_name"] == name, "confidence"] >= value).all()
+    sample = labels[
+        labels["source_uri"].isin(read_candidates(served.out)["source_uri"])
+    ]
+    for name, text in shown_on_sample.items():
+        assert int(text.split("/")[0]) == int((sample["class_name"] == name).sum())
+    ledger = CreditLedger(served.out / "credits.sqlite")
+    assert ledger.used() == pytest.approx(0.06)
+
+
+def test_the_page_reopens_with_its_approved_results(page, served: Served):
+    page.reload()
+    page.wait_for_selector("body[data-ready]")
+    assert page.locator(".thumb").count() == 3
+    assert page.locator("#classes tbody tr").count() == 2
+    assert _thresholds(page) == {"cat": 0.5, "person": 0.9}
+    assert _counts_on_page(page) == _expected_counts(served.out, _thresholds(page))
