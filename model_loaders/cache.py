@@ -11,7 +11,6 @@ from __future__ import annotations
 import threading
 
 from model_loaders.allocator import keep_freed_memory
-from model_loaders.device import runs_on_cpu
 from model_loaders.protocol import LabelingModel, ModelSpec
 from model_loaders.registry import backend_class
 
@@ -30,6 +29,8 @@ def get_model(spec: ModelSpec) -> LabelingModel:
     with lock:
         model = _models.get(spec)
         if model is None:
+            from model_loaders.device import runs_on_cpu  # torch: only when loading
+
             if runs_on_cpu(spec.device):  # see model_loaders.allocator for why
                 keep_freed_memory()
             model = backend_class(spec.backend).load(spec)
