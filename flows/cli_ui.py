@@ -27,8 +27,10 @@ from flows.cli_options import (
     MaxCreditsOption,
     ModelOption,
     OntologyOption,
+    PretrainedOption,
     RatesOption,
-    TaskOption,
+    SamCheckpointOption,
+    SamModelTypeOption,
     console,
     print_error,
 )
@@ -50,7 +52,10 @@ def ui(
     ] = Path("out"),
     classes: ClassOption = None,
     ontology: OntologyOption = None,
-    task: TaskOption = "detect",
+    task: Annotated[
+        str | None,
+        typer.Option(help="detect, segment, classify or classify-multi (the form's)."),
+    ] = None,
     model: ModelOption = None,
     sample: Annotated[
         int, typer.Option("--sample", min=1, help="Images in the test sample.")
@@ -70,6 +75,9 @@ def ui(
     ] = None,
     device: DeviceOption = "auto",
     batch_size: BatchSizeOption = 8,
+    sam_checkpoint: SamCheckpointOption = None,
+    sam_model_type: SamModelTypeOption = "vit_h",
+    pretrained: PretrainedOption = None,
     chunk_size: ChunkSizeOption = 128,
     credits_ledger: LedgerOption = None,
     credit_rates: RatesOption = None,
@@ -97,6 +105,14 @@ def ui(
         RunDefaults(
             device=device,
             batch_size=batch_size,
+            model_options={
+                "segment": {
+                    "sam_checkpoint": sam_checkpoint,
+                    "sam_model_type": sam_model_type,
+                },
+                "classify": {"pretrained": pretrained},
+                "classify-multi": {"pretrained": pretrained},
+            },
             chunk_size=chunk_size,
             rates=rates,
             ledger=credits_ledger,
@@ -108,6 +124,7 @@ def ui(
         session,
         token=token,
         loopback_only=loopback,
+        allowed_hosts=[host],
         page_defaults={
             "source": str(Path(source).resolve())
             if source and "://" not in source
@@ -118,14 +135,13 @@ def ui(
             "sample_size": sample,
         },
     )
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        listener = socket.create_server((host, port))
+        listener = socket.create_server((host, port), family=family)
     except OSError as error:
         print_error(f"cannot serve on {host}:{port}: {error.strerror or error}")
         raise typer.Exit(EXIT_FAILED) from None
-    bound_port = listener.getsockname()[1]
-    shown_host = f"[{host}]" if ":" in host else host
-    url = f"http://{shown_host}:{bound_port}/"
+    url = f"http://{_shown_host(host)}:{listener.getsockname()[1]}/"
     # stdout, one line, so scripts (and the tests) can read the address.
     print(f"Review page: {url}" + (f"?token={token}" if token else ""), flush=True)
     console.print(f"Outputs go to {out}/. Stop with Ctrl+C.")
@@ -133,6 +149,14 @@ def ui(
         uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
     )
     server.run(sockets=[listener])
+
+
+def _shown_host(host: str) -> str:
+    """The host part of the printed URL: this machine's name for a wildcard address
+    (0.0.0.0 is not an address another machine can open)."""
+    if host in ("0.0.0.0", "::"):
+        return socket.gethostname()
+    return f"[{host}]" if ":" in host else host
 
 
 def _start_classes(options: list[str], ontology: Path | None) -> list[dict]:

@@ -60,6 +60,7 @@ def create_app(
     token: str | None = None,
     page_defaults: dict[str, Any] | None = None,
     loopback_only: bool = True,
+    allowed_hosts: list[str] | None = None,
 ) -> FastAPI:
     """The page's app.
 
@@ -69,19 +70,22 @@ def create_app(
             machines); None on a loopback address.
         page_defaults: Values the form starts with (source, classes, task, model).
         loopback_only: Accept only Host headers naming this machine.
+        allowed_hosts: More host names to accept then (the address served on).
     """
     app = FastAPI(title="autolabel review", docs_url=None, redoc_url=None)
     if loopback_only:
         app.add_middleware(
             TrustedHostMiddleware,
-            allowed_hosts=["127.0.0.1", "localhost", "[::1]", "::1"],
+            allowed_hosts=["127.0.0.1", "localhost", "[::1]", *(allowed_hosts or [])],
         )
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
         if token is not None and request.url.path not in _OPEN_PATHS:
             given = _token_of(request)
-            if given is None or not secrets.compare_digest(given, token):
+            if given is None or not secrets.compare_digest(
+                given.encode(), token.encode()
+            ):
                 return JSONResponse(
                     {
                         "error": "a valid token is required (open the URL printed by "
@@ -91,9 +95,7 @@ def create_app(
                 )
             if request.query_params.get("token") and request.url.path == "/":
                 redirect = RedirectResponse("/", status_code=303)
-                redirect.set_cookie(
-                    TOKEN_COOKIE, token, httponly=True, samesite="strict"
-                )
+                redirect.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="lax")
                 return redirect
         if request.method == "POST" and not request.headers.get(
             "content-type", ""
@@ -134,11 +136,15 @@ def create_app(
         return JSONResponse(payload, headers=_NO_STORE)
 
     @app.get("/api/preview/images/{index}")
-    def sample_image(index: int) -> Response:
+    def sample_image(index: int, key: str | None = None) -> Response:
+        # The page's URLs carry the preview's key, so a new preview gets new URLs and a
+        # page showing an older one gets no mismatched image.
+        current = session.preview()
+        if current is None or (key is not None and key != current["key"]):
+            return JSONResponse({"error": "no such image"}, status_code=404)
         jpeg = sample_image_jpeg(str(session.out), index)
         if jpeg is None:
             return JSONResponse({"error": "no such image"}, status_code=404)
-        # The URL carries the preview key (?key=), so a new preview gets new URLs.
         return Response(
             jpeg, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"}
         )

@@ -31,8 +31,13 @@ from tasks.credits import (
     format_credits,
     resolve_ledger_path,
 )
-from tasks.preview import DEFAULT_SAMPLE_SIZE, PreviewError, load_record
-from tasks.review import CreditEstimate, estimate_credits, review_payload
+from tasks.preview import (
+    DEFAULT_SAMPLE_SIZE,
+    PreviewError,
+    PreviewLayout,
+    load_record,
+)
+from tasks.review import estimate_credits, review_payload
 from tasks.settings import LabelSettings
 from tasks.thresholds import ThresholdError, Thresholds
 
@@ -81,6 +86,8 @@ class RunDefaults:
 
     device: str = "auto"
     batch_size: int = 8
+    # Per task, ModelSpec fields from the command line (--sam-checkpoint, ...).
+    model_options: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     chunk_size: int = 128
     rates: CreditRates = dataclasses.field(default_factory=CreditRates)
     ledger: Path | None = None
@@ -121,7 +128,9 @@ class ReviewSession:
         self.defaults = defaults or RunDefaults()
         self._lock = threading.Lock()
         self._job: Job | None = None
-        self._estimates: dict[str, CreditEstimate] = {}
+        self._estimates: dict[str, dict[str, Any]] = {}
+        self._payload: dict[str, Any] | None = None
+        self._payload_stamp: tuple[int, ...] | None = None
 
     # --- what the page reads ---------------------------------------------------
 
@@ -129,22 +138,48 @@ class ReviewSession:
         return self._job
 
     def preview(self) -> dict[str, Any] | None:
-        """The stored preview with its credit estimate; None before the first one."""
-        try:
-            payload = review_payload(str(self.out))
-        except PreviewError:
-            return None
-        payload["estimate"] = dataclasses.asdict(self.estimate(payload["key"]))
-        return payload
+        """The stored preview with its credit estimate; None before the first one.
 
-    def estimate(self, key: str) -> CreditEstimate:
-        """What labeling the preview's whole source would cost (cached per preview)."""
+        Built once per stored preview (it decodes masks and compares every pair of
+        candidates). While a job runs, the preview files may be half rewritten, so the
+        last payload built is returned instead.
+        """
+        if not self._running():
+            try:
+                stamp = self._preview_stamp()
+                if self._payload is None or self._payload_stamp != stamp:
+                    self._payload = review_payload(str(self.out))
+                    self._payload_stamp = stamp
+            except PreviewError:
+                self._payload = None
+        if self._payload is None:
+            return None
+        return {**self._payload, "estimate": self.estimate(self._payload["key"])}
+
+    def estimate(self, key: str) -> dict[str, Any]:
+        """What labeling the preview's whole source would cost (cached per preview);
+        ``{"error": reason}`` when the source cannot be listed now."""
         if key not in self._estimates:
-            record = load_record(self.out)
-            self._estimates[key] = estimate_credits(
-                record, str(self.out), self.defaults.rates
-            )
+            try:
+                record = load_record(self.out)
+                estimate = estimate_credits(record, str(self.out), self.defaults.rates)
+                self._estimates[key] = dataclasses.asdict(estimate)
+            except Exception as error:  # a moved folder, an unreachable bucket
+                return {"error": f"cannot count the source's images: {error}"}
         return self._estimates[key]
+
+    def _running(self) -> bool:
+        return self._job is not None and self._job.state == "running"
+
+    def _preview_stamp(self) -> tuple[int, ...]:
+        layout = PreviewLayout(self.out)
+        try:
+            return tuple(
+                path.stat().st_mtime_ns
+                for path in (layout.record, layout.candidates, layout.manifest)
+            )
+        except FileNotFoundError:
+            raise PreviewError(f"no preview in {layout.root}") from None
 
     # --- what the page asks for ------------------------------------------------
 
@@ -218,7 +253,11 @@ class ReviewSession:
                     for row in request.classes
                 ]
             )
-            model = {"task": request.task, "model": request.model or None}
+            model = {
+                "task": request.task,
+                "model": request.model or None,
+                **self.defaults.model_options.get(request.task, {}),
+            }
             spec = ModelSpec(
                 **{k: v for k, v in model.items() if v is not None},
                 device=self.defaults.device,
@@ -250,10 +289,11 @@ class ReviewSession:
 
     def _start(self, kind: JobKind, run: Callable[[Job], dict[str, Any]]) -> Job:
         with self._lock:
-            if self._job is not None and self._job.state == "running":
+            if self._running():
                 raise RequestError(
                     f"a {self._job.kind} run is still going: wait for it", 409
                 )
+            self.preview()  # what the page shows while the job rewrites the files
             job = Job(kind=kind)
             self._job = job
         threading.Thread(

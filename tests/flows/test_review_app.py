@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -20,7 +23,7 @@ from flows.review_ui.app import TOKEN_COOKIE, create_app, is_loopback
 from flows.review_ui.jobs import ReviewSession
 from model_loaders.ontology import Ontology
 from model_loaders.protocol import ModelSpec
-from tasks.preview import plan_sample, run_preview
+from tasks.preview import load_record, plan_sample, run_preview, save_record
 from tasks.settings import LabelSettings
 from tests.conftest import write_sample_photos
 
@@ -50,8 +53,10 @@ def test_serves_sample_images_by_position_only(previewed_out: Path):
     client = TestClient(create_app(ReviewSession(previewed_out)), base_url=LOCAL)
     preview = client.get("/api/preview").json()
     assert [image["index"] for image in preview["images"]] == [0, 1]
-    image = client.get("/api/preview/images/1")
+    image = client.get(f"/api/preview/images/1?key={preview['key']}")
     assert image.status_code == 200 and image.headers["content-type"] == "image/jpeg"
+    # A page still showing an older preview gets no image of the new one.
+    assert client.get("/api/preview/images/1?key=older").status_code == 404
     for path in (
         "/api/preview/images/2",
         "/api/preview/images/-1",
@@ -84,6 +89,7 @@ def test_token_is_required_when_set(previewed_out: Path):
         assert response.status_code == 401, path
         assert token not in response.text
     assert client.get("/api/state?token=wrong").status_code == 401
+    assert client.get("/api/state?token=%C3%A9t%C3%A9").status_code == 401
     bearer = {"authorization": f"Bearer {token}"}
     assert client.get("/api/state", headers=bearer).status_code == 200
 
@@ -134,9 +140,7 @@ def test_cli_on_a_network_address_makes_up_a_token(tmp_path: Path):
     )  # fmt: skip
     try:
         line = process.stdout.readline().strip()
-        match = re.fullmatch(
-            r"Review page: http://0\.0\.0\.0:(\d+)/\?token=(\S{20,})", line
-        )
+        match = re.fullmatch(r"Review page: http://[^/]+:(\d+)/\?token=(\S{20,})", line)
         assert match, line
         port, token = match.groups()
         base = f"http://127.0.0.1:{port}"
@@ -148,3 +152,52 @@ def test_cli_on_a_network_address_makes_up_a_token(tmp_path: Path):
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_no_preview_yet_and_a_source_gone(previewed_out: Path, tmp_path: Path):
+    empty = TestClient(create_app(ReviewSession(tmp_path / "new")), base_url=LOCAL)
+    assert empty.get("/api/state").json()["preview"] is None
+    assert empty.get("/api/preview").status_code == 404
+    assert empty.get("/api/preview/images/0").status_code == 404
+
+    moved = tmp_path / "moved-out"
+    shutil.copytree(previewed_out, moved)
+    record = load_record(moved)
+    save_record(moved, record.model_copy(update={"source": str(tmp_path / "gone")}))
+    client = TestClient(create_app(ReviewSession(moved)), base_url=LOCAL)
+    state = client.get("/api/state")
+    assert state.status_code == 200  # the page still opens, with its results
+    estimate = state.json()["preview"]["estimate"]
+    assert "cannot count the source's images" in estimate["error"]
+
+
+def test_one_job_at_a_time_and_a_failed_job_says_why(
+    previewed_out: Path, monkeypatch: pytest.MonkeyPatch
+):
+    import flows.preview
+
+    release = threading.Event()
+
+    def slow_then_broken(**_: object):
+        release.wait(30)
+        raise RuntimeError("the GPU caught fire")
+
+    monkeypatch.setattr(flows.preview, "preview", slow_then_broken)
+    session = ReviewSession(previewed_out)
+    client = TestClient(create_app(session), base_url=LOCAL)
+    ask = {"source": "x", "classes": [{"name": "cat"}]}
+    first = client.post("/api/preview", json=ask)
+    assert first.status_code == 200 and first.json()["state"] == "running"
+    assert client.get("/api/state").json()["preview"] is not None  # last one shown
+    second = client.post("/api/preview", json=ask)
+    assert second.status_code == 409 and "still going" in second.json()["error"]
+    key = client.get("/api/preview").json()["key"]
+    label = client.post("/api/label", json={"key": key, "thresholds": {"cat": 0.5}})
+    assert label.status_code == 409
+    release.set()
+    deadline = time.monotonic() + 30
+    while (job := client.get("/api/job").json())["state"] == "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert job["id"] == first.json()["id"] and job["state"] == "failed"
+    assert job["error"] == "RuntimeError: the GPU caught fire"

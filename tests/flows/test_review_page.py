@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from model_loaders.random_init_sam_clip import save_random_open_clip, save_random_sam
 from tasks.approval import load_approved
 from tasks.credits import CreditLedger
 from tasks.labels import OutputLayout, read_labels
@@ -65,10 +66,12 @@ def served(
     photos, out = root / "photos", root / "out"
     write_sample_photos(photos)
     write_sample_photos(photos / "more", ("camera", "coins"))
+    sam = save_random_sam(root / "sam.pth")
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
     process = subprocess.Popen(
         [sys.executable, "-m", "flows.cli", "ui", str(photos), "--out", str(out),
          "--class", "cat", "--model", tiny_grounding_dino, "--device", "cpu",
+         "--sam-checkpoint", str(sam), "--sam-model-type", "vit_tiny",
          "--sample", "3", "--port", "0"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -259,6 +262,46 @@ def test_the_page_reopens_with_its_approved_results(page, served: Served):
     page.reload()
     page.wait_for_selector("body[data-ready]")
     assert page.locator(".thumb").count() == 3
-    assert page.locator("#classes tbody tr").count() == 2
+    # The form starts from the command line (--class cat); the results are the stored
+    # ones, at the approved thresholds.
+    assert page.locator("#classes tbody tr").count() == 1
     assert _thresholds(page) == {"cat": 0.5, "person": 0.9}
     assert _counts_on_page(page) == _expected_counts(served.out, _thresholds(page))
+
+
+def _generate(page, out: Path, task: str, model: str | None = None) -> None:
+    """Pick ``task`` (and ``model``), generate, wait for the new results."""
+    page.locator("#status").evaluate("status => status.textContent = ''")
+    page.select_option("#task", task)
+    if model is not None:
+        page.locator("#model").fill(model)
+    page.click("#generate")
+    page.wait_for_selector("#status:has-text('Test results ready')", timeout=SLOW)
+    assert load_record(out).settings.model.task == task
+
+
+def test_segment_results_draw_masks(page, served: Served):
+    _generate(page, served.out, "segment")
+    thresholds = _thresholds(page)
+    assert _counts_on_page(page) == _expected_counts(served.out, thresholds)
+    expected = _boxes_expected_on(page, served.out, thresholds)
+    assert expected > 0
+    assert page.locator("#overlay .box").count() == expected
+    # Every drawn label has its mask outline (SAM gives each box a mask).
+    assert page.locator("#overlay g.label:has(polygon.mask)").count() == expected
+
+
+def test_classification_results_show_labels_not_boxes(
+    page, served: Served, tmp_path_factory: pytest.TempPathFactory
+):
+    clip = save_random_open_clip(tmp_path_factory.mktemp("clip") / "clip")
+    page.click("#add-class")  # the reloaded form has the command line's class only
+    page.locator("#classes tbody tr").nth(1).locator(".class-name").fill("person")
+    _generate(page, served.out, "classify-multi", f"local-dir:{clip}")
+    for name in ("cat", "person"):
+        page.locator(f".class-control[data-class='{name}'] input").fill("0.05")
+    thresholds = _thresholds(page)
+    assert _counts_on_page(page) == _expected_counts(served.out, thresholds)
+    assert page.locator("#overlay .box").count() == 0
+    chips = page.locator("#image-labels .chip")
+    assert chips.count() == _boxes_expected_on(page, served.out, thresholds) > 0

@@ -136,8 +136,9 @@ def test_payload_lists_images_by_position_with_sizes(preview_out: Path):
 
 
 def test_masks_are_sent_as_polygons_and_suppress_by_mask_overlap(tmp_path: Path):
-    """Two boxes that overlap as boxes but whose masks do not: mask NMS keeps both,
-    as the batch does (supervision uses mask IoU when labels have masks)."""
+    """Same boxes, different masks: mask NMS decides, as in the batch (supervision uses
+    mask IoU when labels have masks). Two disjoint masks both stay; a third that covers
+    the first is suppressed by it, unless the first falls below its threshold."""
     out = tmp_path / "out"
     photo = tmp_path / "photos" / "a.png"
     photo.parent.mkdir()
@@ -150,6 +151,7 @@ def test_masks_are_sent_as_polygons_and_suppress_by_mask_overlap(tmp_path: Path)
     rows = [
         ("a", 0.9, left_ring),
         ("a", 0.8, right),
+        ("a", 0.7, left),
     ]
     frame = pd.DataFrame(
         [
@@ -175,10 +177,15 @@ def test_masks_are_sent_as_polygons_and_suppress_by_mask_overlap(tmp_path: Path)
     )
     _write_preview(out, photo, frame)
     payload = review_payload(str(out))
-    first, second = payload["candidates"]
+    first, second, third = payload["candidates"]
     assert second["suppressors"] == []  # same boxes, disjoint masks
+    assert third["suppressors"] == [0]
     assert len(first["polygons"]) == 1 and len(first["polygons"][0]) > 8
     assert kept_by_page_rule(payload, {"a": 0.5}) == [0, 1]
+    for threshold in (0.5, 0.75, 0.85, 0.95):
+        kept = kept_by_page_rule(payload, {"a": threshold})
+        page = [payload["candidates"][i] for i in kept]
+        assert _as_keys(page) == _batch_keys(out, payload, {"a": threshold})
 
 
 def _write_preview(out: Path, photo: Path, frame: pd.DataFrame) -> None:

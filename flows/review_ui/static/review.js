@@ -60,7 +60,7 @@ function draw() {
   const chips = $("#image-labels");
   overlay.replaceChildren();
   chips.replaceChildren();
-  if (!image) return;
+  if (!image || image.skipped) return;
   overlay.setAttribute("viewBox", `0 0 ${image.width || 1} ${image.height || 1}`);
   const classify = preview.task.startsWith("classify");
   const fontSize = Math.max(10, Math.round((image.width || 640) / 40));  // image units
@@ -94,8 +94,12 @@ function draw() {
 function show(index) {
   state.current = index;
   const image = state.preview.images[index];
-  $("#main-image").src = imageUrl(index);
-  $("#image-name").textContent = image.skipped ? `${image.name}: skipped (${image.skipped})` : image.name;
+  const main = $("#main-image");
+  main.hidden = !image || Boolean(image.skipped);
+  if (image && !image.skipped) main.src = imageUrl(index);
+  $("#image-name").textContent = !image
+    ? "The sample has no images."
+    : image.skipped ? `${image.name}: skipped (${image.skipped})` : image.name;
   document.querySelectorAll(".thumb").forEach((t) => t.classList.toggle("current", Number(t.dataset.index) === index));
   draw();
 }
@@ -191,14 +195,15 @@ function formRequest() {
 }
 
 function fillForm(defaults, preview) {
-  $("#source").value = preview?.source ?? defaults.source ?? "";
-  $("#task").value = preview?.task ?? defaults.task ?? "detect";
-  $("#model").value = preview?.model ?? defaults.model ?? "";
-  const sampleSize = preview?.images.length ?? defaults.sample_size;
+  // What `autolabel ui` was given wins; the rest comes from the stored test results.
+  $("#source").value = defaults.source || preview?.source || "";
+  $("#task").value = defaults.task || preview?.task || "detect";
+  $("#model").value = defaults.model || (defaults.task ? "" : preview?.model) || "";
+  const sampleSize = preview?.images.length || defaults.sample_size;
   if (sampleSize) $("#sample-size").value = sampleSize;
-  const classes = preview
-    ? preview.classes.map((c) => [c.name, c.descriptions.join("; ") === c.name ? "" : c.descriptions.join("; ")])
-    : (defaults.classes ?? []).map((c) => [c.name, c.descriptions ?? ""]);
+  const classes = defaults.classes?.length
+    ? defaults.classes.map((c) => [c.name, c.descriptions ?? ""])
+    : (preview?.classes ?? []).map((c) => [c.name, c.descriptions.join("; ") === c.name ? "" : c.descriptions.join("; ")]);
   $("#classes tbody").replaceChildren();
   for (const [name, descriptions] of classes) addClassRow(name, descriptions);
   if (!classes.length) addClassRow();
@@ -218,9 +223,10 @@ async function api(path, body) {
   return data;
 }
 
-async function waitForJob(onProgress) {
+async function waitForJob(id, onProgress) {
   for (;;) {
     const job = await api("/api/job");
+    if (!job || job.id !== id) throw new Error("another run was started meanwhile (another tab?): reload");
     onProgress(job);
     if (job.state !== "running") return job;
     await new Promise((resolve) => setTimeout(resolve, POLL_MS));
@@ -238,15 +244,9 @@ function setStatus(selector, text, error = false) {
 
 async function generate() {
   busy(true);
-  setStatus("#status", "Running the model on the sample…");
   try {
-    await api("/api/preview", formRequest());
-    const job = await waitForJob((j) => {
-      if (j.total) setStatus("#status", `Running the model on the sample… ${j.done}/${j.total}`);
-    });
-    if (job.state === "failed") throw new Error(job.error);
-    renderPreview(await api("/api/preview"));
-    setStatus("#status", "Test results ready (0 credits). Move the sliders to tune.");
+    const started = await api("/api/preview", formRequest());
+    await followPreview(started.id);
   } catch (error) {
     setStatus("#status", String(error.message || error), true);
   } finally {
@@ -254,14 +254,29 @@ async function generate() {
   }
 }
 
+async function followPreview(id) {
+  setStatus("#status", "Running the model on the sample…");
+  const job = await waitForJob(id, (j) => {
+    if (j.total) setStatus("#status", `Running the model on the sample… ${j.done}/${j.total}`);
+  });
+  if (job.state === "failed") throw new Error(job.error);
+  renderPreview(await api("/api/preview"));
+  setStatus("#status", "Test results ready (0 credits). Move the sliders to tune.");
+}
+
 function openConfirm() {
   const { preview } = state;
   const counts = refilter();
   const estimate = preview.estimate;
-  $("#confirm-images").textContent = `${estimate.images} images in ${preview.source}`;
+  $("#confirm-images").textContent = estimate.error
+    ? `all images in ${preview.source} (${estimate.error})`
+    : `${estimate.images} images in ${preview.source}`;
   $("#confirm-model").textContent = `${preview.task} · ${preview.model}`;
-  $("#confirm-credits").textContent =
-    `at most ${+estimate.credits.toFixed(4)} (${estimate.rate} per image)`;
+  $("#confirm-credits").textContent = estimate.error
+    ? "unknown"
+    : `at most ${+estimate.credits.toFixed(4)} (${estimate.rate} per image)`;
+  const edited = formRequest().classes.map((c) => c.name).join("\n") !== preview.class_names.join("\n");
+  $("#confirm-edited").hidden = !edited;
   const body = $("#confirm-classes tbody");
   body.replaceChildren();
   for (const name of preview.class_names) {
@@ -283,8 +298,8 @@ async function startLabeling() {
   $("#batch-result").hidden = true;
   setStatus("#batch-status", "Starting the batch…");
   try {
-    await api("/api/label", { key: state.preview.key, thresholds: state.thresholds });
-    await followBatch();
+    const started = await api("/api/label", { key: state.preview.key, thresholds: state.thresholds });
+    await followBatch(started.id);
   } catch (error) {
     setStatus("#batch-status", String(error.message || error), true);
   } finally {
@@ -292,8 +307,8 @@ async function startLabeling() {
   }
 }
 
-async function followBatch() {
-  const job = await waitForJob((j) => {
+async function followBatch(id) {
+  const job = await waitForJob(id, (j) => {
     if (j.total) {
       $("#batch-progress").max = j.total;
       $("#batch-progress").value = j.done;
@@ -304,7 +319,11 @@ async function followBatch() {
   const result = job.result;
   $("#batch-progress").max = 1;
   $("#batch-progress").value = 1;
-  setStatus("#batch-status", "Done.");
+  const notes = [];
+  if (result.budget_stop) notes.push(`stopped by the credit budget: ${result.budget_stop}`);
+  if (result.skipped.length) notes.push(`${result.skipped.length} image(s) skipped`);
+  if (result.quality_failed.length) notes.push(`quality checks failed: ${result.quality_failed.join(", ")}`);
+  setStatus("#batch-status", notes.length ? `Done, but ${notes.join("; ")}.` : "Done.", notes.length > 0);
   $("#batch-summary").textContent =
     `Labeled ${result.labeled} of ${result.images} images: ${result.labels} labels`;
   $("#batch-credits").textContent = result.credits_text;
@@ -323,12 +342,12 @@ async function main() {
   const { defaults, preview, job } = await api("/api/state");
   fillForm(defaults, preview);
   if (preview) renderPreview(preview);
-  if (job?.state === "running" && job.kind === "label") {
-    $("#batch").hidden = false;
+  if (job?.state === "running") {  // started before this page loaded: follow it
     busy(true);
-    followBatch().catch((e) => setStatus("#batch-status", String(e.message || e), true)).finally(() => busy(false));
-  } else if (job?.state === "running") {
-    setStatus("#status", "Test results are being generated: reload when done.");
+    const follow = job.kind === "label" ? followBatch(job.id) : followPreview(job.id);
+    if (job.kind === "label") $("#batch").hidden = false;
+    follow.catch((e) => setStatus(job.kind === "label" ? "#batch-status" : "#status", String(e.message || e), true))
+      .finally(() => busy(false));
   }
   document.body.dataset.ready = "1";
 }
