@@ -7,8 +7,11 @@ to share a batch. These helpers batch only images of the same resized shape.
 
 from __future__ import annotations
 
+import functools
+import os
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -35,18 +38,28 @@ class PreparedImage:
 def prepare_images(
     images: Sequence[Image.Image], image_processor: Callable
 ) -> list[PreparedImage]:
-    """Each image through ``image_processor`` on its own, so none is padded."""
-    return [
-        PreparedImage(
-            index,
-            image_processor(images=image.convert("RGB"), return_tensors="pt")[
-                "pixel_values"
-            ][0],
-            image.height,
-            image.width,
-        )
-        for index, image in enumerate(images)
-    ]
+    """Each image through ``image_processor`` on its own, so none is padded.
+
+    Images are processed on a few threads (resizing and normalising release the GIL):
+    serially, this host-side work alone would cap a fast GPU at ~50 images/s.
+    """
+
+    def prepare(item: tuple[int, Image.Image]) -> PreparedImage:
+        index, image = item
+        pixels = image_processor(images=image.convert("RGB"), return_tensors="pt")
+        values = pixels["pixel_values"][0]
+        return PreparedImage(index, values, image.height, image.width)
+
+    if len(images) < 2:
+        return [prepare(item) for item in enumerate(images)]
+    return list(_preprocess_pool().map(prepare, enumerate(images)))
+
+
+@functools.cache
+def _preprocess_pool() -> ThreadPoolExecutor:
+    """One small pool per process, shared by every model (created on first use)."""
+    workers = max(1, min(4, (os.cpu_count() or 1)))
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="preprocess")
 
 
 def same_shape_batches(

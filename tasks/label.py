@@ -31,8 +31,9 @@ from tasks.labels import (
     LABEL_SCHEMA,
     ImageRecord,
     OutputLayout,
-    detections_to_frame,
+    columns_to_frame,
     images_to_frame,
+    label_columns,
     read_images,
     write_parquet_atomically,
 )
@@ -215,7 +216,7 @@ def predict_labels(
     window_size = (
         settings.model.batch_size * 4
     )  # several batches, so shape buckets fill
-    frames: list[pd.DataFrame] = []
+    columns: list[dict] = []  # per image; one DataFrame at the end (columns_to_frame)
     records: list[ImageRecord] = []
     stream = decode_with_prefetch(refs, lookahead=window_size)
     while window := list(itertools.islice(stream, window_size)):
@@ -226,8 +227,8 @@ def predict_labels(
             confidence_floor=confidence_floor,
         )
         for item, detections in zip(readable, predictions, strict=True):
-            frames.append(
-                detections_to_frame(
+            columns.append(
+                label_columns(
                     keep(detections),
                     item.record,
                     model=settings.model.model,
@@ -239,12 +240,7 @@ def predict_labels(
         )
         if on_window is not None:
             on_window(len(window))
-    labels = (
-        pd.concat(frames, ignore_index=True)
-        if frames
-        else LABEL_SCHEMA.empty_table().to_pandas()
-    )
-    return labels, records
+    return columns_to_frame(columns), records
 
 
 def _result_from_shard(key: str, labels_path: Path, images_path: Path) -> ChunkResult:

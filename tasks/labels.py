@@ -16,9 +16,11 @@ as box.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -113,28 +115,54 @@ def detections_to_frame(
     detections: sv.Detections, image: ImageRecord, *, model: str, run_id: str
 ) -> pd.DataFrame:
     """Rows of the label table for one image's detections."""
+    return columns_to_frame(
+        [label_columns(detections, image, model=model, run_id=run_id)]
+    )
+
+
+def label_columns(
+    detections: sv.Detections, image: ImageRecord, *, model: str, run_id: str
+) -> dict[str, list | np.ndarray]:
+    """The label table's columns for one image's detections, not yet a DataFrame.
+
+    A labeling loop collects these per image and builds one frame per chunk
+    (``columns_to_frame``): a DataFrame per image cost ~4 ms, as much as a fast GPU
+    forward of that image.
+    """
     n = len(detections)
     xyxy = detections.xyxy.astype(np.float64).reshape(-1, 4)
-    frame = pd.DataFrame(
-        {
-            "image_id": [image.image_id] * n,
-            "source_uri": [image.source_uri] * n,
-            "width": np.full(n, image.width, dtype=np.int32),
-            "height": np.full(n, image.height, dtype=np.int32),
-            "class_name": _data_column(detections, "class_name", n),
-            "class_id": _required_array(detections.class_id, n, np.int32),
-            "prompt": _data_column(detections, "prompt", n),
-            "confidence": _required_array(detections.confidence, n, np.float64),
-            "x_min": xyxy[:, 0],
-            "y_min": xyxy[:, 1],
-            "x_max": xyxy[:, 2],
-            "y_max": xyxy[:, 3],
-            "mask": _mask_column(detections, image, n),
-            "model": [model] * n,
-            "run_id": [run_id] * n,
-        }
+    return {
+        "image_id": [image.image_id] * n,
+        "source_uri": [image.source_uri] * n,
+        "width": np.full(n, image.width, dtype=np.int32),
+        "height": np.full(n, image.height, dtype=np.int32),
+        "class_name": _data_column(detections, "class_name", n),
+        "class_id": _required_array(detections.class_id, n, np.int32),
+        "prompt": _data_column(detections, "prompt", n),
+        "confidence": _required_array(detections.confidence, n, np.float64),
+        "x_min": xyxy[:, 0],
+        "y_min": xyxy[:, 1],
+        "x_max": xyxy[:, 2],
+        "y_max": xyxy[:, 3],
+        "mask": _mask_column(detections, image, n),
+        "model": [model] * n,
+        "run_id": [run_id] * n,
+    }
+
+
+def columns_to_frame(parts: Sequence[dict[str, list | np.ndarray]]) -> pd.DataFrame:
+    """One label-table frame of many images' ``label_columns``."""
+    if not parts:
+        return LABEL_SCHEMA.empty_table().to_pandas()
+    return pd.DataFrame(
+        {name: _concatenated([part[name] for part in parts]) for name in LABEL_COLUMNS}
     )
-    return frame[LABEL_COLUMNS]
+
+
+def _concatenated(pieces: list[list | np.ndarray]) -> list | np.ndarray:
+    if isinstance(pieces[0], np.ndarray):
+        return np.concatenate(pieces)
+    return list(itertools.chain.from_iterable(pieces))
 
 
 def frame_to_detections(frame: pd.DataFrame) -> sv.Detections:
