@@ -242,16 +242,21 @@ function setStatus(selector, text, error = false) {
   $(selector).classList.toggle("error", error);
 }
 
-async function generate() {
+// Start a job (POST), follow it to its end; errors go to the section's status line.
+async function runJob(statusSelector, start, follow) {
   busy(true);
   try {
-    const started = await api("/api/preview", formRequest());
-    await followPreview(started.id);
+    const started = await start();
+    await follow(started.id);
   } catch (error) {
-    setStatus("#status", String(error.message || error), true);
+    setStatus(statusSelector, String(error.message || error), true);
   } finally {
     busy(false);
   }
+}
+
+function generate() {
+  return runJob("#status", () => api("/api/preview", formRequest()), followPreview);
 }
 
 async function followPreview(id) {
@@ -291,20 +296,13 @@ function openConfirm() {
   $("#confirm").showModal();
 }
 
-async function startLabeling() {
+function startLabeling() {
   $("#confirm").close();
-  busy(true);
   $("#batch").hidden = false;
   $("#batch-result").hidden = true;
   setStatus("#batch-status", "Starting the batch…");
-  try {
-    const started = await api("/api/label", { key: state.preview.key, thresholds: state.thresholds });
-    await followBatch(started.id);
-  } catch (error) {
-    setStatus("#batch-status", String(error.message || error), true);
-  } finally {
-    busy(false);
-  }
+  const approval = { key: state.preview.key, thresholds: state.thresholds };
+  return runJob("#batch-status", () => api("/api/label", approval), followBatch);
 }
 
 async function followBatch(id) {
@@ -343,11 +341,9 @@ async function main() {
   fillForm(defaults, preview);
   if (preview) renderPreview(preview);
   if (job?.state === "running") {  // started before this page loaded: follow it
-    busy(true);
-    const follow = job.kind === "label" ? followBatch(job.id) : followPreview(job.id);
-    if (job.kind === "label") $("#batch").hidden = false;
-    follow.catch((e) => setStatus(job.kind === "label" ? "#batch-status" : "#status", String(e.message || e), true))
-      .finally(() => busy(false));
+    const batch = job.kind === "label";
+    if (batch) $("#batch").hidden = false;
+    runJob(batch ? "#batch-status" : "#status", async () => job, batch ? followBatch : followPreview);
   }
   document.body.dataset.ready = "1";
 }
