@@ -26,6 +26,7 @@ from tasks.preview import DEFAULT_SAMPLE_SIZE
 from tasks.preview_report import PreviewSummary, show_preview_task
 from tasks.report import RunSummary
 from tasks.settings import LabelSettings
+from tasks.sources import SourceOptions
 
 DEFAULT_APPROVAL_TIMEOUT = 3600
 
@@ -49,11 +50,13 @@ def autolabel(
     poll_interval: float = 2.0,
     credits: CreditAccount | None = None,
     quality: Literal["warn", "fail"] = "warn",
+    sources: SourceOptions | None = None,
 ) -> RunSummary | State:
     """Preview, wait for approval, label; returns the batch's summary.
 
     Args:
-        source: Folder of images (searched recursively).
+        source: Folder of images (searched recursively), s3://bucket/prefix or
+            roboflow://workspace/project[/batch].
         out: Output folder: preview/, approved.json and the batch's outputs.
         settings: Classes, model, starting thresholds, NMS. With ``reuse_approved``
             only its device, batch size and chunk size are used (may be omitted).
@@ -68,6 +71,7 @@ def autolabel(
         poll_interval: Seconds between checks for an answer while paused.
         credits: The ledger the batch is charged to (the preview never is).
         quality: warn: quality failures are reported; fail: they fail the run.
+        sources: How to reach the source (S3 endpoint, video frames per second).
     """
     if reuse_approved:
         approved = load_approved_task(out, settings)
@@ -77,6 +81,7 @@ def autolabel(
             settings=approved.settings,
             credits=credits,
             quality=quality,
+            sources=sources,
         )
     if settings is None:
         raise ValueError("settings are required unless reuse_approved is set")
@@ -88,6 +93,7 @@ def autolabel(
         sample_size=sample_size,
         seed=seed,
         images=images,
+        sources=sources,
     )
     sample_seed = summary.seed  # reruns pin the same images, so they record none
     for round_ in itertools.count(1):
@@ -107,7 +113,11 @@ def autolabel(
         if decision.descriptions_changed or _below_floor(settings, summary):
             # Same images as before, whatever the seed would draw now.
             summary = preview(
-                source=source, out=out, settings=settings, images=summary.sample
+                source=source,
+                out=out,
+                settings=settings,
+                images=summary.sample,
+                sources=sources,
             )
         else:  # the preview (and approved.json) show the thresholds just chosen
             summary = show_preview_task(out, settings.thresholds)
@@ -116,7 +126,12 @@ def autolabel(
 
     save_approved_task(out, settings, summary, decision.approved_by, sample_seed)
     return label_images(
-        source=source, out=out, settings=settings, credits=credits, quality=quality
+        source=source,
+        out=out,
+        settings=settings,
+        credits=credits,
+        quality=quality,
+        sources=sources,
     )
 
 

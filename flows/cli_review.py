@@ -29,6 +29,7 @@ from flows.cli_options import (
     DatasetOption,
     DeviceOption,
     DtypeOption,
+    FpsOption,
     LedgerOption,
     MaxCreditsOption,
     ModelOption,
@@ -38,6 +39,7 @@ from flows.cli_options import (
     PromptModeOption,
     QualityOption,
     RatesOption,
+    S3EndpointOption,
     ThresholdOption,
     console,
     credit_account_or_exit,
@@ -51,12 +53,17 @@ from model_loaders.protocol import DEFAULT_GROUNDING_DINO, ModelSpec
 from tasks.images import SourceError
 from tasks.preview import DEFAULT_SAMPLE_SIZE, PreviewError
 from tasks.settings import LabelSettings
+from tasks.sources import SourceOptions
 from tasks.thresholds import ThresholdError, Thresholds, parse_threshold_options
 
 EXIT_NOT_APPROVED = 6
 
 SourceArgument = Annotated[
-    Path, typer.Argument(help="Folder of images (searched recursively).")
+    str,
+    typer.Argument(
+        help="Folder of images (searched recursively), s3://bucket/prefix or "
+        "roboflow://workspace/project[/batch]."
+    ),
 ]
 OutOption = Annotated[Path, typer.Option(help="Output folder.")]
 SampleOption = Annotated[
@@ -75,8 +82,11 @@ ImagesOption = Annotated[
 
 def preview(
     source: Annotated[
-        Path | None,
-        typer.Argument(help="Folder of images; leave out with --from."),
+        str | None,
+        typer.Argument(
+            help="Folder of images, s3://bucket/prefix or roboflow://workspace/"
+            "project[/batch]; leave out with --from."
+        ),
     ] = None,
     out: OutOption = Path("out"),
     from_: Annotated[
@@ -118,6 +128,8 @@ def preview(
     nms_iou: Annotated[
         float | None, typer.Option(help="IoU above which NMS merges (default 0.5).")
     ] = None,
+    s3_endpoint_url: S3EndpointOption = None,
+    fps: FpsOption = None,
 ) -> None:
     """Test results on a sample (0 credits): every candidate kept with its score.
 
@@ -134,7 +146,7 @@ def preview(
         if images:
             _usage("--from re-runs the stored sample: drop --images")
         stored = _stored_record(from_)
-        source, out, images = Path(stored.source), from_, list(stored.sample)
+        source, out, images = stored.source, from_, list(stored.sample)
     if source is None:
         _usage("missing SOURCE (a folder of images), or --from OUT")
     spec = stored.settings.model if stored else ModelSpec()
@@ -151,19 +163,21 @@ def preview(
     if stored:
         settings = _keep_stored_thresholds(settings, stored.settings, threshold or [])
     picked = _split_images(images)
-    _check_sample(source, sample, seed, picked)
+    sources = SourceOptions(s3_endpoint_url=s3_endpoint_url, fps=fps)
+    _check_sample(source, out, sources, sample, seed, picked)
     warm_model_or_exit(settings.model)
 
     from flows.preview import preview as preview_flow
 
     with console.status("Running the preview on the sample ..."):
         summary = preview_flow(
-            source=str(source),
+            source=source,
             out=str(out),
             settings=settings,
             sample_size=sample,
             seed=seed,
             images=picked,
+            sources=sources,
         )
     print_preview(summary)
 
@@ -206,12 +220,15 @@ def run(
     credit_rates: RatesOption = None,
     dataset: DatasetOption = None,
     quality: QualityOption = "warn",
+    s3_endpoint_url: S3EndpointOption = None,
+    fps: FpsOption = None,
 ) -> None:
     """Preview a sample, wait for approval of the thresholds, then label everything.
 
     While it waits it prints the flow run id and the `autolabel approve` command to
     type in another shell (or resume the run in the Prefect UI).
     """
+    sources = SourceOptions(s3_endpoint_url=s3_endpoint_url, fps=fps)
     if reuse_approved:
         if classes or ontology or threshold:
             _usage(
@@ -224,11 +241,11 @@ def run(
             classes, ontology, threshold, model, device, dtype, batch_size,
             chunk_size, prompt_mode, nms, nms_iou,
         )  # fmt: skip
-        _check_sample(source, sample, seed, _split_images(images))
+        _check_sample(source, out, sources, sample, seed, _split_images(images))
     quality = quality_or_exit(quality)
     account = credit_account_or_exit(
         out=out,
-        source=str(source.resolve()),
+        source=source if "://" in source else str(Path(source).resolve()),
         settings=settings,
         ledger=credits_ledger,
         rates=credit_rates,
@@ -245,9 +262,10 @@ def run(
     batch = _BatchProgress()
     try:
         state = autolabel(
-            source=str(source),
+            source=source,
             out=str(out),
             settings=settings,
+            sources=sources,
             sample_size=sample,
             seed=seed,
             images=_split_images(images),
@@ -440,12 +458,21 @@ def _split_images(images: list[str] | None) -> list[str] | None:
     return [name for name in names if name] or None
 
 
-def _check_sample(source: Path, size: int, seed: int, images: list[str] | None) -> None:
+def _check_sample(
+    source: str,
+    out: Path,
+    sources: SourceOptions,
+    size: int,
+    seed: int,
+    images: list[str] | None,
+) -> None:
     """Refuse a bad source or --images before a model is loaded."""
     from tasks.preview import plan_sample
 
     try:
-        plan_sample(str(source), size=size, seed=seed, images=images)
+        plan_sample(
+            source, str(out), size=size, seed=seed, images=images, options=sources
+        )
     except SourceError as error:
         _fail(str(error))
     except PreviewError as error:

@@ -23,12 +23,14 @@ from flows.cli_options import (
     ClassOption,
     DatasetOption,
     DeviceOption,
+    FpsOption,
     LedgerOption,
     MaxCreditsOption,
     ModelOption,
     OntologyOption,
     PretrainedOption,
     RatesOption,
+    S3EndpointOption,
     SamCheckpointOption,
     SamModelTypeOption,
     console,
@@ -37,6 +39,7 @@ from flows.cli_options import (
 from model_loaders.ontology import Ontology, build_ontology, parse_class_option
 from tasks.credits import CreditRates
 from tasks.preview import DEFAULT_SAMPLE_SIZE
+from tasks.sources import SourceOptions
 
 
 def ui(
@@ -83,6 +86,8 @@ def ui(
     credit_rates: RatesOption = None,
     dataset: DatasetOption = None,
     max_credits: MaxCreditsOption = None,
+    s3_endpoint_url: S3EndpointOption = None,
+    fps: FpsOption = None,
 ) -> None:
     """Serve the review page: test results, threshold sliders, approval, progress."""
     import uvicorn
@@ -114,6 +119,7 @@ def ui(
                 "classify-multi": {"pretrained": pretrained},
             },
             chunk_size=chunk_size,
+            sources=SourceOptions(s3_endpoint_url=s3_endpoint_url, fps=fps),
             rates=rates,
             ledger=credits_ledger,
             dataset=dataset,

@@ -144,9 +144,13 @@ def plan_sample(
     size: int = DEFAULT_SAMPLE_SIZE,
     seed: int = 0,
     images: Sequence[str] | None = None,
+    options: SourceOptions | None = None,
 ) -> list[ImageRef]:
-    """Discover the source's images and select the sample (see ``select_sample``)."""
-    refs = discover(source, out, SourceOptions())
+    """Discover the source's images and select the sample (see ``select_sample``).
+
+    ``options``: how to reach the source (S3 endpoint, video frames per second).
+    """
+    refs = discover(source, out, options or SourceOptions())
     return select_sample(refs, size=size, seed=seed, images=images)
 
 
@@ -185,6 +189,7 @@ def run_preview(
     seed: int | None,
     sample_size: int,
     floor: float = PREVIEW_FLOOR,
+    options: SourceOptions | None = None,
 ) -> PreviewRecord:
     """Label the sample at the floor, keep every candidate, store it as the preview.
 
@@ -201,7 +206,7 @@ def run_preview(
     cached_candidates, cached_manifest = layout.cached(key)
     if not (cached_candidates.exists() and cached_manifest.exists()):
         candidates, records = predict_labels(
-            localize(refs, out, SourceOptions()),
+            localize(refs, out, options or SourceOptions()),
             settings,
             confidence_floor=floor,
             run_id=run_id,
@@ -214,7 +219,7 @@ def run_preview(
     _copy_atomically(cached_candidates, layout.candidates)
     _copy_atomically(cached_manifest, layout.manifest)
     record = PreviewRecord(
-        source=str(Path(source).expanduser().resolve()),
+        source=source if "://" in source else str(Path(source).expanduser().resolve()),
         sample=[ref.relative_path for ref in refs],
         seed=seed,
         sample_size=sample_size,

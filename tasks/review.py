@@ -47,14 +47,17 @@ class CreditEstimate:
 
 
 def estimate_credits(
-    record: PreviewRecord, out: str, rates: CreditRates | None = None
+    record: PreviewRecord,
+    out: str,
+    rates: CreditRates | None = None,
+    options: SourceOptions | None = None,
 ) -> CreditEstimate:
     """Count the source's images and price them at the run's rate."""
     settings = record.settings
     rate = (rates or CreditRates()).rate(
         credit_kind(settings.model), settings.model.model
     )
-    images = len(discover(record.source, out, SourceOptions()))
+    images = len(discover(record.source, out, options or SourceOptions()))
     return CreditEstimate(images=images, rate=rate, credits=round(images * rate, 6))
 
 
@@ -174,7 +177,11 @@ def _polygons(mask_json: object) -> list[list[float]] | None:
 
 
 def sample_image_jpeg(
-    out: str, index: int, *, max_side: int = DEFAULT_MAX_SIDE
+    out: str,
+    index: int,
+    *,
+    max_side: int = DEFAULT_MAX_SIDE,
+    options: SourceOptions | None = None,
 ) -> bytes | None:
     """The preview's ``index``-th image (manifest order) as JPEG, EXIF-rotated like
     the labels' coordinates; None if there is no such readable image."""
@@ -185,7 +192,7 @@ def sample_image_jpeg(
     if pd.notna(row.skipped_reason):
         return None
     try:
-        path = local_file(str(row.source_uri), out)
+        path = local_file(str(row.source_uri), out, options)
     except Exception:  # a remote copy that cannot be fetched: no image to show
         return None
     decoded = decode_image(ImageRef(str(path), str(row.relative_path)))

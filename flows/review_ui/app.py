@@ -142,7 +142,9 @@ def create_app(
         current = session.preview()
         if current is None or (key is not None and key != current["key"]):
             return JSONResponse({"error": "no such image"}, status_code=404)
-        jpeg = sample_image_jpeg(str(session.out), index)
+        jpeg = sample_image_jpeg(
+            str(session.out), index, options=session.defaults.sources
+        )
         if jpeg is None:
             return JSONResponse({"error": "no such image"}, status_code=404)
         return Response(

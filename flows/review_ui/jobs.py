@@ -39,6 +39,7 @@ from tasks.preview import (
 )
 from tasks.review import estimate_credits, review_payload
 from tasks.settings import LabelSettings
+from tasks.sources import SourceOptions
 from tasks.thresholds import ThresholdError, Thresholds
 
 Task = Literal["detect", "segment", "classify", "classify-multi"]
@@ -89,6 +90,7 @@ class RunDefaults:
     # Per task, ModelSpec fields from the command line (--sam-checkpoint, ...).
     model_options: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     chunk_size: int = 128
+    sources: SourceOptions = dataclasses.field(default_factory=SourceOptions)
     rates: CreditRates = dataclasses.field(default_factory=CreditRates)
     ledger: Path | None = None
     dataset: str | None = None
@@ -162,7 +164,9 @@ class ReviewSession:
         if key not in self._estimates:
             try:
                 record = load_record(self.out)
-                estimate = estimate_credits(record, str(self.out), self.defaults.rates)
+                estimate = estimate_credits(
+                    record, str(self.out), self.defaults.rates, self.defaults.sources
+                )
                 self._estimates[key] = dataclasses.asdict(estimate)
             except Exception as error:  # a moved folder, an unreachable bucket
                 return {"error": f"cannot count the source's images: {error}"}
@@ -195,6 +199,7 @@ class ReviewSession:
                 settings=settings,
                 sample_size=request.sample_size,
                 seed=request.seed,
+                sources=self.defaults.sources,
             )
             return {"counts": summary.counts, "credits": summary.credits}
 
@@ -228,6 +233,7 @@ class ReviewSession:
                 approve=True,
                 approved_by=whoami(APPROVED_VIA),
                 credits=account,
+                sources=self.defaults.sources,
             )
             report = self.out / "report.md"
             result = dataclasses.asdict(summary)

@@ -9,11 +9,14 @@ import json
 import numpy as np
 import pytest
 import supervision as sv
+from typer.testing import CliRunner
 
+from flows.cli import app
 from flows.label import label_images
 from model_loaders.ontology import Ontology
 from model_loaders.protocol import ModelSpec
 from tasks.labels import OutputLayout, read_images
+from tasks.preview import load_record
 from tasks.s3 import s3_client, staging_folder
 from tasks.settings import LabelSettings
 from tasks.sources import SourceOptions
@@ -101,3 +104,35 @@ def test_labels_are_reuploaded_to_roboflow_as_one_batch(
     uploads = [r for r in roboflow_api.requests if r.path.endswith("/upload")]
     assert {r.query["batch"][0] for r in uploads} == {f"autolabel {summary.run_id}"}
     assert "Roboflow upload: 4 uploaded" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_preview_and_run_take_an_s3_prefix(
+    bucket, s3_endpoint, tiny_grounding_dino, tmp_path
+):
+    """`autolabel preview` and `run --approve` on s3://, as `label` does."""
+    out = tmp_path / "out"
+    common = ["--s3-endpoint-url", s3_endpoint, "--out", str(out)]
+    model = ["--model", tiny_grounding_dino, "--device", "cpu"]
+    shown = CliRunner().invoke(
+        app,
+        ["preview", "s3://raw/photos", "--class", "person", *model, "--sample", "2",
+         *common],
+    )  # fmt: skip
+    assert shown.exit_code == 0, shown.output
+    record = load_record(out)
+    assert record.source == "s3://raw/photos" and len(record.sample) == 2
+
+    again = CliRunner().invoke(
+        app, ["preview", "--from", str(out), "--class", "person: a person", *common]
+    )
+    assert again.exit_code == 0, again.output
+    assert load_record(out).sample == record.sample  # the same S3 images again
+
+    labeled = CliRunner().invoke(
+        app,
+        ["run", "s3://raw/photos", "--class", "person", *model, "--approve",
+         "--sample", "2", *common],
+    )  # fmt: skip
+    assert labeled.exit_code == 0, labeled.output
+    names = sorted(read_images(OutputLayout(out))["relative_path"])
+    assert names == ["astronaut.jpg", "chelsea.jpg", "coffee.jpg"]  # no --fps: no video
