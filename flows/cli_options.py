@@ -216,6 +216,37 @@ def settings_or_exit(
         raise typer.Exit(EXIT_USAGE) from None
 
 
+def model_options(
+    *,
+    task: str | None,
+    model: str | None,
+    backend: str | None,
+    sam_checkpoint: str | None,
+    sam_model_type: str | None,
+    pretrained: str | None,
+    prompt_template: str | None,
+    map_: list[str] | None,
+    torchvision_arch: str | None,
+    class_names: Path | None,
+    dataset: str | None = None,
+) -> dict:
+    """The ModelSpec fields the task, SAM, CLIP and trained-model options give (None:
+    not given, so ModelSpec's default, which may depend on the task, applies)."""
+    return dict(
+        task=task,
+        model=model,
+        backend=backend,
+        sam_checkpoint=sam_checkpoint,
+        sam_model_type=sam_model_type,
+        pretrained=pretrained,
+        prompt_template=prompt_template,
+        class_map=tuple(map_) if map_ else None,
+        architecture=torchvision_arch,
+        class_names=str(class_names) if class_names else None,
+        dataset=dataset,
+    )
+
+
 def detection_settings_or_exit(
     classes, ontology, threshold, model, device, dtype, batch_size, chunk_size,
     prompt_mode, nms, nms_iou,

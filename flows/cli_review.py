@@ -23,30 +23,41 @@ from flows.cli_options import (
     EXIT_FAILED,
     EXIT_QUALITY,
     EXIT_USAGE,
+    BackendOption,
     BatchSizeOption,
     ChunkSizeOption,
+    ClassNamesOption,
     ClassOption,
     DatasetOption,
     DeviceOption,
     DtypeOption,
     FpsOption,
     LedgerOption,
+    MapOption,
     MaxCreditsOption,
     ModelOption,
     NmsIouOption,
     NmsOption,
     OntologyOption,
+    PretrainedOption,
     PromptModeOption,
+    PromptTemplateOption,
     QualityOption,
     RatesOption,
     S3EndpointOption,
+    SamCheckpointOption,
+    SamModelTypeOption,
+    TaskOption,
     ThresholdOption,
+    TorchvisionArchOption,
     console,
     credit_account_or_exit,
-    detection_settings_or_exit,
+    labeled_dataset,
+    model_options,
     print_error,
     progress_bar,
     quality_or_exit,
+    settings_or_exit,
     warm_model_or_exit,
 )
 from model_loaders.protocol import DEFAULT_GROUNDING_DINO, ModelSpec
@@ -103,13 +114,21 @@ def preview(
     sample: SampleOption = DEFAULT_SAMPLE_SIZE,
     seed: SeedOption = 0,
     images: ImagesOption = None,
+    task: Annotated[
+        str | None,
+        typer.Option(
+            help="detect (default), segment, classify or classify-multi (default: "
+            "the --from preview's)."
+        ),
+    ] = None,
     model: Annotated[
         str | None,
         typer.Option(
             help="Hugging Face model id or local directory (default: the --from "
-            f"preview's, else {DEFAULT_GROUNDING_DINO})."
+            f"preview's, else the task's: {DEFAULT_GROUNDING_DINO} to detect)."
         ),
     ] = None,
+    backend: BackendOption = None,
     device: Annotated[
         str | None, typer.Option(help="auto (default), cpu, cuda, cuda:N or mps.")
     ] = None,
@@ -130,6 +149,19 @@ def preview(
     ] = None,
     s3_endpoint_url: S3EndpointOption = None,
     fps: FpsOption = None,
+    sam_checkpoint: SamCheckpointOption = None,
+    sam_model_type: Annotated[
+        str | None,
+        typer.Option(help="segment: SAM architecture: vit_b, vit_l or vit_h (vit_h)."),
+    ] = None,
+    pretrained: PretrainedOption = None,
+    prompt_template: Annotated[
+        str | None,
+        typer.Option(help="CLIP: '{}' is replaced by the description."),
+    ] = None,
+    map_: MapOption = None,
+    torchvision_arch: TorchvisionArchOption = None,
+    class_names: ClassNamesOption = None,
 ) -> None:
     """Test results on a sample (0 credits): every candidate kept with its score.
 
@@ -149,16 +181,29 @@ def preview(
         source, out, images = stored.source, from_, list(stored.sample)
     if source is None:
         _usage("missing SOURCE (a folder of images), or --from OUT")
-    spec = stored.settings.model if stored else ModelSpec()
+    given = model_options(
+        task=task,
+        model=model,
+        backend=backend,
+        sam_checkpoint=sam_checkpoint,
+        sam_model_type=sam_model_type,
+        pretrained=pretrained,
+        prompt_template=prompt_template,
+        map_=map_,
+        torchvision_arch=torchvision_arch,
+        class_names=class_names,
+        dataset=labeled_dataset(source),
+    ) | dict(device=device, dtype=dtype, batch_size=batch_size, prompt_mode=prompt_mode)
     fields = LabelSettings.model_fields
-    settings = detection_settings_or_exit(
-        classes, ontology, threshold,
-        model or spec.model, device or spec.device, dtype or spec.dtype,
-        batch_size or spec.batch_size, fields["chunk_size"].default,
-        prompt_mode or spec.prompt_mode,
-        nms or (stored.settings.nms if stored else fields["nms"].default),
-        nms_iou if nms_iou is not None
+    settings = settings_or_exit(
+        classes=classes or [],
+        ontology_file=ontology,
+        threshold=threshold or [],
+        nms=nms or (stored.settings.nms if stored else fields["nms"].default),
+        nms_iou=nms_iou if nms_iou is not None
         else (stored.settings.nms_iou if stored else fields["nms_iou"].default),
+        chunk_size=fields["chunk_size"].default,
+        model=_over_stored(given, stored.settings.model if stored else None),
     )  # fmt: skip
     if stored:
         settings = _keep_stored_thresholds(settings, stored.settings, threshold or [])
@@ -207,7 +252,9 @@ def run(
     timeout: Annotated[
         int, typer.Option(min=1, help="Seconds to wait for approval.")
     ] = 3600,
-    model: ModelOption = DEFAULT_GROUNDING_DINO,
+    task: TaskOption = "detect",
+    model: ModelOption = None,
+    backend: BackendOption = None,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
     batch_size: BatchSizeOption = 8,
@@ -222,6 +269,13 @@ def run(
     quality: QualityOption = "warn",
     s3_endpoint_url: S3EndpointOption = None,
     fps: FpsOption = None,
+    sam_checkpoint: SamCheckpointOption = None,
+    sam_model_type: SamModelTypeOption = "vit_h",
+    pretrained: PretrainedOption = None,
+    prompt_template: PromptTemplateOption = "a photo of a {}",
+    map_: MapOption = None,
+    torchvision_arch: TorchvisionArchOption = None,
+    class_names: ClassNamesOption = None,
 ) -> None:
     """Preview a sample, wait for approval of the thresholds, then label everything.
 
@@ -237,10 +291,33 @@ def run(
             )
         settings = _approved_settings(out, device, batch_size, chunk_size)
     else:
-        settings = detection_settings_or_exit(
-            classes, ontology, threshold, model, device, dtype, batch_size,
-            chunk_size, prompt_mode, nms, nms_iou,
-        )  # fmt: skip
+        settings = settings_or_exit(
+            classes=classes or [],
+            ontology_file=ontology,
+            threshold=threshold or [],
+            nms=nms,
+            nms_iou=nms_iou,
+            chunk_size=chunk_size,
+            model=dict(
+                device=device,
+                dtype=dtype,
+                batch_size=batch_size,
+                prompt_mode=prompt_mode,
+                **model_options(
+                    task=task,
+                    model=model,
+                    backend=backend,
+                    sam_checkpoint=sam_checkpoint,
+                    sam_model_type=sam_model_type,
+                    pretrained=pretrained,
+                    prompt_template=prompt_template,
+                    map_=map_,
+                    torchvision_arch=torchvision_arch,
+                    class_names=class_names,
+                    dataset=labeled_dataset(dataset, source),
+                ),
+            ),
+        )
         _check_sample(source, out, sources, sample, seed, _split_images(images))
     quality = quality_or_exit(quality)
     account = credit_account_or_exit(
@@ -456,6 +533,16 @@ def _approved_settings(
 def _split_images(images: list[str] | None) -> list[str] | None:
     names = [name.strip() for option in images or [] for name in option.split(",")]
     return [name for name in names if name] or None
+
+
+def _over_stored(given: dict, stored: ModelSpec | None) -> dict:
+    """The model options given, over the stored preview's (those of its task only)."""
+    given = {key: value for key, value in given.items() if value is not None}
+    base = stored.model_dump() if stored else ModelSpec().model_dump()
+    if given.get("task", base["task"]) != base["task"]:
+        # Another task: the stored model and backend were chosen for the old one.
+        base = {k: v for k, v in base.items() if k not in ("model", "backend")}
+    return base | given
 
 
 def _check_sample(

@@ -17,8 +17,10 @@ import pytest
 from prefect import get_client
 from prefect.flow_runs import resume_flow_run
 from pycocotools.coco import COCO
+from typer.testing import CliRunner
 
 from flows.autolabel import autolabel
+from flows.cli import app
 from model_loaders import cache
 from model_loaders.ontology import Ontology
 from model_loaders.protocol import ModelSpec
@@ -27,7 +29,7 @@ from tasks import approval
 from tasks.approval import ApprovalRequest
 from tasks.export_classification import write_class_table
 from tasks.labels import OutputLayout, read_labels
-from tasks.preview import read_candidates
+from tasks.preview import load_record, read_candidates
 from tasks.settings import LabelSettings
 from tasks.thresholds import Thresholds
 from tests.conftest import write_sample_photos
@@ -173,3 +175,44 @@ def test_clip_previews_waits_for_approval_and_classifies(
     )
     assert len(table["images"]) == 3
     assert sum(len(image["classes"]) for image in table["images"]) == len(labels)
+
+
+def test_preview_and_run_commands_take_the_task_options(
+    prefect_harness, photos: Path, models, tiny_grounding_dino: str, tmp_path: Path
+):
+    """`autolabel preview --task segment`, a switch to classify with --from (the
+    segment model is dropped, the sample kept), then `run --task classify --approve`."""
+    out = tmp_path / "out"
+    segment = CliRunner().invoke(
+        app,
+        ["preview", str(photos), "--out", str(out), "--class", "person",
+         "--task", "segment", "--model", tiny_grounding_dino, "--device", "cpu",
+         "--sam-checkpoint", models["sam"], "--sam-model-type", "vit_tiny",
+         "--sample", "2"],
+    )  # fmt: skip
+    assert segment.exit_code == 0, segment.output
+    record = load_record(out)
+    assert record.settings.model.task == "segment"
+    assert read_candidates(out)["mask"].notna().all()
+
+    classify = CliRunner().invoke(
+        app,
+        ["preview", "--from", str(out), "--class", "person", "--class", "cat",
+         "--task", "classify", "--model", models["clip"]],
+    )  # fmt: skip
+    assert classify.exit_code == 0, classify.output
+    switched = load_record(out)
+    assert switched.sample == record.sample
+    assert switched.settings.model.backend == "clip"
+    assert switched.settings.model.model == models["clip"]
+
+    labeled = CliRunner().invoke(
+        app,
+        ["run", str(photos), "--out", str(out), "--class", "person", "--class", "cat",
+         "--task", "classify-multi", "--model", models["clip"], "--device", "cpu",
+         "--approve", "--sample", "2"],
+    )  # fmt: skip
+    assert labeled.exit_code == 0, labeled.output
+    assert (out / "classification" / "labels.csv").is_file()
+    labels = read_labels(OutputLayout(out))
+    assert set(labels["class_name"]) <= {"person", "cat"} and len(labels)
