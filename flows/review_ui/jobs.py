@@ -192,7 +192,7 @@ class ReviewSession:
         settings = self._settings(request)
         from flows.preview import preview
 
-        def run(job: Job) -> dict[str, Any]:
+        def run() -> dict[str, Any]:
             summary = preview(
                 source=request.source,
                 out=str(self.out),
@@ -208,9 +208,10 @@ class ReviewSession:
     def start_labeling(self, request: LabelRequest) -> Job:
         """Approve the thresholds and label the whole source with them.
 
-        Runs the ``autolabel`` flow with the approval given: the preview is taken from
-        its cache (no model call for the sample), ``approved.json`` records who
-        approved what, and the batch is charged to the ledger.
+        Runs the ``autolabel`` flow with the approval given: its test-results step is
+        answered from the preview's cache (no second model run for them),
+        ``approved.json`` records who approved what, and the batch (every image, the
+        sample's too) is labeled and charged to the ledger.
         """
         try:
             record = load_record(self.out)
@@ -224,7 +225,7 @@ class ReviewSession:
         account = self._account(record.source, settings)
         from flows.autolabel import autolabel
 
-        def run(job: Job) -> dict[str, Any]:
+        def run() -> dict[str, Any]:
             summary = autolabel(
                 source=record.source,
                 out=str(self.out),
@@ -293,7 +294,7 @@ class ReviewSession:
             max_credits=self.defaults.max_credits,
         )
 
-    def _start(self, kind: JobKind, run: Callable[[Job], dict[str, Any]]) -> Job:
+    def _start(self, kind: JobKind, run: Callable[[], dict[str, Any]]) -> Job:
         with self._lock:
             if self._running():
                 raise RequestError(
@@ -307,10 +308,10 @@ class ReviewSession:
         ).start()
         return job
 
-    def _run(self, job: Job, run: Callable[[Job], dict[str, Any]]) -> None:
+    def _run(self, job: Job, run: Callable[[], dict[str, Any]]) -> None:
         progress.add_listener(job)
         try:
-            job.result = run(job)
+            job.result = run()
             job.state = "done"
         except Exception as error:  # shown on the page; the server keeps serving
             job.error = f"{type(error).__name__}: {error}"
