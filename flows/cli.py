@@ -149,8 +149,9 @@ def label(
     )
     if upload_to and settings.model.task in CLASSIFICATION_TASKS:
         print_error(
-            f"--upload-to sends boxes, not --task {settings.model.task} labels yet: "
-            f"upload {out}/classification/roboflow/ with the Roboflow CLI instead"
+            f"--upload-to sends boxes and masks, not --task {settings.model.task} "
+            f"labels yet: upload {out}/classification/roboflow/ with the Roboflow "
+            "CLI instead"
         )
         raise typer.Exit(EXIT_USAGE)
     local_out = staging_folder(out) if is_s3(out) else Path(out)

@@ -18,6 +18,7 @@ box (Grounding DINO's, the prompt SAM was given), not the mask's tight box.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -69,7 +70,7 @@ def labels_to_coco(
         ``json.dump``.
     """
     exported = images_to_export(images, labels, class_names=class_names)
-    return _coco_dict(exported, class_names, mask_format)
+    return coco_dict(exported, class_names, mask_format)
 
 
 def write_coco(
@@ -89,23 +90,30 @@ def write_coco(
             image_destination(layout.coco_images_dir, image.relative_path),
             orientation=image.orientation,
         )
-    coco = _coco_dict(exported, class_names, mask_format)
+    coco = coco_dict(exported, class_names, mask_format)
     write_text_atomically(
         layout.coco_json, json.dumps(coco, separators=(",", ":"), allow_nan=False)
     )
     return layout.coco_json
 
 
-def _coco_dict(
-    exported: list[ExportImage], class_names: list[str], mask_format: MaskFormat
+def coco_dict(
+    exported: list[ExportImage],
+    class_names: list[str],
+    mask_format: MaskFormat,
+    *,
+    file_name: Callable[[ExportImage], str] = lambda image: (
+        f"images/{image.relative_path}"
+    ),
 ) -> dict:
+    """The COCO dict of ``exported`` images (``file_name``: each one's file name)."""
     coco_images: list[dict] = []
     annotations: list[dict] = []
     for image_id, image in enumerate(exported, start=1):
         coco_images.append(
             {
                 "id": image_id,
-                "file_name": f"images/{image.relative_path}",
+                "file_name": file_name(image),
                 "width": image.width,
                 "height": image.height,
             }

@@ -8,10 +8,11 @@ a comparison per candidate; NMS needs more, so each candidate comes with its
 before it (higher score) and that overlap it above the IoU (boxes, or masks where the
 labels have masks), of the same class unless NMS is class-agnostic. The greedy rule
 "keep a candidate that passes its threshold unless a kept suppressor covers it", applied
-in that order, is then the batch's filter at any thresholds. One limit: candidates with
-exactly equal scores are ordered by numpy's (unstable) argsort, over all candidates here
-and over the thresholded ones in the batch, so where two exactly tied candidates overlap,
-the one kept may differ (the counts do not, unless a third box depends on which).
+in that order, is then the batch's filter at any thresholds. One limit: candidates
+with exactly equal scores are ordered by numpy's (unstable) argsort, over all
+candidates here and over the thresholded ones in the batch, so where two exactly tied
+candidates overlap, the one kept may differ (the counts do not, unless a third box
+depends on which).
 
 Images are addressed by their position in the preview's manifest, never by a path from
 the request, so a URL cannot reach a file outside the preview's sample.

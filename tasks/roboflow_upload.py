@@ -16,6 +16,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from tasks.export_coco import coco_dict
 from tasks.export_images import ExportImage, images_to_export, local_source
 from tasks.labels import OutputLayout, read_images, read_labels
 from tasks.roboflow_api import (
@@ -76,37 +77,14 @@ class UploadLedger:
 
 
 def image_annotation(image: ExportImage, class_names: list[str]) -> dict[str, str]:
-    """One image's boxes as the single-image COCO file Roboflow's upload API parses."""
-    rows = image.labels
-    annotations = [
-        {
-            "id": index + 1,
-            "image_id": 1,
-            "category_id": int(row.class_id),
-            "bbox": [
-                row.x_min,
-                row.y_min,
-                row.x_max - row.x_min,
-                row.y_max - row.y_min,
-            ],
-            "area": (row.x_max - row.x_min) * (row.y_max - row.y_min),
-            "segmentation": [],
-            "iscrowd": 0,
-        }
-        for index, row in enumerate(rows.itertuples())
-    ]
-    coco = {
-        "images": [
-            {
-                "id": 1,
-                "file_name": Path(image.relative_path).name,
-                "width": image.width,
-                "height": image.height,
-            }
-        ],
-        "categories": [{"id": i, "name": name} for i, name in enumerate(class_names)],
-        "annotations": annotations,
-    }
+    """One image's labels as the single-image COCO file Roboflow's upload API parses:
+    boxes, and masks as polygons (the same COCO the export writes)."""
+    coco = coco_dict(
+        [image],
+        class_names,
+        "polygon",
+        file_name=lambda exported: Path(exported.relative_path).name,
+    )
     return {"name": "annotation.coco.json", "rawText": json.dumps(coco)}
 
 

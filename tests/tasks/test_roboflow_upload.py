@@ -9,14 +9,19 @@ import json
 import logging
 import shutil
 
+import numpy as np
+import pandas as pd
 import pytest
+from pycocotools import mask as coco_mask
 
 from model_loaders.ontology import Ontology
 from model_loaders.protocol import ModelSpec
+from tasks.export_images import ExportImage
 from tasks.label import label_chunk, plan_chunks
 from tasks.labels import OutputLayout, read_images, read_labels
+from tasks.masks import mask_to_rle
 from tasks.roboflow_api import RoboflowAccessError
-from tasks.roboflow_upload import upload_to_roboflow
+from tasks.roboflow_upload import image_annotation, upload_to_roboflow
 from tasks.settings import LabelSettings
 from tasks.thresholds import Thresholds
 
@@ -165,3 +170,30 @@ def test_no_api_key_is_a_clear_error(labeled_out, monkeypatch):
 
 def _no_block(*args, **kwargs):
     raise ValueError("no such block")
+
+
+def test_masks_go_up_as_polygons_that_redraw_them():
+    """A segmentation label (with a hole) reaches Roboflow as COCO polygons that
+    pycocotools draws back into the very same mask, under its class's name."""
+    mask = np.zeros((30, 40), dtype=bool)
+    mask[5:25, 8:32] = True
+    mask[12:18, 15:22] = False  # the hole
+    row = dict(
+        image_id="img", source_uri="/data/sub/a.jpg", width=40, height=30,
+        class_name="rocket", class_id=1, prompt="rocket", confidence=0.9,
+        x_min=8.0, y_min=5.0, x_max=32.0, y_max=25.0,
+        mask=json.dumps(mask_to_rle(mask)), model="m", run_id="r",
+    )  # fmt: skip
+    image = ExportImage("sub/a.jpg", "/data/sub/a.jpg", 40, 30, 1, pd.DataFrame([row]))
+
+    coco = json.loads(image_annotation(image, CLASSES)["rawText"])
+
+    (annotation,) = coco["annotations"]
+    polygons = annotation["segmentation"]
+    assert isinstance(polygons, list) and polygons
+    drawn = coco_mask.decode(coco_mask.merge(coco_mask.frPyObjects(polygons, 30, 40)))
+    assert (drawn.astype(bool) == mask).all()
+    assert annotation["area"] == int(mask.sum())
+    names = {c["id"]: c["name"] for c in coco["categories"]}
+    assert names[annotation["category_id"]] == "rocket"
+    assert coco["images"][0]["file_name"] == "a.jpg"
