@@ -101,10 +101,12 @@ def finish_run(
     sources: SourceOptions | None = None,
     upload_to: str | None = None,
     budget_stop: str | None = None,
+    charged_runs: list[str] | None = None,
 ) -> RunSummary:
     """Everything after labeling: exports, quality checks, upload, credits, report.
 
-    Part of ``label_images``; also called by a parent flow once its shards are done.
+    Part of ``label_images``; also called by a parent flow once its shards are done
+    (``charged_runs``: the shard runs, whose charges the report counts as the run's).
     """
     layout = OutputLayout(out)
     _export(layout, settings)
@@ -120,7 +122,7 @@ def finish_run(
         )
     if credits is not None:
         record_credits_task(credits, run_id)
-    outcome = RunOutcome(credits, budget_stop, checks, uploaded)
+    outcome = RunOutcome(credits, budget_stop, checks, uploaded, charged_runs or [])
     summary = write_report_task(out, settings, run_id, outcome)
     if destination != out:
         upload_outputs_task(

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal, Protocol
 from uuid import UUID
@@ -324,15 +324,6 @@ def shared_budget(credits: CreditAccount | None) -> CreditAccount | None:
 shared_budget_task = task(shared_budget, name="shared-budget", cache_policy=NO_CACHE)
 
 
-def shard_credits(account: CreditAccount, run_ids: list[str]) -> float:
-    """Credits the shard runs charged: each run books its charges to its own id."""
-    ledger = account.ledger()
-    return round(sum(ledger.used(account.dataset, run_id) for run_id in run_ids), 9)
-
-
-shard_credits_task = task(shard_credits, name="shard-credits", cache_policy=NO_CACHE)
-
-
 def missing_chunks(out: str, chunks: list[Chunk]) -> list[str]:
     """Keys of planned chunks whose label or image shard is not in ``out``."""
     layout = OutputLayout(out)
@@ -469,7 +460,7 @@ def label_sharded(
         run_shards_task(deployment, parameters, count, policy, run_id) if count else []
     )
     budget_stop = check_merged_task(out, chunks, account)
-    summary = finish_run(
+    return finish_run(
         out,
         settings,
         run_id,
@@ -479,8 +470,5 @@ def label_sharded(
         sources=sources,
         upload_to=upload_to,
         budget_stop=budget_stop,
+        charged_runs=[str(run) for record in records for run in record.runs],
     )
-    if account is None:
-        return summary
-    shard_runs = [str(run) for record in records for run in record.runs]
-    return replace(summary, credits_used=shard_credits_task(account, shard_runs))

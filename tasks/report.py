@@ -31,6 +31,8 @@ class RunOutcome:
     budget_stop: str | None = None
     quality: QualityResult | None = None
     upload: UploadSummary | None = None
+    # Runs whose charges are this run's too: a sharded batch's shard runs.
+    charged_runs: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -82,7 +84,7 @@ def summarize(
         skipped=list(
             zip(skipped["relative_path"], skipped["skipped_reason"], strict=True)
         ),
-        credits_used=credits.ledger().used(credits.dataset, run_id)
+        credits_used=_charged(credits, [run_id, *outcome.charged_runs])
         if credits
         else None,
         credits_total=credits.ledger().used(credits.dataset) if credits else None,
@@ -92,6 +94,12 @@ def summarize(
         else [],
         upload=outcome.upload,
     )
+
+
+def _charged(credits: CreditAccount, run_ids: list[str]) -> float:
+    """Credits charged to the dataset by these runs (each books to its own id)."""
+    ledger = credits.ledger()
+    return round(sum(ledger.used(credits.dataset, run) for run in run_ids), 9)
 
 
 def render_report(summary: RunSummary, settings: LabelSettings) -> str:

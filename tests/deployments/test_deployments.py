@@ -307,6 +307,7 @@ def test_a_sharded_batch_survives_a_dying_worker(
             parent.kill()
     assert parent.returncode == 0, output
     assert "Labeled 8 of 8 images" in output and "0.08 credits" in output, output
+    assert "0.08 charged to this run" in (out / "report.md").read_text()
 
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(
