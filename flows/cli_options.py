@@ -40,6 +40,8 @@ from tasks.thresholds import NmsMode, ThresholdError, parse_threshold_options
 
 EXIT_FAILED, EXIT_USAGE, EXIT_SKIPPED, EXIT_BUDGET, EXIT_QUALITY = 1, 2, 3, 4, 5
 TASKS = ("detect", "segment", "classify", "classify-multi")
+PROMPT_MODES = ("joint", "per-class")
+DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 console = Console(stderr=True)
 
@@ -194,8 +196,8 @@ def settings_or_exit(
         thresholds = parse_threshold_options(threshold)
         thresholds.check_classes(ontology)
         nms_mode: NmsMode = _choice("--nms", nms, ("none", "class", "agnostic"))
-        _choice("--prompt-mode", model["prompt_mode"], ("joint", "per-class"))
-        _choice("--dtype", model["dtype"], ("auto", "float32", "float16", "bfloat16"))
+        _choice("--prompt-mode", model.get("prompt_mode", "joint"), PROMPT_MODES)
+        _choice("--dtype", model.get("dtype", "auto"), DTYPES)
         _choice("--task", model.get("task", "detect"), TASKS)
         given = {key: value for key, value in model.items() if value is not None}
         return LabelSettings(

@@ -162,26 +162,14 @@ def preview(
     map_: MapOption = None,
     torchvision_arch: TorchvisionArchOption = None,
     class_names: ClassNamesOption = None,
+    dataset: DatasetOption = None,
 ) -> None:
     """Test results on a sample (0 credits): every candidate kept with its score.
 
     Writes OUT/preview/: annotated images, candidates.parquet, summary.md with
     (shown)/(total) per class. Options left out keep the --from preview's values.
     """
-    stored = None
-    if from_ is not None:
-        if source is not None:
-            _usage("give SOURCE or --from OUT, not both")
-        if not (classes or ontology):
-            _refilter(from_, threshold or [], nms, nms_iou)
-            return
-        if images:
-            _usage("--from re-runs the stored sample: drop --images")
-        stored = _stored_record(from_)
-        source, out, images = stored.source, from_, list(stored.sample)
-    if source is None:
-        _usage("missing SOURCE (a folder of images), or --from OUT")
-    given = model_options(
+    what = model_options(
         task=task,
         model=model,
         backend=backend,
@@ -192,8 +180,30 @@ def preview(
         map_=map_,
         torchvision_arch=torchvision_arch,
         class_names=class_names,
-        dataset=labeled_dataset(source),
-    ) | dict(device=device, dtype=dtype, batch_size=batch_size, prompt_mode=prompt_mode)
+        dataset=dataset,
+    ) | dict(prompt_mode=prompt_mode)  # these change the candidates
+    how = dict(device=device, dtype=dtype, batch_size=batch_size)
+    stored = None
+    if from_ is not None:
+        if source is not None:
+            _usage("give SOURCE or --from OUT, not both")
+        if not (classes or ontology):
+            changed = [k for k, v in what.items() if v is not None]
+            if changed or fps is not None:
+                _usage(
+                    "--from OUT without --class only re-filters the stored "
+                    "candidates: give --class (or --ontology) to run the model again "
+                    f"with {', '.join(changed) or '--fps'}"
+                )
+            _refilter(from_, threshold or [], nms, nms_iou)
+            return
+        if images:
+            _usage("--from re-runs the stored sample: drop --images")
+        stored = _stored_record(from_)
+        source, out, images = stored.source, from_, list(stored.sample)
+    if source is None:
+        _usage("missing SOURCE (a folder of images), or --from OUT")
+    what["dataset"] = labeled_dataset(dataset, source)
     fields = LabelSettings.model_fields
     settings = settings_or_exit(
         classes=classes or [],
@@ -203,12 +213,15 @@ def preview(
         nms_iou=nms_iou if nms_iou is not None
         else (stored.settings.nms_iou if stored else fields["nms_iou"].default),
         chunk_size=fields["chunk_size"].default,
-        model=_over_stored(given, stored.settings.model if stored else None),
+        model=_over_stored(what | how, stored.settings.model if stored else None),
     )  # fmt: skip
     if stored:
         settings = _keep_stored_thresholds(settings, stored.settings, threshold or [])
     picked = _split_images(images)
-    sources = SourceOptions(s3_endpoint_url=s3_endpoint_url, fps=fps)
+    kept = stored.sources if stored else SourceOptions()
+    sources = SourceOptions(
+        s3_endpoint_url=s3_endpoint_url or kept.s3_endpoint_url, fps=fps or kept.fps
+    )
     _check_sample(source, out, sources, sample, seed, picked)
     warm_model_or_exit(settings.model)
 
@@ -535,14 +548,34 @@ def _split_images(images: list[str] | None) -> list[str] | None:
     return [name for name in names if name] or None
 
 
+# ModelSpec fields chosen for one model: a preview with another model drops them.
+_CHOSEN_FOR_THE_MODEL = {
+    "backend",
+    "pretrained",
+    "architecture",
+    "class_names",
+    "class_map",
+}
+
+
 def _over_stored(given: dict, stored: ModelSpec | None) -> dict:
-    """The model options given, over the stored preview's (those of its task only)."""
+    """The model options given, over the stored preview's where they still fit.
+
+    A new task drops the stored model and everything chosen for it; a new model (or
+    torchvision architecture) drops what was chosen for the old model, so that
+    ModelSpec picks the backend and defaults for the new one.
+    """
     given = {key: value for key, value in given.items() if value is not None}
-    base = stored.model_dump() if stored else ModelSpec().model_dump()
+    if stored is None:
+        return given
+    base = stored.model_dump()
     if given.get("task", base["task"]) != base["task"]:
-        # Another task: the stored model and backend were chosen for the old one.
-        base = {k: v for k, v in base.items() if k not in ("model", "backend")}
-    return base | given
+        dropped = {*_CHOSEN_FOR_THE_MODEL, "model"}
+    elif "model" in given or "architecture" in given:
+        dropped = _CHOSEN_FOR_THE_MODEL
+    else:
+        dropped = set()
+    return {k: v for k, v in base.items() if k not in dropped} | given
 
 
 def _check_sample(

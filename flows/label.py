@@ -121,7 +121,7 @@ def finish_run(
             tags=[f"model:{settings.model.model}", f"run:{run_id}"],
         )
     if credits is not None:
-        record_credits_task(credits, run_id)
+        record_credits_task(credits, run_id, charged_runs or [])
     outcome = RunOutcome(credits, budget_stop, checks, uploaded, charged_runs or [])
     summary = write_report_task(out, settings, run_id, outcome)
     if destination != out:

@@ -27,7 +27,7 @@ import hashlib
 import math
 import re
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -447,10 +447,14 @@ def render_credits_markdown(
     *,
     max_credits: float | None = None,
     budget_scope: BudgetScope = "run",
+    charged_runs: Sequence[str] = (),
 ) -> str:
-    """A markdown summary: this run's charges, the dataset's total, the budget."""
+    """A markdown summary: this run's charges, the dataset's total, the budget.
+
+    ``charged_runs``: runs whose charges are this run's too (a sharded batch's shards).
+    """
     runs = ledger.runs(dataset)
-    this_run = runs[runs["run_id"] == run_id]
+    this_run = runs[runs["run_id"].isin([run_id, *charged_runs])]
     run_credits = round(float(this_run["credits"].sum()), _ROUND)
     total = ledger.used(dataset)
     lines = [
@@ -493,6 +497,7 @@ def record_credits_artifacts(
     *,
     max_credits: float | None = None,
     budget_scope: BudgetScope = "run",
+    charged_runs: Sequence[str] = (),
 ) -> str:
     """Attach the dataset's credit table and a markdown summary to the current run.
 
@@ -512,6 +517,7 @@ def record_credits_artifacts(
             run_id,
             max_credits=max_credits,
             budget_scope=budget_scope,
+            charged_runs=charged_runs,
         ),
         key=f"{key}-summary",
         description="Credits of this run, the dataset's total and the budget",
@@ -520,7 +526,9 @@ def record_credits_artifacts(
 
 
 @task(name="record-credits", cache_policy=NO_CACHE)
-def record_credits_task(account: CreditAccount, run_id: str) -> str:
+def record_credits_task(
+    account: CreditAccount, run_id: str, charged_runs: Sequence[str] = ()
+) -> str:
     """``record_credits_artifacts`` for a run's account."""
     return record_credits_artifacts(
         account.ledger(),
@@ -528,6 +536,7 @@ def record_credits_task(account: CreditAccount, run_id: str) -> str:
         run_id,
         max_credits=account.max_credits,
         budget_scope=account.budget_scope,
+        charged_runs=charged_runs,
     )
 
 

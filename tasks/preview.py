@@ -86,6 +86,10 @@ class PreviewRecord(BaseModel):
     run_id: str
     created_at: datetime
     credits: int = PREVIEW_CREDITS
+    sources: SourceOptions = Field(
+        default_factory=SourceOptions,
+        description="How the source was reached (S3 endpoint, video frame rate).",
+    )
 
 
 def select_sample(
@@ -164,7 +168,8 @@ def preview_floor(settings: LabelSettings, floor: float = PREVIEW_FLOOR) -> floa
 
 
 def preview_key(refs: Sequence[ImageRef], settings: LabelSettings, floor: float) -> str:
-    """A hash of what decides the candidates: sample files, ontology, model, floor.
+    """A hash of what decides the candidates: sample files (where they are, and
+    their size and time for local ones), ontology, model, floor.
 
     Thresholds and NMS are left out on purpose: they only filter candidates. Device
     and batch size are left out too (they change how, not what, the model computes).
@@ -173,7 +178,7 @@ def preview_key(refs: Sequence[ImageRef], settings: LabelSettings, floor: float)
         "ontology": settings.ontology.to_data(),
         "model": settings.model.model_dump(exclude={"device", "batch_size"}),
         "floor": floor,
-        "files": [(ref.relative_path, _file_stamp(ref.uri)) for ref in refs],
+        "files": [(ref.uri, ref.relative_path, _file_stamp(ref.uri)) for ref in refs],
     }
     text = json.dumps(relevant, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:20]
@@ -228,6 +233,7 @@ def run_preview(
         key=key,
         run_id=run_id,
         created_at=datetime.now(timezone.utc),
+        sources=options or SourceOptions(),
     )
     save_record(out, record)
     return record

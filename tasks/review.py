@@ -61,7 +61,7 @@ def estimate_credits(
     rate = (rates or CreditRates()).rate(
         credit_kind(settings.model), settings.model.model
     )
-    images = len(discover(record.source, out, options or SourceOptions()))
+    images = len(discover(record.source, out, options or record.sources))
     return CreditEstimate(images=images, rate=rate, credits=round(images * rate, 6))
 
 

@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
+from flows.cli_options import labeled_dataset
 from model_loaders.ontology import OntologyError, build_ontology, parse_class_option
 from model_loaders.protocol import ModelSpec
 from tasks import progress
@@ -164,9 +165,7 @@ class ReviewSession:
         if key not in self._estimates:
             try:
                 record = load_record(self.out)
-                estimate = estimate_credits(
-                    record, str(self.out), self.defaults.rates, self.defaults.sources
-                )
+                estimate = estimate_credits(record, str(self.out), self.defaults.rates)
                 self._estimates[key] = dataclasses.asdict(estimate)
             except Exception as error:  # a moved folder, an unreachable bucket
                 return {"error": f"cannot count the source's images: {error}"}
@@ -234,7 +233,7 @@ class ReviewSession:
                 approve=True,
                 approved_by=whoami(APPROVED_VIA),
                 credits=account,
-                sources=self.defaults.sources,
+                sources=record.sources,
             )
             report = self.out / "report.md"
             result = dataclasses.asdict(summary)
@@ -263,6 +262,7 @@ class ReviewSession:
             model = {
                 "task": request.task,
                 "model": request.model or None,
+                "dataset": labeled_dataset(self.defaults.dataset, request.source),
                 **self.defaults.model_options.get(request.task, {}),
             }
             spec = ModelSpec(

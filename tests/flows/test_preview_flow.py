@@ -178,3 +178,14 @@ def test_bad_preview_options_exit_before_any_model_loads(
     result = CliRunner().invoke(app, ["preview", *args, "--model", "/nonexistent"])
     assert result.exit_code == code, result.output
     assert message in " ".join(result.output.split())
+
+
+def test_from_without_classes_refuses_options_that_need_the_model(previewed: Previewed):
+    """--from OUT alone only re-filters; a new model or task must not be ignored."""
+    before = load_record(previewed.out)
+    result = CliRunner().invoke(
+        app, ["preview", "--from", str(previewed.out), "--task", "segment"]
+    )
+    assert result.exit_code == 2
+    assert "only re-filters" in result.output and "--class" in result.output
+    assert load_record(previewed.out) == before

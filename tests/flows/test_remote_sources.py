@@ -122,11 +122,13 @@ def test_preview_and_run_take_an_s3_prefix(
     record = load_record(out)
     assert record.source == "s3://raw/photos" and len(record.sample) == 2
 
+    # The stored preview remembers the endpoint: --from needs no --s3-endpoint-url.
     again = CliRunner().invoke(
-        app, ["preview", "--from", str(out), "--class", "person: a person", *common]
+        app, ["preview", "--from", str(out), "--class", "person: a person"]
     )
     assert again.exit_code == 0, again.output
     assert load_record(out).sample == record.sample  # the same S3 images again
+    assert load_record(out).sources.s3_endpoint_url == s3_endpoint
 
     labeled = CliRunner().invoke(
         app,

@@ -21,7 +21,11 @@ from tasks.label import label_chunk, plan_chunks
 from tasks.labels import OutputLayout, read_images, read_labels
 from tasks.masks import mask_to_rle
 from tasks.roboflow_api import RoboflowAccessError
-from tasks.roboflow_upload import image_annotation, upload_to_roboflow
+from tasks.roboflow_upload import (
+    _polygons_only,
+    image_annotation,
+    upload_to_roboflow,
+)
 from tasks.settings import LabelSettings
 from tasks.thresholds import Thresholds
 
@@ -184,11 +188,14 @@ def test_masks_go_up_as_polygons_that_redraw_them():
         x_min=8.0, y_min=5.0, x_max=32.0, y_max=25.0,
         mask=json.dumps(mask_to_rle(mask)), model="m", run_id="r",
     )  # fmt: skip
-    image = ExportImage("sub/a.jpg", "/data/sub/a.jpg", 40, 30, 1, pd.DataFrame([row]))
+    box_only = {**row, "class_name": "person", "class_id": 0, "mask": None}
+    labels = pd.DataFrame([row, box_only])
+    image = ExportImage("sub/a.jpg", "/data/sub/a.jpg", 40, 30, 1, labels)
 
     coco = json.loads(image_annotation(image, CLASSES)["rawText"])
 
-    (annotation,) = coco["annotations"]
+    annotation, box = coco["annotations"]
+    assert box["segmentation"] == []
     polygons = annotation["segmentation"]
     assert isinstance(polygons, list) and polygons
     drawn = coco_mask.decode(coco_mask.merge(coco_mask.frPyObjects(polygons, 30, 40)))
@@ -197,3 +204,16 @@ def test_masks_go_up_as_polygons_that_redraw_them():
     names = {c["id"]: c["name"] for c in coco["categories"]}
     assert names[annotation["category_id"]] == "rocket"
     assert coco["images"][0]["file_name"] == "a.jpg"
+
+
+def test_a_mask_as_rle_goes_up_as_its_outlines():
+    """Where polygons cannot redraw a mask exactly, the COCO export keeps the RLE;
+    Roboflow gets the outlines instead (its importer is not known to read RLE)."""
+    mask = np.zeros((30, 40), dtype=bool)
+    mask[4:26, 6:30] = True
+    rle = mask_to_rle(mask)
+    polygons = _polygons_only({"size": rle["size"], "counts": rle["counts"]})
+    drawn = coco_mask.decode(coco_mask.merge(coco_mask.frPyObjects(polygons, 30, 40)))
+    overlap = (drawn.astype(bool) & mask).sum() / (drawn.astype(bool) | mask).sum()
+    assert overlap > 0.9
+    assert _polygons_only(None) == [] and _polygons_only([]) == []
