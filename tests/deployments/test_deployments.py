@@ -182,14 +182,16 @@ def test_the_scheduled_scan_labels_only_unlabeled_images(prefect_api, datasets):
         (example,) = deployment.schedules  # the one from prefect.yaml
         assert (example.schedule.cron, example.active) == ("0 * * * *", False)
         assert set(example.parameters) == {"dataset", "out", "source"}
-        # A schedule for dataset A whose first run is due now, as a cron tick would be.
+        # A schedule for dataset A whose first run is due in a moment, as a cron tick
+        # would be. Not sooner: the scheduler only creates runs due after its own
+        # "now", and on a loaded machine its 2-second loop can run late.
         (hourly,) = client.create_deployment_schedules(
             deployment.id,
             [
                 DeploymentScheduleCreate(
                     schedule=IntervalSchedule(
                         interval=timedelta(hours=1),
-                        anchor_date=datetime.now(timezone.utc) + timedelta(seconds=2),
+                        anchor_date=datetime.now(timezone.utc) + timedelta(seconds=20),
                     ),
                     active=True,
                     parameters=parameters,
