@@ -18,6 +18,7 @@ import typer
 from flows.cli_options import (
     EXIT_FAILED,
     EXIT_USAGE,
+    TASKS,
     BatchSizeOption,
     ChunkSizeOption,
     ClassOption,
@@ -98,6 +99,8 @@ def ui(
     try:
         rates = CreditRates.from_file(credit_rates) if credit_rates else CreditRates()
         start_classes = _start_classes(classes or [], ontology)
+        if task is not None and task not in TASKS:
+            raise ValueError(f"--task {task!r}: choose one of {', '.join(TASKS)}")
     except (OSError, ValueError) as error:
         print_error(error)
         raise typer.Exit(EXIT_USAGE) from None

@@ -201,3 +201,21 @@ def test_one_job_at_a_time_and_a_failed_job_says_why(
         time.sleep(0.05)
     assert job["id"] == first.json()["id"] and job["state"] == "failed"
     assert job["error"] == "RuntimeError: the GPU caught fire"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--task", "bogus"], "--task 'bogus'"),
+        (["--class", "cat", "--class", "cat"], "cat"),
+        (["--credit-rates", "/nonexistent.yaml"], "nonexistent"),
+    ],
+)
+def test_cli_refuses_bad_options_before_serving(args, message, tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    result = CliRunner().invoke(app, ["ui", "--out", str(tmp_path), *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Review page" not in result.output
