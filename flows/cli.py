@@ -62,7 +62,7 @@ from tasks.quality import QualityCheckFailed
 from tasks.report import RunSummary
 from tasks.roboflow_api import RoboflowAccessError
 from tasks.s3 import is_s3, staging_folder
-from tasks.sources import SourceOptions
+from tasks.sources import SourceOptions, canonical_source
 
 app = typer.Typer(
     help="Label images with foundation models, through Prefect flows.",
@@ -157,7 +157,7 @@ def label(
     local_out = staging_folder(out) if is_s3(out) else Path(out)
     account = credit_account_or_exit(
         out=local_out,
-        source=source if "://" in source else str(Path(source).resolve()),
+        source=canonical_source(source),
         settings=settings,
         ledger=credits_ledger,
         rates=credit_rates,

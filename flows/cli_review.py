@@ -64,7 +64,7 @@ from model_loaders.protocol import DEFAULT_GROUNDING_DINO, ModelSpec
 from tasks.images import SourceError
 from tasks.preview import DEFAULT_SAMPLE_SIZE, PreviewError
 from tasks.settings import LabelSettings
-from tasks.sources import SourceOptions
+from tasks.sources import SourceOptions, canonical_source
 from tasks.thresholds import ThresholdError, Thresholds, parse_threshold_options
 
 EXIT_NOT_APPROVED = 6
@@ -335,7 +335,7 @@ def run(
     quality = quality_or_exit(quality)
     account = credit_account_or_exit(
         out=out,
-        source=source if "://" in source else str(Path(source).resolve()),
+        source=canonical_source(source),
         settings=settings,
         ledger=credits_ledger,
         rates=credit_rates,

@@ -40,7 +40,7 @@ from flows.cli_options import (
 from model_loaders.ontology import Ontology, build_ontology, parse_class_option
 from tasks.credits import CreditRates
 from tasks.preview import DEFAULT_SAMPLE_SIZE
-from tasks.sources import SourceOptions
+from tasks.sources import SourceOptions, canonical_source
 
 
 def ui(
@@ -135,9 +135,7 @@ def ui(
         loopback_only=loopback,
         allowed_hosts=[host],
         page_defaults={
-            "source": str(Path(source).resolve())
-            if source and "://" not in source
-            else source,
+            "source": canonical_source(source) if source else None,
             "classes": start_classes,
             "task": task,
             "model": model,

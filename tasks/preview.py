@@ -39,7 +39,7 @@ from tasks.labels import (
     write_parquet_atomically,
 )
 from tasks.settings import LabelSettings
-from tasks.sources import SourceOptions, discover, localize
+from tasks.sources import SourceOptions, canonical_source, discover, localize
 from tasks.thresholds import NmsMode, Thresholds, keep_labels
 
 PREVIEW_FLOOR = 0.05
@@ -224,7 +224,7 @@ def run_preview(
     _copy_atomically(cached_candidates, layout.candidates)
     _copy_atomically(cached_manifest, layout.manifest)
     record = PreviewRecord(
-        source=source if "://" in source else str(Path(source).expanduser().resolve()),
+        source=canonical_source(source),
         sample=[ref.relative_path for ref in refs],
         seed=seed,
         sample_size=sample_size,

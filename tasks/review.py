@@ -73,8 +73,7 @@ def review_payload(out: str) -> dict[str, Any]:
     """
     record = load_record(out)
     settings = record.settings
-    manifest = read_manifest(out).sort_values("relative_path", kind="stable")
-    manifest = manifest.reset_index(drop=True)
+    manifest = _images_in_order(out)
     candidates = read_candidates(out)
     index_of = {
         (row.image_id, row.source_uri): position
@@ -121,6 +120,12 @@ def review_payload(out: str) -> dict[str, Any]:
         "candidates": rows,
         "class_names": names,
     }
+
+
+def _images_in_order(out: str) -> pd.DataFrame:
+    """The preview's images in the order the page numbers them (by relative path)."""
+    manifest = read_manifest(out).sort_values("relative_path", kind="stable")
+    return manifest.reset_index(drop=True)
 
 
 def _image_candidates(
@@ -189,7 +194,7 @@ def sample_image_jpeg(
 ) -> bytes | None:
     """The preview's ``index``-th image (manifest order) as JPEG, EXIF-rotated like
     the labels' coordinates; None if there is no such readable image."""
-    manifest = read_manifest(out).sort_values("relative_path", kind="stable")
+    manifest = _images_in_order(out)
     if not 0 <= index < len(manifest):
         return None
     row = manifest.iloc[index]

@@ -40,6 +40,14 @@ def cache_dir(out: str | Path) -> Path:
     return Path(out) / ".cache"
 
 
+def canonical_source(source: str) -> str:
+    """A source as runs record it: a URI as given, a local folder as its absolute path
+    (so one folder is one dataset whatever the working directory)."""
+    if "://" in source:
+        return source
+    return str(Path(source).expanduser().resolve())
+
+
 def discover(
     source: str, out: str | Path | None, options: SourceOptions
 ) -> list[ImageRef]:

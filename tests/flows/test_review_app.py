@@ -174,6 +174,7 @@ def test_no_preview_yet_and_a_source_gone(previewed_out: Path, tmp_path: Path):
 def test_one_job_at_a_time_and_a_failed_job_says_why(
     previewed_out: Path, monkeypatch: pytest.MonkeyPatch
 ):
+    import flows.autolabel  # noqa: F401 - binds the real preview flow before the patch
     import flows.preview
 
     release = threading.Event()
