@@ -188,12 +188,13 @@ def preview(
         if source is not None:
             _usage("give SOURCE or --from OUT, not both")
         if not (classes or ontology):
-            changed = [k for k, v in what.items() if v is not None]
-            if changed or fps is not None:
+            changed = [_FLAGS.get(k, k) for k, v in what.items() if v is not None]
+            changed += ["fps"] if fps is not None else []
+            if changed:
                 _usage(
                     "--from OUT without --class only re-filters the stored "
                     "candidates: give --class (or --ontology) to run the model again "
-                    f"with {', '.join(changed) or '--fps'}"
+                    f"with --{', --'.join(f.replace('_', '-') for f in changed)}"
                 )
             _refilter(from_, threshold or [], nms, nms_iou)
             return
@@ -547,6 +548,9 @@ def _split_images(images: list[str] | None) -> list[str] | None:
     names = [name.strip() for option in images or [] for name in option.split(",")]
     return [name for name in names if name] or None
 
+
+# The options of ModelSpec fields named otherwise (for messages).
+_FLAGS = {"architecture": "torchvision_arch", "class_map": "map"}
 
 # ModelSpec fields chosen for one model: a preview with another model drops them.
 _CHOSEN_FOR_THE_MODEL = {
