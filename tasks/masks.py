@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 import pycocotools.mask as coco_mask
+import supervision as sv
 from scipy.spatial import cKDTree
 from supervision.dataset.utils import approximate_mask_with_polygons
 
@@ -91,6 +92,17 @@ def mask_to_coco_polygons(mask: np.ndarray) -> list[list[float]] | None:
     if _text(drawn) != mask_to_rle(mask)["counts"]:
         return None
     return polygons
+
+
+def mask_outlines(mask: np.ndarray) -> list[list[float]]:
+    """The mask's outer outlines as flat ``[x1, y1, ...]`` polygons (pixel centres,
+    holes not cut out): what to draw or send where ``mask_to_coco_polygons`` cannot
+    reproduce the mask exactly."""
+    return [
+        polygon.astype(float).ravel().tolist()
+        for polygon in sv.mask_to_polygons(mask)
+        if len(polygon) >= 3
+    ]
 
 
 def mask_to_yolo_polygon(mask: np.ndarray) -> np.ndarray | None:

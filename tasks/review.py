@@ -32,7 +32,7 @@ import supervision as sv
 from tasks.credits import CreditRates, credit_kind
 from tasks.images import DecodedImage, ImageRef, decode_image
 from tasks.labels import frame_to_detections
-from tasks.masks import mask_to_coco_polygons, rle_to_mask
+from tasks.masks import mask_outlines, mask_to_coco_polygons, rle_to_mask
 from tasks.preview import PreviewRecord, load_record, read_candidates, read_manifest
 from tasks.sources import SourceOptions, discover, local_file
 
@@ -181,7 +181,7 @@ def _polygons(mask_json: object) -> list[list[float]] | None:
     mask = rle_to_mask(json.loads(mask_json))
     polygons = mask_to_coco_polygons(mask)
     if polygons is None:  # not exact as polygons: the outer outlines still show it
-        polygons = [p.astype(float).ravel().tolist() for p in sv.mask_to_polygons(mask)]
+        polygons = mask_outlines(mask)
     return polygons
 
 

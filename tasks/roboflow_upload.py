@@ -13,14 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import supervision as sv
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.export_coco import coco_dict
 from tasks.export_images import ExportImage, images_to_export, local_source
 from tasks.labels import OutputLayout, read_images, read_labels
-from tasks.masks import rle_to_mask
+from tasks.masks import mask_outlines, rle_to_mask
 from tasks.roboflow_api import (
     RoboflowTarget,
     failure_reason,
@@ -97,12 +96,7 @@ def _polygons_only(segmentation: list | dict | None) -> list:
     polygons cannot redraw exactly (the export keeps its RLE) goes as its outlines."""
     if not isinstance(segmentation, dict):
         return segmentation or []
-    mask = rle_to_mask(segmentation)
-    return [
-        polygon.astype(float).ravel().tolist()
-        for polygon in sv.mask_to_polygons(mask)
-        if len(polygon) >= 3
-    ]
+    return mask_outlines(rle_to_mask(segmentation))
 
 
 def upload_to_roboflow(
