@@ -5,21 +5,17 @@ from __future__ import annotations
 import itertools
 from typing import Literal
 
-from prefect import flow, task
-from prefect.cache_policies import NO_CACHE
-from prefect.runtime import flow_run
+from prefect import flow
 from prefect.states import State
 
-from flows.approval import end_without_approval, wait_for_approval
 from flows.label import label_images
 from flows.preview import preview
-from tasks.approval import (
-    ApprovalDecision,
-    ApprovedSettings,
-    load_approved,
-    now_utc,
-    save_approved,
-    whoami,
+from tasks.approval_gate import (
+    as_given_task,
+    end_without_approval,
+    load_approved_task,
+    save_approved_task,
+    wait_for_approval,
 )
 from tasks.credits import CreditAccount
 from tasks.preview import DEFAULT_SAMPLE_SIZE
@@ -51,6 +47,7 @@ def autolabel(
     credits: CreditAccount | None = None,
     quality: Literal["warn", "fail"] = "warn",
     sources: SourceOptions | None = None,
+    upload_to: str | None = None,
 ) -> RunSummary | State:
     """Preview, wait for approval, label; returns the batch's summary.
 
@@ -72,6 +69,7 @@ def autolabel(
         credits: The ledger the batch is charged to (the preview never is).
         quality: warn: quality failures are reported; fail: they fail the run.
         sources: How to reach the source (S3 endpoint, video frames per second).
+        upload_to: roboflow://WORKSPACE/PROJECT to re-upload the labeled batch to.
     """
     if reuse_approved:
         approved = load_approved_task(out, settings)
@@ -82,6 +80,7 @@ def autolabel(
             credits=credits,
             quality=quality,
             sources=sources,
+            upload_to=upload_to,
         )
     if settings is None:
         raise ValueError("settings are required unless reuse_approved is set")
@@ -132,66 +131,9 @@ def autolabel(
         credits=credits,
         quality=quality,
         sources=sources,
+        upload_to=upload_to,
     )
 
 
 def _below_floor(settings: LabelSettings, summary: PreviewSummary) -> bool:
     return settings.thresholds.floor(settings.ontology) < summary.floor
-
-
-@task(name="take-thresholds-as-given", cache_policy=NO_CACHE)
-def as_given_task(
-    settings: LabelSettings, approved_by: str | None = None
-) -> ApprovalDecision:
-    """``--approve`` (or the review page): the thresholds given are the approved ones,
-    no waiting."""
-    names = settings.ontology.class_names
-    thresholds = settings.thresholds.model_copy(
-        update={"per_class": {n: settings.thresholds.for_class(n) for n in names}}
-    )
-    return ApprovalDecision(
-        decision="approve",
-        thresholds=thresholds,
-        ontology=settings.ontology,
-        approved_by=approved_by or whoami("--approve"),
-        descriptions_changed=False,
-    )
-
-
-@task(name="save-approved", cache_policy=NO_CACHE)
-def save_approved_task(
-    out: str,
-    settings: LabelSettings,
-    summary: PreviewSummary,
-    approved_by: str,
-    sample_seed: int | None,
-) -> ApprovedSettings:
-    """Save the approved settings as ``out/approved.json`` for later runs to reuse."""
-    approved = ApprovedSettings(
-        settings=settings,
-        approved_by=approved_by or "Prefect UI (no name given)",
-        approved_at=now_utc(),
-        flow_run_id=str(flow_run.get_id()) if flow_run.get_id() else None,
-        sample=summary.sample,
-        sample_seed=sample_seed,
-        preview_counts=summary.counts,
-    )
-    save_approved(out, approved)
-    return approved
-
-
-@task(name="load-approved", cache_policy=NO_CACHE)
-def load_approved_task(out: str, runtime: LabelSettings | None) -> ApprovedSettings:
-    """``out/approved.json``, with device/batch/chunk size from ``runtime`` if given.
-
-    Those three change how labels are computed, not which: a dataset approved on a
-    laptop can be labeled on a GPU worker.
-    """
-    approved = load_approved(out)
-    if runtime is None:
-        return approved
-    data = approved.settings.model_dump()
-    data["model"]["device"] = runtime.model.device
-    data["model"]["batch_size"] = runtime.model.batch_size
-    data["chunk_size"] = runtime.chunk_size
-    return approved.model_copy(update={"settings": LabelSettings.model_validate(data)})

@@ -13,7 +13,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from flows.label import finish_run
-from flows.label_new import approved_settings_task
+from tasks.approval import approved_settings_task
 from tasks.report import RunSummary
 from tasks.settings import LabelSettings
 from tasks.sources import SourceOptions

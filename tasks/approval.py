@@ -22,6 +22,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from prefect import task
+from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field, create_model
 
 from model_loaders.ontology import (
@@ -30,7 +32,7 @@ from model_loaders.ontology import (
     ontology_from_data,
     parse_class_option,
 )
-from tasks.settings import LabelSettings
+from tasks.settings import LabelSettings, with_runtime
 from tasks.thresholds import ThresholdError, Thresholds, parse_threshold_options
 
 Decision = Literal["approve", "revise"]
@@ -344,3 +346,29 @@ def notify_waiting(request: ApprovalRequest) -> None:
         listeners = list(_listeners)
     for listener in listeners:
         listener.waiting(request)
+
+
+def approved_settings(
+    out: str | Path,
+    *,
+    device: str | None = None,
+    batch_size: int | None = None,
+    chunk_size: int | None = None,
+) -> LabelSettings:
+    """The dataset's approved settings, run on this worker's device if given (see
+    ``tasks.settings.with_runtime``).
+
+    Raises:
+        ApprovalError: If ``out`` holds no (valid) approved.json.
+    """
+    return with_runtime(
+        load_approved(out).settings,
+        device=device,
+        batch_size=batch_size,
+        chunk_size=chunk_size,
+    )
+
+
+approved_settings_task = task(
+    approved_settings, name="load-approved-settings", cache_policy=NO_CACHE
+)

@@ -139,6 +139,21 @@ def file_content_id(path: str | Path) -> str | None:
     return digest.hexdigest()
 
 
+def file_stamp(uri: str) -> str:
+    """What tells a changed file from an unchanged one without reading it: size and
+    modification time of a local file, ``"remote"`` for a URI (its bytes are not here
+    to stat), ``"missing"`` if it cannot be stat'ed. Chunk keys and the preview key
+    hash it, so both notice the same edits.
+    """
+    if "://" in uri:
+        return "remote"
+    try:
+        info = Path(uri).stat()
+    except OSError:
+        return "missing"
+    return f"{info.st_size}:{info.st_mtime_ns}"
+
+
 def decode_image(ref: ImageRef) -> DecodedImage | ImageRecord:
     """Read and decode one image; a skipped ImageRecord with a reason if it is unusable.
 

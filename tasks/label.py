@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from model_loaders.cache import get_model
 from tasks import progress
 from tasks.credits import CreditAccount
-from tasks.images import DecodedImage, ImageRef, decode_with_prefetch
+from tasks.images import DecodedImage, ImageRef, decode_with_prefetch, file_stamp
 from tasks.labels import (
     IMAGE_SCHEMA,
     LABEL_SCHEMA,
@@ -115,7 +115,7 @@ def plan_chunks(
         part = tuple(refs[start : start + settings.chunk_size])
         digest = hashlib.sha256(fingerprint.encode())
         for ref in part:
-            digest.update(f"\0{ref.uri}\0{_file_stamp(ref.uri)}".encode())
+            digest.update(f"\0{ref.uri}\0{file_stamp(ref.uri)}".encode())
         chunks.append(Chunk(digest.hexdigest()[:20], part))
     progress.expect(len(refs))
     return chunks
@@ -256,16 +256,6 @@ def _result_from_shard(key: str, labels_path: Path, images_path: Path) -> ChunkR
         ),
         reused=True,
     )
-
-
-def _file_stamp(uri: str) -> str:
-    if "://" in uri:
-        return "remote"
-    try:
-        stat = Path(uri).stat()
-    except OSError:
-        return "missing"
-    return f"{stat.st_size}:{stat.st_mtime_ns}"
 
 
 plan_chunks_task = task(plan_chunks, name="plan-chunks", cache_policy=NO_CACHE)

@@ -1,11 +1,15 @@
 """The label table: one row per detection, as Parquet shards under ``OUT/labels/``.
 
 In memory a single image's labels are a ``supervision.Detections``; on disk and between
-stages they are rows with the fixed columns below. ``detections_to_frame`` and
-``frame_to_detections`` are the only two conversions between the two. Beside the labels,
-every chunk writes an image manifest (``OUT/images/``): one row per image, labeled or
-skipped, so that exports and reports know about images without labels and about the
-files that could not be read.
+stages they are rows with the fixed columns below. One path goes each way, so every
+stage reads and writes labels alike: ``label_columns`` turns an image's detections into
+columns and ``columns_to_frame`` joins many images' columns into one frame (labeling
+builds a chunk's frame this way, one DataFrame per chunk, not per image);
+``frame_to_detections`` turns one image's rows back (preview, review, rendering).
+``detections_to_frame`` is those two for a single image, for callers that have just one
+(the tests build their label tables with it). Beside the labels, every chunk writes an
+image manifest (``OUT/images/``): one row per image, labeled or skipped, so that exports
+and reports know about images without labels and about the files that could not be read.
 
 Segmentation labels carry their mask in the ``mask`` column as compressed COCO RLE, a
 JSON string ``{"size": [h, w], "counts": "..."}`` (lossless, small, and written with its
@@ -114,7 +118,11 @@ class OutputLayout:
 def detections_to_frame(
     detections: sv.Detections, image: ImageRecord, *, model: str, run_id: str
 ) -> pd.DataFrame:
-    """Rows of the label table for one image's detections."""
+    """Rows of the label table for one image's detections.
+
+    Only ``columns_to_frame([label_columns(...)])``, the path labeling writes through,
+    so a table built here (as the tests build theirs) is what a run would write.
+    """
     return columns_to_frame(
         [label_columns(detections, image, model=model, run_id=run_id)]
     )

@@ -29,7 +29,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
-from tasks.images import ImageRef, SourceError
+from tasks.images import ImageRef, SourceError, file_stamp
 from tasks.label import predict_labels
 from tasks.labels import (
     IMAGE_SCHEMA,
@@ -178,7 +178,7 @@ def preview_key(refs: Sequence[ImageRef], settings: LabelSettings, floor: float)
         "ontology": settings.ontology.to_data(),
         "model": settings.model.model_dump(exclude={"device", "batch_size"}),
         "floor": floor,
-        "files": [(ref.uri, ref.relative_path, _file_stamp(ref.uri)) for ref in refs],
+        "files": [(ref.uri, ref.relative_path, file_stamp(ref.uri)) for ref in refs],
     }
     text = json.dumps(relevant, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:20]
@@ -317,14 +317,6 @@ def class_counts(
     return {
         name: (int(kept.get(name, 0)), int(totals.get(name, 0))) for name in class_names
     }
-
-
-def _file_stamp(uri: str) -> str:
-    try:
-        stat = Path(uri).stat()
-    except OSError:
-        return "missing"
-    return f"{stat.st_size}:{stat.st_mtime_ns}"
 
 
 def _copy_atomically(source: Path, destination: Path) -> None:

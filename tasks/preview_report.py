@@ -17,6 +17,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from tasks.markdown import markdown_cell
 from tasks.preview import (
     PREVIEW_CREDITS,
     PreviewLayout,
@@ -161,7 +162,7 @@ def render_markdown(
     ]
     for name, (shown, total) in summary.counts.items():
         threshold = summary.thresholds[name]
-        lines.append(f"| {_cell(name)} | {threshold:g} | {shown}/{total} |")
+        lines.append(f"| {markdown_cell(name)} | {threshold:g} | {shown}/{total} |")
     lines += [
         "",
         "*shown*: labels the batch keeps at the threshold (after NMS); *total*: "
@@ -235,10 +236,6 @@ def publish_preview(summary: PreviewSummary) -> None:
         key=CANDIDATES_ARTIFACT,
         description=f"Preview candidates, highest score first (top {_MAX_TABLE_ROWS})",
     )
-
-
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|")
 
 
 def _show_and_publish(

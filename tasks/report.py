@@ -14,6 +14,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.credits import CreditAccount, format_credits
 from tasks.labels import OutputLayout, read_images, read_labels
+from tasks.markdown import markdown_cell
 from tasks.quality import QualityResult
 from tasks.roboflow_upload import UploadSummary
 from tasks.settings import LabelSettings
@@ -124,7 +125,7 @@ def render_report(summary: RunSummary, settings: LabelSettings) -> str:
     ]
     for name, count in summary.per_class.items():
         threshold = settings.thresholds.for_class(name)
-        lines.append(f"| {_cell(name)} | {threshold:g} | {count} |")
+        lines.append(f"| {markdown_cell(name)} | {threshold:g} | {count} |")
     lines += ["", f"## Images with no labels ({len(summary.unlabeled)})", ""]
     lines += _bullets(f"`{path}`" for path in summary.unlabeled)
     lines += ["", f"## Images skipped ({len(summary.skipped)})", ""]
@@ -202,7 +203,3 @@ def _bullets(items) -> list[str]:
     if len(items) > _MAX_LISTED:
         shown.append(f"- ... and {len(items) - _MAX_LISTED} more")
     return shown or ["None."]
-
-
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|")

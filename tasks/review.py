@@ -1,6 +1,6 @@
 """What the review page needs from a stored preview: candidates once, images by index.
 
-The page (``flows/review_ui``) filters candidates in the browser, so a slider answers
+The page (``review_ui``) filters candidates in the browser, so a slider answers
 without a round trip. It must keep exactly the labels the batch would keep
 (``tasks.thresholds.keep_labels``: per-class threshold, then NMS). Thresholds alone are
 a comparison per candidate; NMS needs more, so each candidate comes with its

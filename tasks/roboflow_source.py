@@ -10,21 +10,19 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import requests
 
-from tasks.images import IMAGE_SUFFIXES, ImageRef, SourceError
-from tasks.roboflow_api import (
+from clients.roboflow import (
     SCHEME,
-    RoboflowAccessError,
+    RetryPolicy,
+    RoboflowClient,
+    RoboflowError,
     RoboflowTarget,
-    failure_reason,
-    open_project,
-    redacted_http_logs,
-    redactor,
-    resolve_api_key,
-    retrying,
+    with_retries,
 )
+from tasks.images import IMAGE_SUFFIXES, ImageRef, SourceError
 
 PAGE_SIZE = 250
 
@@ -43,26 +41,11 @@ def list_images(
     """
     try:
         target = RoboflowTarget.parse(source, extra="batch")
-        key = api_key or resolve_api_key()
-    except RoboflowAccessError as error:
+        client = RoboflowClient.resolve(api_key)
+        project = client.open_project(target)
+        hits = client.call(lambda: _search(project, target), what=f"list {source}")
+    except RoboflowError as error:  # its message is safe: no key, no URL
         raise SourceError(str(error)) from None
-    redact = redactor(key)
-    with redacted_http_logs(redact):
-        try:
-            project = open_project(target, key, redact)
-            pages = project.search_all(
-                limit=PAGE_SIZE,
-                batch=target.extra is not None,
-                batch_id=target.extra,
-                fields=["id", "name", "url"],
-            )
-            hits = [hit for page in pages for hit in page]
-        except RoboflowAccessError as error:
-            raise SourceError(str(error)) from None
-        except Exception as error:
-            raise SourceError(
-                f"cannot list {source}: {redact(failure_reason(error))}"
-            ) from None
     urls: dict[str, str] = {}
     refs = []
     for hit in hits:
@@ -92,12 +75,33 @@ def fetch(
         response.raise_for_status()
         return response.content
 
-    data = retrying(attempts, backoff_seconds)(download)
+    # A signed URL, without the API key; its signature stays out of messages all the
+    # same, as no error text of requests (which quotes the URL) is passed on.
+    data = with_retries(
+        download,
+        what=f"fetch {uri}",
+        retry=RetryPolicy(attempts=attempts, backoff_s=backoff_seconds),
+    )
     partial = path.with_suffix(".part")
     partial.parent.mkdir(parents=True, exist_ok=True)
     partial.write_bytes(data)
     partial.replace(path)
     return path
+
+
+def _search(project: Any, target: RoboflowTarget) -> list[dict]:
+    """Every hit of the project's (or its batch's) image search, all pages.
+
+    A failed page retries the whole listing: the SDK's pager cannot resume, and
+    listing again is harmless.
+    """
+    pages = project.search_all(
+        limit=PAGE_SIZE,
+        batch=target.extra is not None,
+        batch_id=target.extra,
+        fields=["id", "name", "url"],
+    )
+    return [hit for page in pages for hit in page]
 
 
 def _relative_name(hit: dict) -> str:

@@ -1,6 +1,6 @@
 """Re-upload of labeled images to a Roboflow project as one annotation batch.
 
-Through the official ``roboflow`` SDK (see ``tasks.roboflow_api`` for retries and key
+Through the official ``roboflow`` SDK (see ``clients.roboflow`` for retries and key
 redaction), plus an upload ledger so that a rerun continues where it stopped and never
 uploads an image twice.
 """
@@ -16,19 +16,11 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from clients.roboflow import RetryPolicy, RoboflowClient, RoboflowTarget
 from tasks.export_coco import coco_dict
 from tasks.export_images import ExportImage, images_to_export, local_source
 from tasks.labels import OutputLayout, read_images, read_labels
 from tasks.masks import mask_outlines, rle_to_mask
-from tasks.roboflow_api import (
-    RoboflowTarget,
-    failure_reason,
-    open_project,
-    redacted_http_logs,
-    redactor,
-    resolve_api_key,
-    retrying,
-)
 
 
 @dataclass
@@ -118,8 +110,9 @@ def upload_to_roboflow(
     gets only its annotation on the next run. One image failing never stops the others.
     """
     destination = RoboflowTarget.parse(target)
-    key = api_key or resolve_api_key()
-    redact = redactor(key)
+    client = RoboflowClient.resolve(
+        api_key, retry=RetryPolicy(attempts=attempts, backoff_s=backoff_seconds)
+    )
     layout = OutputLayout(out)
     manifest = read_images(layout)
     images = images_to_export(manifest, read_labels(layout), class_names=class_names)
@@ -130,45 +123,43 @@ def upload_to_roboflow(
             strict=True,
         )
     )
-    retry = retrying(attempts, backoff_seconds)
     summary = UploadSummary()
-    with redacted_http_logs(redact):
-        project = open_project(destination, key, redact)
-        ledger = UploadLedger(layout.root / "roboflow_uploads.sqlite")
-        try:
-            for image in images:
-                image_id = content_ids[(image.source_uri, image.relative_path)]
-                roboflow_id, annotated = ledger.state(destination.project, image_id)
-                if annotated:
-                    summary.skipped += 1
-                    continue
-                try:
-                    if roboflow_id is None:
-                        roboflow_id = retry(
-                            lambda image=image: project.upload_image(
-                                str(local_source(image.source_uri, layout.root)),
-                                split=split,
-                                batch_name=batch_name,
-                                tag_names=tags,
-                            )[0]["id"]
-                        )
-                        ledger.record(destination.project, image_id, roboflow_id, False)
-                    annotation = image_annotation(image, class_names)
-                    retry(
-                        lambda roboflow_id=roboflow_id, annotation=annotation: (
-                            project.save_annotation(
-                                annotation, image_id=roboflow_id, job_name=batch_name
-                            )
-                        )
+    project = client.open_project(destination)
+    ledger = UploadLedger(layout.root / "roboflow_uploads.sqlite")
+    try:
+        for image in images:
+            image_id = content_ids[(image.source_uri, image.relative_path)]
+            roboflow_id, annotated = ledger.state(destination.project, image_id)
+            if annotated:
+                summary.skipped += 1
+                continue
+            try:
+                if roboflow_id is None:
+                    roboflow_id = client.call(
+                        lambda image=image: project.upload_image(
+                            str(local_source(image.source_uri, layout.root)),
+                            split=split,
+                            batch_name=batch_name,
+                            tag_names=tags,
+                        )[0]["id"],
+                        what=f"upload {image.relative_path}",
                     )
-                    ledger.record(destination.project, image_id, roboflow_id, True)
-                    summary.uploaded += 1
-                except Exception as error:  # one bad image must not stop the batch
-                    summary.failed.append(
-                        (image.relative_path, redact(failure_reason(error)))
-                    )
-        finally:
-            ledger.close()
+                    ledger.record(destination.project, image_id, roboflow_id, False)
+                annotation = image_annotation(image, class_names)
+                client.call(
+                    lambda roboflow_id=roboflow_id, annotation=annotation: (
+                        project.save_annotation(
+                            annotation, image_id=roboflow_id, job_name=batch_name
+                        )
+                    ),
+                    what=f"annotate {image.relative_path}",
+                )
+                ledger.record(destination.project, image_id, roboflow_id, True)
+                summary.uploaded += 1
+            except Exception as error:  # one bad image must not stop the batch
+                summary.failed.append((image.relative_path, client.describe(error)))
+    finally:
+        ledger.close()
     return summary
 
 

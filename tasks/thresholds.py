@@ -8,6 +8,7 @@ preview shows at a threshold is exactly what the batch will label.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Literal
 
 import numpy as np
@@ -47,6 +48,11 @@ class Thresholds(BaseModel):
 
     def for_class(self, name: str) -> float:
         return self.per_class.get(name, self.default)
+
+    def for_classes(self, names: Iterable[str]) -> dict[str, float]:
+        """Each class's threshold written out: how approved thresholds are shown and
+        saved, so a later change of the default never changes an approved class."""
+        return {name: self.for_class(name) for name in names}
 
     def floor(self, ontology: Ontology) -> float:
         """The lowest threshold of any class: what the model must be run at."""

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from flows.cli import app
+from cli.main import app
 from tasks.approval import ApprovedSettings, now_utc, save_approved
 from tasks.credits import CreditLedger
 from tasks.label import ImageSelection, plan_chunks
@@ -220,14 +220,11 @@ def test_the_scheduled_scan_labels_only_unlabeled_images(prefect_api, datasets):
 
 def _shard_chunk_keys(photos: Path, model: str) -> list[list[str]]:
     """The chunk keys of each of 4 shards, planned with the CLI's own settings."""
-    from flows.cli_options import settings_or_exit
+    from tasks.settings import build_settings
 
-    settings = settings_or_exit(
+    settings = build_settings(
         classes=["person", "cup"],
-        ontology_file=None,
-        threshold=["0.2"],
-        nms="class",
-        nms_iou=0.5,
+        thresholds=["0.2"],
         chunk_size=1,
         model=dict(
             model=model, device="cpu", dtype="auto", batch_size=2, prompt_mode="joint"

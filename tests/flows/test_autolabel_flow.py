@@ -26,7 +26,7 @@ from prefect.states import Cancelled
 from typer.testing import CliRunner
 
 from flows.autolabel import autolabel
-from flows.cli import app
+from cli.main import app
 from model_loaders.ontology import Ontology
 from tasks import approval
 from tasks.approval import ApprovalRequest, load_approved

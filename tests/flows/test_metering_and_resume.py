@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from flows.cli import app
+from cli.main import app
 from tasks.credits import CreditLedger
 from tasks.labels import OutputLayout, read_images, read_labels
 
@@ -117,7 +117,7 @@ def test_a_killed_run_resumes_labeling_and_charging_each_image_exactly_once(
     args = _label_args(source, out, tiny_grounding_dino, "--chunk-size", "2")
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
     process = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", *args],
+        [sys.executable, "-m", "cli.main", *args],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

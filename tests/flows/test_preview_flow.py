@@ -17,7 +17,7 @@ from prefect import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 from typer.testing import CliRunner
 
-from flows.cli import app
+from cli.main import app
 from tasks.preview import filter_candidates, load_record, read_candidates
 from tasks.thresholds import Thresholds
 from tests.conftest import write_sample_photos
@@ -112,7 +112,7 @@ def test_new_threshold_refilters_without_importing_torch(
     shutil.copytree(previewed.out, out)
     script = (
         "import sys\n"
-        "from flows.cli import app\n"
+        "from cli.main import app\n"
         "try:\n"
         f"    app(['preview', '--from', {str(out)!r}, '--threshold', 'can=0.6',"
         " '--threshold', 'person=0.9'])\n"

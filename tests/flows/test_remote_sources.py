@@ -11,7 +11,7 @@ import pytest
 import supervision as sv
 from typer.testing import CliRunner
 
-from flows.cli import app
+from cli.main import app
 from flows.label import label_images
 from model_loaders.ontology import Ontology
 from model_loaders.protocol import ModelSpec

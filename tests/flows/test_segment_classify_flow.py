@@ -20,7 +20,7 @@ from pycocotools.coco import COCO
 from typer.testing import CliRunner
 
 from flows.autolabel import autolabel
-from flows.cli import app
+from cli.main import app
 from model_loaders import cache
 from model_loaders.ontology import Ontology
 from model_loaders.protocol import ModelSpec

@@ -25,6 +25,7 @@ from model_loaders.roboflow_hosted import (
     HostedInferenceError,
     RetryPolicy,
     RoboflowHostedModel,
+    RoboflowModelRef,
 )
 from tasks.label import label_chunk, plan_chunks
 from tasks.labels import OutputLayout, read_labels
@@ -37,6 +38,8 @@ DATASET = "roboflow://acme/cans"
 ONTOLOGY = Ontology.from_class_options(["Person", "soda: a soda can"])
 CLASS_MAP = ("can=soda",)
 FAST = RetryPolicy(attempts=4, backoff_s=0.01)
+# Opening a model: the key check, then the project twice (its versions).
+OPENED = [("POST", "/"), ("GET", "/acme/cans"), ("GET", "/acme/cans")]
 
 
 def _predictions(width: int, height: int) -> list[dict]:
@@ -241,7 +244,7 @@ def _load(**options) -> RoboflowHostedModel:
 def test_requests_and_mapped_detections(stub, images, capsys, caplog):
     caplog.set_level(logging.DEBUG)
     model = _load()
-    assert stub.paths() == [("POST", "/"), ("GET", "/acme/cans"), ("GET", "/acme/cans")]
+    assert stub.paths() == OPENED
 
     detections = model.predict(images, ONTOLOGY, confidence_floor=0.305)
 
@@ -297,9 +300,21 @@ def test_models_of_another_dataset_are_refused_before_any_request(
     assert stub.requests == []
 
 
-def test_the_version_of_the_labeled_dataset_is_accepted(stub):
-    """Any version of the same project; the dataset may name a version too."""
-    _load(dataset="roboflow://acme/cans/1")
+@pytest.mark.parametrize(
+    "dataset",
+    [
+        "roboflow://acme/cans/1",  # an older version than the model's
+        "roboflow://acme/cans/3",
+        "roboflow://acme/cans/",
+        "roboflow://ACME/Cans",  # identities compare without case
+    ],
+)
+def test_the_version_of_the_labeled_dataset_is_accepted(stub, dataset):
+    """Any version of the same project; the dataset may name a version too. Accepted
+    means opened: the model is the one asked for, and the API was asked for it."""
+    model = _load(dataset=dataset)
+    assert model.ref == RoboflowModelRef("acme", "cans", 3)
+    assert stub.paths() == OPENED
 
 
 @pytest.mark.parametrize(
@@ -353,7 +368,7 @@ def test_an_unreachable_api_fails_after_bounded_retries(stub, capsys, caplog):
         (lambda s, mp: setattr(s, "has_model", False), "has no trained model"),
         (lambda s, mp: setattr(s, "project_type", "classification"), "project type"),
         (lambda s, mp: mp.setenv("ROBOFLOW_API_KEY", "wrongkey"), "invalid api key"),
-        (lambda s, mp: mp.delenv("ROBOFLOW_API_KEY"), "no Roboflow API key"),
+        (lambda s, mp: _no_key_anywhere(mp), "no Roboflow API key"),
     ],
 )
 def test_unusable_models_are_refused_clearly(
@@ -364,6 +379,42 @@ def test_unusable_models_are_refused_clearly(
         _load()
     assert "\n" not in str(error.value)
     _assert_no_key(capsys, caplog, str(error.value))
+
+
+def _no_key_anywhere(monkeypatch) -> None:
+    monkeypatch.delenv("ROBOFLOW_API_KEY")
+    monkeypatch.setattr("prefect.blocks.system.Secret.load", _no_block)
+
+
+def _no_block(*args, **kwargs):
+    raise ValueError("no such block")
+
+
+def test_the_api_key_comes_from_the_prefect_secret_block(
+    stub, images, monkeypatch, capsys, caplog
+):
+    """As for a Roboflow source or upload: no ROBOFLOW_API_KEY, the key in the Prefect
+    Secret block ``roboflow-api-key``, and every request carries it."""
+    from prefect.blocks.system import Secret
+
+    loaded = []
+
+    def load(name, *args, **kwargs):
+        loaded.append(name)
+        return Secret(value=API_KEY)
+
+    monkeypatch.delenv("ROBOFLOW_API_KEY")
+    monkeypatch.setattr("prefect.blocks.system.Secret.load", load)
+    caplog.set_level(logging.DEBUG)
+
+    model = _load()
+    (found,) = model.predict(images[:1], ONTOLOGY, confidence_floor=0.305)
+
+    assert loaded == ["roboflow-api-key"]
+    assert len(found) == 3
+    assert stub.paths() == [*OPENED, ("POST", "/cans/3")]
+    assert {r.query["api_key"] for r in stub.requests} == {API_KEY}
+    _assert_no_key(capsys, caplog, repr(model))
 
 
 class WiredSpec(ModelSpec):

@@ -14,13 +14,13 @@ import pandas as pd
 import pytest
 from pycocotools import mask as coco_mask
 
+from clients.roboflow import RoboflowAccessError
 from model_loaders.ontology import Ontology
 from model_loaders.protocol import ModelSpec
 from tasks.export_images import ExportImage
 from tasks.label import label_chunk, plan_chunks
 from tasks.labels import OutputLayout, read_images, read_labels
 from tasks.masks import mask_to_rle
-from tasks.roboflow_api import RoboflowAccessError
 from tasks.roboflow_upload import (
     _polygons_only,
     image_annotation,

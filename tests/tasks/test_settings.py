@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from flows.cli_review import _over_stored
 from model_loaders.protocol import ModelSpec
+from tasks.settings import model_over_stored
 
 
 def spec(given: dict, stored: ModelSpec | None = None) -> ModelSpec:
-    return ModelSpec(**_over_stored(given, stored))
+    return ModelSpec(**model_over_stored(given, stored))
 
 
 def test_without_a_stored_preview_the_model_picks_its_backend():

@@ -19,8 +19,8 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from flows.review_ui.app import TOKEN_COOKIE, create_app, is_loopback
-from flows.review_ui.jobs import ReviewSession
+from review_ui.app import TOKEN_COOKIE, create_app, is_loopback
+from review_ui.jobs import ReviewSession
 from model_loaders.ontology import Ontology
 from model_loaders.protocol import ModelSpec
 from tasks.preview import load_record, plan_sample, run_preview, save_record
@@ -133,7 +133,7 @@ def test_is_loopback():
 
 def test_cli_on_a_network_address_makes_up_a_token(tmp_path: Path):
     process = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", "ui", "--out", str(tmp_path / "out"),
+        [sys.executable, "-m", "cli.main", "ui", "--out", str(tmp_path / "out"),
          "--host", "0.0.0.0", "--port", "0"],
         cwd=ROOT, stdout=subprocess.PIPE, text=True,
         env={k: v for k, v in os.environ.items() if k != "AUTOLABEL_UI_TOKEN"},
@@ -215,7 +215,7 @@ def test_one_job_at_a_time_and_a_failed_job_says_why(
 def test_cli_refuses_bad_options_before_serving(args, message, tmp_path: Path):
     from typer.testing import CliRunner
 
-    from flows.cli import app
+    from cli.main import app
 
     result = CliRunner().invoke(app, ["ui", "--out", str(tmp_path), *args])
     assert result.exit_code == 2, result.output

@@ -3,7 +3,7 @@
 The page generates test results on a sample (the preview flow, free), tunes per-class
 thresholds with sliders in the browser, and approves them, which labels the whole
 source (the autolabel flow) and shows its progress and report. See
-``flows/review_ui/app.py`` for the routes and who may reach them.
+``review_ui/app.py`` for the routes and who may reach them.
 """
 
 from __future__ import annotations
@@ -15,34 +15,27 @@ from typing import Annotated
 
 import typer
 
-from flows.cli_options import (
-    EXIT_FAILED,
-    EXIT_USAGE,
-    TASKS,
+from cli.options import (
     BatchSizeOption,
     ChunkSizeOption,
     ClassOption,
-    DatasetOption,
+    CreditChoices,
     DeviceOption,
-    FpsOption,
-    LedgerOption,
-    MaxCreditsOption,
     ModelOption,
     OntologyOption,
     PretrainedOption,
-    RatesOption,
-    S3EndpointOption,
     SamCheckpointOption,
     SamModelTypeOption,
-    console,
-    print_error,
+    SourceChoices,
+    with_groups,
 )
-from model_loaders.ontology import Ontology, build_ontology, parse_class_option
-from tasks.credits import CreditRates
+from cli.output import EXIT_FAILED, EXIT_USAGE, console, exit_on, fail
 from tasks.preview import DEFAULT_SAMPLE_SIZE
-from tasks.sources import SourceOptions, canonical_source
+from tasks.settings import SettingsError, choice, parse_classes
+from tasks.sources import canonical_source
 
 
+@with_groups
 def ui(
     source: Annotated[
         str | None,
@@ -83,27 +76,26 @@ def ui(
     sam_model_type: SamModelTypeOption = "vit_h",
     pretrained: PretrainedOption = None,
     chunk_size: ChunkSizeOption = 128,
-    credits_ledger: LedgerOption = None,
-    credit_rates: RatesOption = None,
-    dataset: DatasetOption = None,
-    max_credits: MaxCreditsOption = None,
-    s3_endpoint_url: S3EndpointOption = None,
-    fps: FpsOption = None,
+    *,
+    credits: CreditChoices,
+    sources: SourceChoices,
 ) -> None:
     """Serve the review page: test results, threshold sliders, approval, progress."""
     import uvicorn
 
-    from flows.review_ui.app import create_app, is_loopback
-    from flows.review_ui.jobs import ReviewSession, RunDefaults
+    from review_ui.app import create_app, is_loopback
+    from review_ui.jobs import ReviewSession, RunDefaults
+    from tasks.credits import CreditRates
 
-    try:
-        rates = CreditRates.from_file(credit_rates) if credit_rates else CreditRates()
+    with exit_on(SettingsError, OSError, ValueError, code=EXIT_USAGE):
+        rates = (
+            CreditRates.from_file(credits.credit_rates)
+            if credits.credit_rates
+            else CreditRates()
+        )
         start_classes = _start_classes(classes or [], ontology)
-        if task is not None and task not in TASKS:
-            raise ValueError(f"--task {task!r}: choose one of {', '.join(TASKS)}")
-    except (OSError, ValueError) as error:
-        print_error(error)
-        raise typer.Exit(EXIT_USAGE) from None
+        if task is not None:
+            choice("--task", task)
     loopback = is_loopback(host)
     token = token or None
     if not loopback and token is None:
@@ -122,11 +114,11 @@ def ui(
                 "classify-multi": {"pretrained": pretrained},
             },
             chunk_size=chunk_size,
-            sources=SourceOptions(s3_endpoint_url=s3_endpoint_url, fps=fps),
+            sources=sources.options(),
             rates=rates,
-            ledger=credits_ledger,
-            dataset=dataset,
-            max_credits=max_credits,
+            ledger=credits.credits_ledger,
+            dataset=credits.dataset,
+            max_credits=credits.max_credits,
         ),
     )
     app = create_app(
@@ -146,12 +138,11 @@ def ui(
     try:
         listener = socket.create_server((host, port), family=family)
     except OSError as error:
-        print_error(f"cannot serve on {host}:{port}: {error.strerror or error}")
-        raise typer.Exit(EXIT_FAILED) from None
+        fail(f"cannot serve on {host}:{port}: {error.strerror or error}", EXIT_FAILED)
     url = f"http://{_shown_host(host)}:{listener.getsockname()[1]}/"
     # stdout, one line, so scripts (and the tests) can read the address.
     print(f"Review page: {url}" + (f"?token={token}" if token else ""), flush=True)
-    console.print(f"Outputs go to {out}/. Stop with Ctrl+C.")
+    console.print(f"Outputs go to {out}/. Stop with Ctrl+C.", markup=False)
     server = uvicorn.Server(
         uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
     )
@@ -168,9 +159,7 @@ def _shown_host(host: str) -> str:
 
 def _start_classes(options: list[str], ontology: Path | None) -> list[dict]:
     """The classes the form starts with: --ontology then --class, validated."""
-    parsed = list(Ontology.from_file(ontology).classes) if ontology else []
-    parsed += [parse_class_option(option) for option in options]
-    if not parsed:
+    if not options and ontology is None:
         return []
     return [
         {
@@ -179,5 +168,5 @@ def _start_classes(options: list[str], ontology: Path | None) -> list[dict]:
             if list(c.descriptions) == [c.name]
             else "; ".join(c.descriptions),
         }
-        for c in build_ontology(parsed).classes
+        for c in parse_classes(options, ontology).classes
     ]

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import shlex
 
-from prefect import get_client, get_run_logger
+from prefect import get_client, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run, suspend_flow_run
 from prefect.runtime import deployment, flow_run
@@ -25,12 +26,17 @@ from tasks.approval import (
     ApprovalDecision,
     ApprovalError,
     ApprovalRequest,
+    ApprovedSettings,
     approval_form,
     decide,
+    load_approved,
     notify_waiting,
+    now_utc,
+    save_approved,
+    whoami,
 )
 from tasks.preview_report import PreviewSummary
-from tasks.settings import LabelSettings
+from tasks.settings import LabelSettings, with_every_threshold, with_runtime
 
 APPROVAL_ARTIFACT = "autolabel-approval"
 
@@ -123,10 +129,7 @@ def _request(
     ui_url = flow_run.get_flow_run_ui_url() if PREFECT_API_URL.value() else None
     if temporary_api:
         ui_url = f"{temporary_api.removesuffix('/api')}/runs/flow-run/{run_id}"
-    thresholds = {
-        name: settings.thresholds.for_class(name)
-        for name in settings.ontology.class_names
-    }
+    thresholds = settings.thresholds.for_classes(settings.ontology.class_names)
     return ApprovalRequest(
         flow_run_id=run_id,
         thresholds=thresholds,
@@ -169,3 +172,59 @@ def _instructions(
         f"{request.timeout_s} s the run ends: nothing is labeled or charged.",
     ]
     return "\n".join(lines) + "\n"
+
+
+@task(name="take-thresholds-as-given", cache_policy=NO_CACHE)
+def as_given_task(
+    settings: LabelSettings, approved_by: str | None = None
+) -> ApprovalDecision:
+    """``--approve`` (or the review page): the thresholds given are the approved ones,
+    no waiting."""
+    return ApprovalDecision(
+        decision="approve",
+        thresholds=with_every_threshold(settings).thresholds,
+        ontology=settings.ontology,
+        approved_by=approved_by or whoami("--approve"),
+        descriptions_changed=False,
+    )
+
+
+@task(name="save-approved", cache_policy=NO_CACHE)
+def save_approved_task(
+    out: str,
+    settings: LabelSettings,
+    summary: PreviewSummary,
+    approved_by: str,
+    sample_seed: int | None,
+) -> ApprovedSettings:
+    """Save the approved settings as ``out/approved.json`` for later runs to reuse."""
+    approved = ApprovedSettings(
+        settings=settings,
+        approved_by=approved_by or "Prefect UI (no name given)",
+        approved_at=now_utc(),
+        flow_run_id=str(flow_run.get_id()) if flow_run.get_id() else None,
+        sample=summary.sample,
+        sample_seed=sample_seed,
+        preview_counts=summary.counts,
+    )
+    save_approved(out, approved)
+    return approved
+
+
+@task(name="load-approved", cache_policy=NO_CACHE)
+def load_approved_task(out: str, runtime: LabelSettings | None) -> ApprovedSettings:
+    """``out/approved.json``, with device/batch/chunk size from ``runtime`` if given.
+
+    Those three change how labels are computed, not which: a dataset approved on a
+    laptop can be labeled on a GPU worker.
+    """
+    approved = load_approved(out)
+    if runtime is None:
+        return approved
+    settings = with_runtime(
+        approved.settings,
+        device=runtime.model.device,
+        batch_size=runtime.model.batch_size,
+        chunk_size=runtime.chunk_size,
+    )
+    return approved.model_copy(update={"settings": settings})

@@ -69,7 +69,7 @@ def served(
     sam = save_random_sam(root / "sam.pth")
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
     process = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", "ui", str(photos), "--out", str(out),
+        [sys.executable, "-m", "cli.main", "ui", str(photos), "--out", str(out),
          "--class", "cat", "--model", tiny_grounding_dino, "--device", "cpu",
          "--sam-checkpoint", str(sam), "--sam-model-type", "vit_tiny",
          "--sample", "3", "--port", "0"],

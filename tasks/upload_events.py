@@ -13,11 +13,19 @@ same JSON to the API instead (``upload_event_curl`` prints the command).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shlex
+from pathlib import Path
 from typing import Any
 from uuid import uuid4
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.credits import CreditAccount
+from tasks.settings import LabelSettings, credit_account
 
 UPLOAD_EVENT = "autolabel.images.uploaded"
 RESOURCE_PREFIX = "autolabel.dataset."
@@ -213,3 +221,74 @@ def send_upload_event(
 
     asyncio.run(send())
     return str(event.id)
+
+
+def read_manifest(path: str) -> list[str]:
+    """The images a manifest file lists: a JSON list, or one per line (# comments).
+
+    Raises:
+        ValueError: If the file is JSON but not a list of strings.
+    """
+    text = Path(path).read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        items = json.loads(text)
+        if not all(isinstance(item, str) for item in items):
+            raise ValueError(f"manifest {path}: expected a JSON list of image paths")
+        return items
+    lines = (line.strip() for line in text.splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def wanted_images(images: list[str] | None, manifest: str | None) -> list[str] | None:
+    """The images an upload names (event list + manifest); None: every new image."""
+    if images is None and manifest is None:
+        return None
+    listed = list(images or []) + (read_manifest(manifest) if manifest else [])
+    return list(dict.fromkeys(listed))
+
+
+def dataset_account(
+    out: str, dataset: str, settings: LabelSettings, max_credits: float | None
+) -> CreditAccount:
+    """The dataset's credit account: ``OUT/credits.sqlite``, booked to ``dataset``.
+
+    Raises:
+        UploadEventError: If ``dataset`` is not a valid dataset id.
+    """
+    check_dataset_id(dataset)
+    return credit_account(
+        out=out,
+        source=dataset,
+        settings=settings,
+        dataset=dataset,
+        max_credits=max_credits,
+    )
+
+
+def dataset_lock(dataset: str) -> str:
+    """Create (once) the one-slot concurrency limit that serializes a dataset's runs.
+
+    A scan and an upload event of the same dataset at the same time would both see
+    an image as new and label it into two chunks; one run at a time per dataset means
+    the second one plans after the first has added its labels. Runs of different
+    datasets never wait for each other. Returns the limit's name.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    name = f"autolabel-dataset-{check_dataset_id(dataset)}"
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            # Another run of the dataset may create it first.
+            with contextlib.suppress(ObjectAlreadyExists):
+                client.create_global_concurrency_limit(
+                    GlobalConcurrencyLimitCreate(name=name, limit=1)
+                )
+    return name
+
+
+dataset_lock_task = task(dataset_lock, name="dataset-lock", cache_policy=NO_CACHE)
+wanted_images_task = task(wanted_images, name="read-upload", cache_policy=NO_CACHE)

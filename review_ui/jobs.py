@@ -9,29 +9,21 @@ refused (the page greys its buttons meanwhile).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 import traceback
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
-from flows.cli_options import labeled_dataset
-from model_loaders.ontology import OntologyError, build_ontology, parse_class_option
-from model_loaders.protocol import ModelSpec
 from tasks import progress
 from tasks.approval import whoami
-from tasks.credits import (
-    CreditAccount,
-    CreditRates,
-    credit_kind,
-    format_credits,
-    resolve_ledger_path,
-)
+from tasks.credits import CreditAccount, CreditRates, format_credits
 from tasks.preview import (
     DEFAULT_SAMPLE_SIZE,
     PreviewError,
@@ -39,9 +31,16 @@ from tasks.preview import (
     load_record,
 )
 from tasks.review import estimate_credits, review_payload
-from tasks.settings import LabelSettings
+from tasks.settings import (
+    LabelSettings,
+    SettingsError,
+    build_settings,
+    credit_account,
+    labeled_dataset,
+    with_every_threshold,
+)
 from tasks.sources import SourceOptions
-from tasks.thresholds import ThresholdError, Thresholds
+from tasks.thresholds import Thresholds
 
 Task = Literal["detect", "segment", "classify", "classify-multi"]
 JobKind = Literal["preview", "label"]
@@ -61,6 +60,11 @@ class ClassRow(BaseModel):
 
     name: str
     descriptions: str = ""
+
+    def as_option(self) -> str:
+        """The row as a ``--class`` option: "name" or "name: a; b"."""
+        descriptions = self.descriptions.strip()
+        return f"{self.name}: {descriptions}" if descriptions else self.name
 
 
 class PreviewRequest(BaseModel):
@@ -220,7 +224,8 @@ class ReviewSession:
             raise RequestError(
                 "the test results changed since this page loaded them: reload", 409
             )
-        settings = _with_thresholds(record.settings, request.thresholds)
+        with _request_error():
+            settings = with_every_threshold(record.settings, request.thresholds)
         account = self._account(record.source, settings)
         from flows.autolabel import autolabel
 
@@ -248,49 +253,36 @@ class ReviewSession:
     # --- helpers -------------------------------------------------------------
 
     def _settings(self, request: PreviewRequest) -> LabelSettings:
-        try:
-            ontology = build_ontology(
-                [
-                    parse_class_option(
-                        f"{row.name}: {row.descriptions}"
-                        if row.descriptions.strip()
-                        else row.name
-                    )
-                    for row in request.classes
-                ]
-            )
-            model = {
-                "task": request.task,
-                "model": request.model or None,
-                "dataset": labeled_dataset(self.defaults.dataset, request.source),
-                **self.defaults.model_options.get(request.task, {}),
-            }
-            spec = ModelSpec(
-                **{k: v for k, v in model.items() if v is not None},
-                device=self.defaults.device,
-                batch_size=self.defaults.batch_size,
-            )
-            names = set(ontology.class_names)
-            known = {k: v for k, v in request.thresholds.items() if k in names}
-            return LabelSettings(
-                ontology=ontology,
-                model=spec,
-                thresholds=Thresholds(per_class=known),
+        """The form's choices as settings; a bad choice is the page's to correct."""
+        model = {
+            "task": request.task,
+            "model": request.model or None,
+            "dataset": labeled_dataset(self.defaults.dataset, request.source),
+            "device": self.defaults.device,
+            "batch_size": self.defaults.batch_size,
+            **self.defaults.model_options.get(request.task, {}),
+        }
+        names = {row.name for row in request.classes}
+        with _request_error():
+            return build_settings(
+                classes=[row.as_option() for row in request.classes],
+                thresholds=Thresholds(
+                    per_class={
+                        k: v for k, v in request.thresholds.items() if k in names
+                    }
+                ),
                 chunk_size=self.defaults.chunk_size,
+                model=model,
             )
-        except ValidationError as error:
-            first = error.errors()[0]
-            raise RequestError(first["msg"].removeprefix("Value error, ")) from None
-        except (OntologyError, ThresholdError, ValueError) as error:
-            raise RequestError(str(error)) from None
 
     def _account(self, source: str, settings: LabelSettings) -> CreditAccount:
-        return CreditAccount(
-            ledger_path=str(resolve_ledger_path(self.out, self.defaults.ledger)),
-            dataset=self.defaults.dataset or source,
-            model=settings.model.model,
-            task=credit_kind(settings.model),
+        return credit_account(
+            out=self.out,
+            source=source,
+            settings=settings,
+            ledger=self.defaults.ledger,
             rates=self.defaults.rates,
+            dataset=self.defaults.dataset,
             max_credits=self.defaults.max_credits,
         )
 
@@ -321,20 +313,10 @@ class ReviewSession:
             progress.remove_listener(job)
 
 
-def _with_thresholds(
-    settings: LabelSettings, thresholds: dict[str, float]
-) -> LabelSettings:
-    """``settings`` with a threshold for every class: the approved ones."""
-    names = settings.ontology.class_names
-    unknown = sorted(set(thresholds) - set(names))
-    if unknown:
-        raise RequestError(f"no such class in the test results: {', '.join(unknown)}")
-    per_class = {n: thresholds.get(n, settings.thresholds.for_class(n)) for n in names}
+@contextlib.contextmanager
+def _request_error() -> Iterator[None]:
+    """A choice the settings refuse is a request the page must correct (HTTP 400)."""
     try:
-        approved = settings.thresholds.model_copy(update={"per_class": per_class})
-        approved = Thresholds.model_validate(approved.model_dump())
-    except ValidationError as error:
-        raise RequestError(error.errors()[0]["msg"]) from None
-    data = settings.model_dump()
-    data["thresholds"] = approved.model_dump()
-    return LabelSettings.model_validate(data)
+        yield
+    except (SettingsError, ValidationError) as error:
+        raise RequestError(str(error)) from None

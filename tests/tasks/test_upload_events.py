@@ -12,17 +12,24 @@ import pytest
 from prefect.events import Event
 from typer.testing import CliRunner
 
-from flows.cli import app
-from flows.events import (
+from cli.main import app
+from model_loaders.ontology import Ontology
+from tasks.approval import (
+    ApprovalError,
+    ApprovedSettings,
+    approved_settings,
+    now_utc,
+    save_approved,
+)
+from tasks.settings import LabelSettings
+from tasks.upload_events import (
     UploadEventError,
     check_dataset_id,
+    dataset_account,
     dataset_resource_id,
     upload_event_curl,
+    wanted_images,
 )
-from flows.label_new import approved_settings, dataset_account, wanted_images
-from model_loaders.ontology import Ontology
-from tasks.approval import ApprovalError, ApprovedSettings, now_utc, save_approved
-from tasks.settings import LabelSettings
 
 
 @pytest.mark.parametrize(

@@ -30,7 +30,7 @@ from fastapi.responses import (
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from flows.review_ui.jobs import (
+from review_ui.jobs import (
     LabelRequest,
     PreviewRequest,
     RequestError,

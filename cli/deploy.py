@@ -12,32 +12,16 @@ from typing import Annotated
 
 import typer
 
-from flows.cli_options import (
-    EXIT_FAILED,
-    EXIT_USAGE,
-    BatchSizeOption,
-    ChunkSizeOption,
-    ClassOption,
-    DatasetOption,
-    DeviceOption,
-    DtypeOption,
-    LedgerOption,
-    MaxCreditsOption,
-    ModelOption,
-    NmsIouOption,
-    NmsOption,
-    OntologyOption,
-    PromptModeOption,
-    QualityOption,
-    RatesOption,
-    ThresholdOption,
-    console,
-    credit_account_or_exit,
-    detection_settings_or_exit,
-    print_error,
-    quality_or_exit,
+from cli.options import (
+    ClassChoices,
+    CreditChoices,
+    ModelChoices,
+    OutputChoices,
+    SourceChoices,
+    with_groups,
 )
-from model_loaders.protocol import DEFAULT_GROUNDING_DINO
+from cli.output import EXIT_FAILED, EXIT_USAGE, console, exit_on, fail, report_run
+from cli.settings import account_or_exit, batch_settings
 
 
 def notify_upload(
@@ -70,21 +54,18 @@ def notify_upload(
     ] = False,
 ) -> None:
     """Tell the label-new-uploads deployment that DATASET has new images."""
-    from flows.events import (
+    from tasks.upload_events import (
         UploadEventError,
         check_dataset_id,
         send_upload_event,
         upload_event_curl,
     )
 
-    try:
+    with exit_on(UploadEventError, code=EXIT_USAGE):
         check_dataset_id(dataset)
-    except UploadEventError as error:
-        print_error(error)
-        raise typer.Exit(EXIT_USAGE) from None
     out, source = _worker_path(out), _worker_path(source)
     manifest = _worker_path(manifest) if manifest else None
-    api_url = os.environ.get("PREFECT_API_URL") or _configured_api_url()
+    api_url = _api_url()
     if print_curl:
         typer.echo(
             upload_event_curl(
@@ -98,23 +79,23 @@ def notify_upload(
         )
         return
     if not api_url:
-        print_error(
+        fail(
             "set PREFECT_API_URL to the server your deployments run on "
             "(e.g. http://127.0.0.1:4200/api)"
         )
-        raise typer.Exit(EXIT_FAILED)
     try:
         event_id = send_upload_event(dataset, out, source, image, manifest=manifest)
     except Exception as error:  # connection refused, TLS, auth: one line, exit 1
-        print_error(f"could not send the event to {api_url}: {error}")
-        raise typer.Exit(EXIT_FAILED) from None
+        fail(f"could not send the event to {api_url}: {error}")
     count = f"{len(image)} image(s)" if image else "every image not labeled yet"
     console.print(
         f"Sent autolabel.images.uploaded for dataset {dataset} ({count}) to "
-        f"{api_url}; event {event_id}."
+        f"{api_url}; event {event_id}.",
+        markup=False,
     )
 
 
+@with_groups
 def label_sharded(
     source: Annotated[
         str,
@@ -140,22 +121,12 @@ def label_sharded(
     poll_interval: Annotated[
         float, typer.Option(min=0.1, help="Seconds between checks on the shards.")
     ] = 5.0,
-    classes: ClassOption = None,
-    ontology: OntologyOption = None,
-    threshold: ThresholdOption = None,
-    model: ModelOption = DEFAULT_GROUNDING_DINO,
-    device: DeviceOption = "auto",
-    dtype: DtypeOption = "auto",
-    batch_size: BatchSizeOption = 8,
-    chunk_size: ChunkSizeOption = 128,
-    prompt_mode: PromptModeOption = "joint",
-    nms: NmsOption = "class",
-    nms_iou: NmsIouOption = 0.5,
-    max_credits: MaxCreditsOption = None,
-    credits_ledger: LedgerOption = None,
-    credit_rates: RatesOption = None,
-    dataset: DatasetOption = None,
-    quality: QualityOption = "warn",
+    *,
+    classes: ClassChoices,
+    model: ModelChoices,
+    output: OutputChoices,
+    credits: CreditChoices,
+    sources: SourceChoices,
 ) -> None:
     """Label a big batch on the work pool's workers: shards out, one merged result.
 
@@ -163,31 +134,17 @@ def label_sharded(
     `prefect worker start --pool ...` workers, which must see SOURCE and --out at the
     same paths.
     """
-    quality = quality_or_exit(quality)
-    settings = detection_settings_or_exit(
-        classes, ontology, threshold, model, device, dtype, batch_size, chunk_size,
-        prompt_mode, nms, nms_iou,
-    )  # fmt: skip
-    if not (os.environ.get("PREFECT_API_URL") or _configured_api_url()):
-        print_error("set PREFECT_API_URL to the server your workers poll")
-        raise typer.Exit(EXIT_FAILED)
+    settings = batch_settings(source, str(out), classes, model, output, credits)
+    if not _api_url():
+        fail("set PREFECT_API_URL to the server your workers poll")
     out = out.resolve()
     source = _worker_path(source)
-    account = credit_account_or_exit(
-        out=out,
-        source=source,
-        settings=settings,
-        ledger=credits_ledger,
-        rates=credit_rates,
-        dataset=dataset,
-        max_credits=max_credits,
-    )
+    account = account_or_exit(credits, out=out, source=source, settings=settings)
 
-    from flows.cli import report_run
-    from flows.scale_out import ShardsFailed
-    from flows.scale_out import label_sharded as label_sharded_flow
+    from flows.label_sharded import label_sharded as label_sharded_flow
+    from tasks.shards import ShardsFailed
 
-    try:
+    with exit_on(ShardsFailed, ValueError, code=EXIT_FAILED):
         summary = label_sharded_flow(
             source=source,
             out=str(out),
@@ -195,15 +152,14 @@ def label_sharded(
             shards=shards,
             deployment=deployment,
             credits=account,
-            quality=quality,
+            quality=output.quality,
+            sources=sources.options(),
+            upload_to=output.upload_to,
             max_attempts=max_attempts,
             shard_timeout_s=shard_timeout,
             stale_after_s=stale_after,
             poll_interval_s=poll_interval,
         )
-    except (ShardsFailed, ValueError) as error:
-        print_error(error)
-        raise typer.Exit(EXIT_FAILED) from None
     raise typer.Exit(report_run(summary, str(out)))
 
 
@@ -212,7 +168,9 @@ def _worker_path(value: str) -> str:
     return value if "://" in value else str(Path(value).expanduser().resolve())
 
 
-def _configured_api_url() -> str | None:
+def _api_url() -> str | None:
+    """The Prefect server the deployments run on: PREFECT_API_URL, from the
+    environment or the active Prefect profile."""
     from prefect.settings import PREFECT_API_URL
 
-    return PREFECT_API_URL.value() or None
+    return os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value() or None

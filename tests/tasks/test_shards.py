@@ -10,7 +10,7 @@ from uuid import UUID, uuid4
 
 import pytest
 
-from flows.scale_out import (
+from tasks.shards import (
     RunStatus,
     ShardPolicy,
     ShardsFailed,

@@ -1,0 +1,1 @@
+"""The ``autolabel`` command line (see ``cli.main``)."""

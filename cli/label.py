@@ -1,0 +1,107 @@
+"""``autolabel label`` and ``autolabel credits``: label a source in one go; the
+ledger."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli.options import (
+    ClassChoices,
+    CreditChoices,
+    ModelChoices,
+    OutputChoices,
+    SourceChoices,
+    with_groups,
+)
+from cli.output import (
+    EXIT_FAILED,
+    EXIT_QUALITY,
+    console,
+    exit_on,
+    fail,
+    progress_bar,
+    report_run,
+)
+from cli.settings import account_or_exit, batch_settings, warm_model_or_exit
+from clients.roboflow import RoboflowAccessError
+from tasks.credits import CreditLedger, format_credits, redact, resolve_ledger_path
+from tasks.images import SourceError
+from tasks.quality import QualityCheckFailed
+from tasks.s3 import is_s3, staging_folder
+from tasks.sources import canonical_source
+
+
+@with_groups
+def label(
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="Folder (searched recursively), s3://bucket/prefix or "
+            "roboflow://workspace/project[/batch]."
+        ),
+    ],
+    out: Annotated[
+        str, typer.Option(help="Output folder, or s3://bucket/prefix.")
+    ] = "out",
+    *,
+    classes: ClassChoices,
+    model: ModelChoices,
+    output: OutputChoices,
+    credits: CreditChoices,
+    sources: SourceChoices,
+) -> None:
+    """Label images; write the label table, exports (COCO/YOLO, or classification
+    layouts) and report.md to --out."""
+    settings = batch_settings(source, out, classes, model, output, credits)
+    local_out = staging_folder(out) if is_s3(out) else Path(out)
+    account = account_or_exit(
+        credits, out=local_out, source=canonical_source(source), settings=settings
+    )
+    warm_model_or_exit(settings.model)
+
+    from flows.label import label_images
+
+    with (
+        exit_on(SourceError, RoboflowAccessError, code=EXIT_FAILED),
+        exit_on(QualityCheckFailed, code=EXIT_QUALITY),
+        progress_bar("Labeling"),
+    ):
+        summary = label_images(
+            source=source,
+            out=out,
+            settings=settings,
+            credits=account,
+            quality=output.quality,
+            sources=sources.options(),
+            upload_to=output.upload_to,
+        )
+    raise typer.Exit(report_run(summary, out))
+
+
+def credits(
+    out: Annotated[
+        Path | None, typer.Option(help="Output folder whose ledger to show.")
+    ] = None,
+    ledger: Annotated[
+        Path | None, typer.Option(help="Ledger file (instead of --out).")
+    ] = None,
+    dataset: Annotated[str | None, typer.Option(help="Only this dataset.")] = None,
+    runs: Annotated[bool, typer.Option(help="One line per run.")] = False,
+) -> None:
+    """Print the credit ledger: credits per dataset, model and task (or per run)."""
+    path = ledger or resolve_ledger_path(out or Path("out"))
+    if not path.is_file():
+        fail(f"no credit ledger at {path}")
+    book = CreditLedger(path)
+    table = book.runs(dataset) if runs else book.totals(dataset)
+    if "dataset" in table:
+        table["dataset"] = table["dataset"].map(redact)
+    console.print(
+        table.to_string(index=False) if len(table) else "No charges yet.",
+        markup=False,
+        highlight=False,
+    )
+    console.print(f"Total: {format_credits(book.used(dataset))} credits")

@@ -1,0 +1,265 @@
+"""``autolabel preview``: test results on a sample (0 credits), and ``--from`` to see
+them again at new thresholds without a model.
+
+``preview --from OUT`` without ``--class`` re-filters the stored candidates: it never
+imports torch or loads a model, so a threshold change is answered at once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from cli.options import (
+    ClassChoices,
+    DatasetOption,
+    ModelChoices,
+    SourceChoices,
+    inherited,
+    with_groups,
+)
+from cli.output import EXIT_FAILED, EXIT_USAGE, console, exit_on, usage
+from cli.settings import warm_model_or_exit
+from tasks.images import SourceError
+from tasks.preview import DEFAULT_SAMPLE_SIZE, PreviewError
+from tasks.settings import (
+    LabelSettings,
+    SettingsError,
+    build_settings,
+    choice,
+    labeled_dataset,
+    model_over_stored,
+)
+from tasks.sources import SourceOptions
+from tasks.thresholds import ThresholdError, Thresholds, parse_threshold_options
+
+OutOption = Annotated[Path, typer.Option(help="Output folder.")]
+SampleOption = Annotated[
+    int, typer.Option("--sample", min=1, help="Images in the random preview sample.")
+]
+SeedOption = Annotated[
+    int, typer.Option(help="Seed of the sample: the same seed gives the same images.")
+]
+ImagesOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--images", help="Preview these images instead: a.jpg,b/c.jpg (relative)."
+    ),
+]
+
+# Options left out of ``preview`` keep the --from preview's values.
+PreviewClassChoices = inherited(ClassChoices)
+PreviewModelChoices = inherited(ModelChoices)
+
+# Fields of how the model runs, not of which candidates it finds.
+_HOW = {"device", "dtype", "batch_size"}
+
+
+@with_groups
+def preview(
+    source: Annotated[
+        str | None,
+        typer.Argument(
+            help="Folder of images, s3://bucket/prefix or roboflow://workspace/"
+            "project[/batch]; leave out with --from."
+        ),
+    ] = None,
+    out: OutOption = Path("out"),
+    from_: Annotated[
+        Path | None,
+        typer.Option(
+            "--from",
+            help="Output folder of an earlier preview: show it at new thresholds "
+            "(no model), or re-run its sample images with new --class descriptions.",
+        ),
+    ] = None,
+    sample: SampleOption = DEFAULT_SAMPLE_SIZE,
+    seed: SeedOption = 0,
+    images: ImagesOption = None,
+    dataset: DatasetOption = None,
+    *,
+    classes: PreviewClassChoices,
+    model: PreviewModelChoices,
+    sources: SourceChoices,
+) -> None:
+    """Test results on a sample (0 credits): every candidate kept with its score.
+
+    Writes OUT/preview/: annotated images, candidates.parquet, summary.md with
+    (shown)/(total) per class. Options left out keep the --from preview's values.
+    """
+    given = model.spec_fields(dataset)
+    stored = None
+    if from_ is not None:
+        if source is not None:
+            usage("give SOURCE or --from OUT, not both")
+        if not classes.given:
+            _refilter_or_refuse(from_, classes, given, sources)
+            return
+        if images:
+            usage("--from re-runs the stored sample: drop --images")
+        stored = _stored_record(from_)
+        source, out, images = stored.source, from_, list(stored.sample)
+    if source is None:
+        usage("missing SOURCE (a folder of images), or --from OUT")
+    given["dataset"] = labeled_dataset(dataset, source)
+    # Defaults: the stored preview's, else LabelSettings' own.
+    base = stored.settings if stored else LabelSettings.model_construct()
+    with exit_on(SettingsError, code=EXIT_USAGE):
+        settings = build_settings(
+            classes=classes.classes or [],
+            ontology_file=classes.ontology,
+            thresholds=classes.threshold or [],
+            nms=classes.nms or base.nms,
+            nms_iou=base.nms_iou if classes.nms_iou is None else classes.nms_iou,
+            model=model_over_stored(given, stored.settings.model if stored else None),
+        )
+    if stored:
+        settings = _keep_stored_thresholds(settings, stored.settings, classes.threshold)
+    picked = split_images(images)
+    kept_sources = stored.sources if stored else SourceOptions()
+    reach = SourceOptions(
+        s3_endpoint_url=sources.s3_endpoint_url or kept_sources.s3_endpoint_url,
+        fps=sources.fps or kept_sources.fps,
+    )
+    check_sample(source, out, reach, sample, seed, picked)
+    warm_model_or_exit(settings.model)
+
+    from flows.preview import preview as preview_flow
+
+    with console.status("Running the preview on the sample ..."):
+        summary = preview_flow(
+            source=source,
+            out=str(out),
+            settings=settings,
+            sample_size=sample,
+            seed=seed,
+            images=picked,
+            sources=reach,
+        )
+    print_preview(summary)
+
+
+def print_preview(summary) -> None:
+    """The per-class table and where the preview's files are."""
+    drawn = f"seed {summary.seed}" if summary.seed is not None else "picked"
+    console.print(
+        f"Test results on {len(summary.sample)} sample images ({drawn}): model run "
+        f"once at a floor of {summary.floor:g}, {summary.candidates} candidates. "
+        f"Cost: {summary.credits} credits (test results are free)."
+    )
+    table = Table("class", "threshold", "shown/total")
+    for name, (shown, total) in summary.counts.items():
+        table.add_row(escape(name), f"{summary.thresholds[name]:g}", f"{shown}/{total}")
+    console.print(table)
+    root = Path(summary.out) / "preview"
+    console.print(
+        f"Annotated images: {root / 'images'}/ ({len(summary.images)}); candidates: "
+        f"{root / 'candidates.parquet'}; summary: {root / 'summary.md'}",
+        markup=False,
+    )
+    for path, reason in summary.skipped:
+        console.print(f"[yellow]skipped[/yellow] {escape(f'{path}: {reason}')}")
+    if summary.below_floor:
+        console.print(
+            f"[yellow]below the floor {summary.floor:g}:[/yellow] "
+            f"{escape(', '.join(summary.below_floor))}: counts may be too low; run "
+            "the preview on SOURCE again to see candidates under the floor"
+        )
+
+
+def merge_thresholds(stored: Thresholds, options: list[str]) -> Thresholds:
+    """``stored`` with the given options on top.
+
+    A bare ``--threshold 0.5`` means every class (it replaces the default and the stored
+    per-class values); ``name=0.6`` then sets one class, in any order.
+    """
+    bare = [parse_threshold_options([o]) for o in options if "=" not in o]
+    named = [parse_threshold_options([o]) for o in options if "=" in o]
+    default = bare[-1].default if bare else stored.default
+    per_class = {} if bare else dict(stored.per_class)
+    for parsed in named:
+        per_class.update(parsed.per_class)
+    return Thresholds(default=default, per_class=per_class)
+
+
+def split_images(images: list[str] | None) -> list[str] | None:
+    """``--images a.jpg,b.jpg --images c.jpg`` as one list; None when none given."""
+    names = [name.strip() for option in images or [] for name in option.split(",")]
+    return [name for name in names if name] or None
+
+
+def check_sample(
+    source: str,
+    out: Path,
+    sources: SourceOptions,
+    size: int,
+    seed: int,
+    images: list[str] | None,
+) -> None:
+    """Refuse a bad source or --images before a model is loaded."""
+    from tasks.preview import plan_sample
+
+    with exit_on(SourceError, code=EXIT_FAILED), exit_on(PreviewError, code=EXIT_USAGE):
+        plan_sample(
+            source, str(out), size=size, seed=seed, images=images, options=sources
+        )
+
+
+def _refilter_or_refuse(
+    out: Path, classes: ClassChoices, given: dict, sources: SourceChoices
+) -> None:
+    """``--from`` without classes: the stored candidates at new thresholds, or a
+    refusal of options that would need the model."""
+    changed = [
+        ModelChoices.FLAGS.get(key, "--" + key.replace("_", "-"))
+        for key, value in given.items()
+        if value is not None and key not in _HOW
+    ]
+    changed += ["--fps"] if sources.fps is not None else []
+    if changed:
+        usage(
+            "--from OUT without --class only re-filters the stored candidates: give "
+            f"--class (or --ontology) to run the model again with {', '.join(changed)}"
+        )
+    from tasks.preview import load_record
+    from tasks.preview_report import show_preview
+
+    with exit_on(PreviewError, ThresholdError, SettingsError, code=EXIT_USAGE):
+        stored = load_record(out).settings
+        thresholds = merge_thresholds(stored.thresholds, classes.threshold or [])
+        if classes.nms is not None:
+            choice("--nms", classes.nms)
+        summary = show_preview(
+            str(out), thresholds, nms=classes.nms, nms_iou=classes.nms_iou
+        )
+    print_preview(summary)
+
+
+def _stored_record(from_: Path):
+    from tasks.preview import load_record
+
+    with exit_on(PreviewError, code=EXIT_USAGE):
+        return load_record(from_)
+
+
+def _keep_stored_thresholds(
+    settings: LabelSettings, stored: LabelSettings, options: list[str] | None
+) -> LabelSettings:
+    """New descriptions keep the thresholds last shown, for the classes still there."""
+    names = set(settings.ontology.class_names)
+    kept = stored.thresholds.model_copy(
+        update={
+            "per_class": {
+                name: value
+                for name, value in stored.thresholds.per_class.items()
+                if name in names
+            }
+        }
+    )
+    with exit_on(ThresholdError, code=EXIT_USAGE):
+        merged = merge_thresholds(kept, options or [])
+    return settings.model_copy(update={"thresholds": merged})

@@ -1,0 +1,80 @@
+"""The command line's side of ``tasks.settings``: a user's options become settings, a
+credit account and a loaded model, or one error line and the exit code that says why.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.markup import escape
+
+from cli.options import ClassChoices, CreditChoices, ModelChoices, OutputChoices
+from cli.output import EXIT_FAILED, EXIT_USAGE, console, exit_on
+from model_loaders.protocol import ModelLoadError, ModelSpec
+from tasks.credits import CreditAccount
+from tasks.settings import (
+    LabelSettings,
+    SettingsError,
+    build_settings,
+    check_upload_target,
+    choice,
+    credit_account,
+    labeled_dataset,
+)
+
+
+def batch_settings(
+    source: str,
+    out: str,
+    classes: ClassChoices,
+    model: ModelChoices,
+    output: OutputChoices,
+    credits: CreditChoices,
+) -> LabelSettings:
+    """The settings of a labeling batch, every option checked (exit 2 on the first
+    bad one) before anything heavy is loaded."""
+    dataset = labeled_dataset(credits.dataset, output.upload_to, source)
+    with exit_on(SettingsError, code=EXIT_USAGE):
+        choice("--quality", output.quality)
+        settings = build_settings(
+            classes=classes.classes or [],
+            ontology_file=classes.ontology,
+            thresholds=classes.threshold or [],
+            nms=classes.nms,
+            nms_iou=classes.nms_iou,
+            chunk_size=output.chunk_size,
+            model=model.spec_fields(dataset),
+        )
+        check_upload_target(output.upload_to, settings, out)
+    return settings
+
+
+def account_or_exit(
+    credits: CreditChoices, *, out: str | Path, source: str, settings: LabelSettings
+) -> CreditAccount:
+    """Who pays for the run: every labeling run is metered (test results never are)."""
+    with exit_on(SettingsError, code=EXIT_USAGE):
+        return credit_account(
+            out=out,
+            source=source,
+            settings=settings,
+            ledger=credits.credits_ledger,
+            rates=credits.credit_rates,
+            dataset=credits.dataset,
+            max_credits=credits.max_credits,
+        )
+
+
+def warm_model_or_exit(spec: ModelSpec) -> None:
+    """Load the model into this process's cache before the flow starts.
+
+    The flow's tasks run in this process and reuse it; a model that cannot be loaded
+    fails here with one line instead of a task traceback.
+    """
+    from model_loaders.cache import get_model
+
+    with (
+        console.status(f"Loading {escape(spec.model)} ..."),
+        exit_on(ModelLoadError, code=EXIT_FAILED),
+    ):
+        get_model(spec)

@@ -1,0 +1,53 @@
+"""Credits: what labeling costs, a ledger that never charges an image twice, a budget.
+
+The price list and credit arithmetic (``rates``), the SQLite ledger that makes charging
+idempotent (``ledger``), the per-run account that checks the budget chunk by chunk
+(``account``), and the Prefect artifacts that show it all (``artifacts``).
+
+One module per job keeps each readable on its own; this package re-exports what the
+rest of the code imports from ``tasks.credits``, so callers name the package, never a
+module inside it.
+"""
+
+from __future__ import annotations
+
+# Module-level here as before the split: ``record_credits_artifacts`` calls them through
+# this package, so patching ``tasks.credits.create_*_artifact`` still takes effect.
+from prefect.artifacts import create_markdown_artifact as create_markdown_artifact
+from prefect.artifacts import create_table_artifact as create_table_artifact
+
+from tasks.credits.account import CreditAccount
+from tasks.credits.artifacts import (
+    credits_table,
+    dataset_artifact_key,
+    record_credits_artifacts,
+    record_credits_task,
+    redact,
+    render_credits_markdown,
+)
+from tasks.credits.ledger import (
+    LEDGER_COLUMNS,
+    BudgetExceeded,
+    ChargeResult,
+    CreditLedger,
+    resolve_ledger_path,
+)
+from tasks.credits.rates import CreditRates, credit_kind, format_credits
+
+__all__ = [
+    "LEDGER_COLUMNS",
+    "BudgetExceeded",
+    "ChargeResult",
+    "CreditAccount",
+    "CreditLedger",
+    "CreditRates",
+    "credit_kind",
+    "credits_table",
+    "dataset_artifact_key",
+    "format_credits",
+    "record_credits_artifacts",
+    "record_credits_task",
+    "redact",
+    "render_credits_markdown",
+    "resolve_ledger_path",
+]

@@ -1,0 +1,300 @@
+"""The credit ledger: an SQLite file that never charges an image twice.
+
+A charge is one row per (dataset, image content hash, model, task) in an SQLite file
+(WAL mode, the embedded default; ``OUT/credits.sqlite`` unless a path is configured).
+The unique key makes charging idempotent: a retried task, a resumed run or a rerun with
+other thresholds inserts nothing new, so it costs nothing. Preview (test) results are
+never charged: only the batch labeling calls ``charge``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sqlite3
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from tasks.credits.rates import (
+    CREDIT_DECIMALS,
+    CreditRates,
+    TaskKind,
+    credits_left,
+    format_credits,
+)
+
+LEDGER_FILE_NAME = "credits.sqlite"
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS charges (
+    id INTEGER PRIMARY KEY,
+    dataset TEXT NOT NULL,
+    image_id TEXT NOT NULL,
+    model TEXT NOT NULL,
+    task TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    credits REAL NOT NULL,
+    charged_at TEXT NOT NULL,
+    UNIQUE (dataset, image_id, model, task)
+);
+CREATE INDEX IF NOT EXISTS charges_by_run ON charges (dataset, run_id);
+"""
+LEDGER_COLUMNS = [
+    "dataset",
+    "image_id",
+    "model",
+    "task",
+    "run_id",
+    "credits",
+    "charged_at",
+]
+
+
+@dataclass(frozen=True)
+class ChargeResult:
+    """What one ``charge`` did: images newly and already charged, credits added."""
+
+    newly_charged: int
+    already_charged: int
+    credits: float
+
+
+class BudgetExceeded(RuntimeError):
+    """Labeling more would spend over ``--max-credits``; the message has the sums."""
+
+    def __init__(self, *, max_credits: float, used: float, needed: float) -> None:
+        self.max_credits = max_credits
+        self.used = used
+        self.needed = needed
+        self.left = credits_left(max_credits, used)
+        super().__init__(
+            f"budget {format_credits(max_credits)} credits: "
+            f"used {format_credits(used)}, this chunk needs {format_credits(needed)}, "
+            f"left {format_credits(self.left)}"
+        )
+
+    def __reduce__(self):  # picklable across processes (Dask, Prefect results)
+        return (_budget_exceeded, (self.max_credits, self.used, self.needed))
+
+
+def _budget_exceeded(max_credits: float, used: float, needed: float) -> BudgetExceeded:
+    return BudgetExceeded(max_credits=max_credits, used=used, needed=needed)
+
+
+class CreditLedger:
+    """The persistent ledger: one SQLite file, safe for several threads and processes.
+
+    Every call opens its own short connection (sqlite3 connections must not be shared
+    between threads); writes take the database lock up front (BEGIN IMMEDIATE) and WAL
+    mode lets readers go on meanwhile. Keep the file on a local disk: SQLite locking
+    over network filesystems is unreliable.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        rates: CreditRates | None = None,
+        *,
+        timeout_s: float = 30.0,
+    ) -> None:
+        self.path = Path(path)
+        self.rates = rates or CreditRates()
+        self.timeout_s = timeout_s
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as conn:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.executescript(_SCHEMA)
+
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        conn = sqlite3.connect(self.path, timeout=self.timeout_s, isolation_level=None)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(self.timeout_s * 1000)}")
+            yield conn
+        finally:
+            conn.close()
+
+    def charge(
+        self,
+        dataset: str,
+        run_id: str,
+        model: str,
+        task: TaskKind,
+        image_ids: Iterable[str],
+    ) -> ChargeResult:
+        """Charge each image once per (dataset, model, task); charged ones are free.
+
+        All rows go in one transaction: a crash charges the whole batch or none of it.
+        """
+        ids = _unique_ids(image_ids)
+        rate = self.rates.rate(task, model)
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        with self._connect() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                before = conn.total_changes
+                conn.executemany(
+                    "INSERT OR IGNORE INTO charges"
+                    " (dataset, image_id, model, task, run_id, credits, charged_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    ((dataset, i, model, task, run_id, rate, now) for i in ids),
+                )
+                new = conn.total_changes - before
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        return ChargeResult(
+            newly_charged=new,
+            already_charged=len(ids) - new,
+            credits=round(new * rate, CREDIT_DECIMALS),
+        )
+
+    def uncharged(
+        self, dataset: str, model: str, task: TaskKind, image_ids: Iterable[str]
+    ) -> list[str]:
+        """The images (in the given order) that ``charge`` would still charge."""
+        ids = _unique_ids(image_ids)
+        if not ids:
+            return []
+        with self._connect() as conn:
+            conn.execute("CREATE TEMP TABLE asked (image_id TEXT PRIMARY KEY)")
+            conn.executemany("INSERT INTO asked VALUES (?)", ((i,) for i in ids))
+            charged = {
+                row[0]
+                for row in conn.execute(
+                    "SELECT asked.image_id FROM asked JOIN charges"
+                    " ON charges.image_id = asked.image_id"
+                    " WHERE charges.dataset = ? AND charges.model = ?"
+                    " AND charges.task = ?",
+                    (dataset, model, task),
+                )
+            }
+        return [i for i in ids if i not in charged]
+
+    def cost(
+        self, dataset: str, model: str, task: TaskKind, image_ids: Iterable[str]
+    ) -> float:
+        """Credits that charging ``image_ids`` would add now."""
+        new = self.uncharged(dataset, model, task, image_ids)
+        return round(len(new) * self.rates.rate(task, model), CREDIT_DECIMALS)
+
+    def used(self, dataset: str | None = None, run_id: str | None = None) -> float:
+        """Credits charged, for one dataset and/or run, or for everything."""
+        where, params = _where(dataset=dataset, run_id=run_id)
+        with self._connect() as conn:
+            (total,) = conn.execute(
+                f"SELECT COALESCE(SUM(credits), 0) FROM charges{where}", params
+            ).fetchone()
+        return round(float(total), CREDIT_DECIMALS)
+
+    def remaining(
+        self,
+        max_credits: float,
+        dataset: str | None = None,
+        run_id: str | None = None,
+    ) -> float:
+        """Credits left of ``max_credits`` after what was charged (never below 0)."""
+        return credits_left(max_credits, self.used(dataset, run_id))
+
+    def check_budget(
+        self,
+        max_credits: float,
+        *,
+        dataset: str,
+        model: str,
+        task: TaskKind,
+        image_ids: Iterable[str],
+        run_id: str | None = None,
+    ) -> float:
+        """The credits charging ``image_ids`` needs; BudgetExceeded if over budget.
+
+        ``run_id`` given: the budget is for that run's charges (``--max-credits`` per
+        run); otherwise for everything charged to the dataset.
+        """
+        if not (math.isfinite(max_credits) and max_credits >= 0):
+            raise ValueError(f"max credits {max_credits}: must be a number >= 0")
+        needed = self.cost(dataset, model, task, image_ids)
+        used = self.used(dataset, run_id)
+        if needed > 0 and used + needed > max_credits + 10**-CREDIT_DECIMALS:
+            raise BudgetExceeded(max_credits=max_credits, used=used, needed=needed)
+        return needed
+
+    def rows(self, dataset: str | None = None) -> pd.DataFrame:
+        """Every charge (one row per image, model and task), oldest first."""
+        where, params = _where(dataset=dataset)
+        with self._connect() as conn:
+            records = conn.execute(
+                f"SELECT {', '.join(LEDGER_COLUMNS)} FROM charges{where} ORDER BY id",
+                params,
+            ).fetchall()
+        frame = pd.DataFrame.from_records(records, columns=LEDGER_COLUMNS)
+        return frame.astype({"credits": "float64"})
+
+    def runs(self, dataset: str | None = None) -> pd.DataFrame:
+        """Per run, model and task: images and credits charged, newest run first."""
+        where, params = _where(dataset=dataset)
+        with self._connect() as conn:
+            records = conn.execute(
+                "SELECT dataset, run_id, model, task, COUNT(*), SUM(credits),"
+                " MIN(charged_at), MAX(charged_at)"
+                f" FROM charges{where} GROUP BY dataset, run_id, model, task"
+                " ORDER BY MAX(id) DESC",
+                params,
+            ).fetchall()
+        return _summary_frame(
+            records,
+            ["dataset", "run_id", "model", "task", "images", "credits"],
+        )
+
+    def totals(self, dataset: str | None = None) -> pd.DataFrame:
+        """Per dataset, model and task: images, credits, runs (autolabel credits)."""
+        where, params = _where(dataset=dataset)
+        with self._connect() as conn:
+            records = conn.execute(
+                "SELECT dataset, model, task, COUNT(*), SUM(credits),"
+                " COUNT(DISTINCT run_id), MIN(charged_at), MAX(charged_at)"
+                f" FROM charges{where} GROUP BY dataset, model, task"
+                " ORDER BY dataset, model, task",
+                params,
+            ).fetchall()
+        return _summary_frame(
+            records, ["dataset", "model", "task", "images", "credits", "runs"]
+        )
+
+
+def resolve_ledger_path(out: str | Path, configured: str | Path | None = None) -> Path:
+    """The configured ledger file, or ``OUT/credits.sqlite`` (the embedded default).
+
+    One ledger per output folder means another output folder starts from zero: point
+    every run at one shared path to book all runs of a dataset together.
+    """
+    if configured:
+        return Path(configured).expanduser()
+    return Path(out) / LEDGER_FILE_NAME
+
+
+def _unique_ids(image_ids: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(str(i) for i in image_ids if i))
+
+
+def _where(**filters: str | None) -> tuple[str, tuple[str, ...]]:
+    used = {name: value for name, value in filters.items() if value is not None}
+    if not used:
+        return "", ()
+    return " WHERE " + " AND ".join(f"{name} = ?" for name in used), tuple(
+        used.values()
+    )
+
+
+def _summary_frame(records: list[tuple], columns: list[str]) -> pd.DataFrame:
+    columns = [*columns, "first_charged_at", "last_charged_at"]
+    frame = pd.DataFrame.from_records(records, columns=columns)
+    frame["images"] = frame["images"].astype("int64")
+    frame["credits"] = frame["credits"].astype("float64").round(CREDIT_DECIMALS)
+    if "runs" in frame:
+        frame["runs"] = frame["runs"].astype("int64")
+    return frame
