@@ -16,16 +16,17 @@ compared. A local folder cannot prove it belongs to the project it names, a mode
 trained on a fork or copy of the project is refused although its classes may fit, and
 any version of the same project is accepted, older or newer, whatever its classes.
 
-The API key comes from ``ROBOFLOW_API_KEY`` (or a ``roboflow login`` config, as the SDK
-reads it). The SDK puts it in every URL, ``requests`` puts URLs in its error messages
-and urllib3 logs them at DEBUG level; so no SDK error message is passed on unredacted,
-a filter on urllib3's logger blanks the key out, and this class's repr names only the
-model.
+The API key, retries and redaction are the shared Roboflow client's
+(``clients.roboflow``), as for a Roboflow source or upload: the key comes from
+``ROBOFLOW_API_KEY``, the Prefect Secret block ``roboflow-api-key`` or a ``roboflow
+login`` config; it never reaches a message or a log record, and this class's repr names
+only the model.
 
-Errors: 429, 5xx, connection errors and timeouts are retried with exponential backoff
-(bounded, ``Retry-After`` honoured up to a cap); other HTTP errors fail at once. The
-SDK's own key check retries non-200 answers 5 times, 1 s apart. The SDK sets no request
-timeout, so a server that accepts a connection and never answers blocks that image.
+Errors: 408, 429, 5xx, connection errors and timeouts are retried with exponential
+backoff (bounded, ``Retry-After`` honoured up to a cap); other HTTP errors fail at once.
+The SDK's own key check retries non-200 answers 5 times, 1 s apart. The SDK sets no
+request timeout, so a server that accepts a connection and never answers blocks that
+image.
 """
 
 from __future__ import annotations
@@ -33,28 +34,31 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import supervision as sv
 from PIL import Image
 
+from clients.roboflow import (
+    SCHEME,
+    RetryPolicy,
+    RoboflowClient,
+    RoboflowError,
+    RoboflowRequestError,
+)
 from model_loaders.class_mapping import ClassMapper, ClassMapping, parse_class_map
 from model_loaders.ontology import Ontology
 from model_loaders.protocol import ModelLoadError, ModelSpec
 
-SCHEME = "roboflow://"
-RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 OBJECT_DETECTION = "object-detection"
 logger = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
-class HostedInferenceError(RuntimeError):
+class HostedInferenceError(RoboflowRequestError):
     """Hosted inference failed for good; the message has no API key."""
 
 
@@ -112,23 +116,6 @@ def check_same_dataset(model: RoboflowModelRef, dataset: str | None) -> None:
         )
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How often and how patiently a retryable failure is retried."""
-
-    attempts: int = 5  # in all, the first try included
-    backoff_s: float = 1.0  # doubles per retry
-    max_wait_s: float = 30.0  # cap, Retry-After included
-
-    def wait_s(self, retry: int, retry_after: str | None) -> float:
-        if retry_after is not None:
-            try:
-                return min(max(float(retry_after), 0.0), self.max_wait_s)
-            except ValueError:  # an HTTP date: fall back to our own backoff
-                pass
-        return min(self.backoff_s * 2**retry, self.max_wait_s)
-
-
 class RoboflowHostedModel:
     """Detection by a Roboflow-trained model version; see the module docstring."""
 
@@ -138,17 +125,15 @@ class RoboflowHostedModel:
         ref: RoboflowModelRef,
         spec: ModelSpec,
         *,
-        api_key: str,
+        client: RoboflowClient,
         class_map: Sequence[tuple[str, str]] = (),
-        retry: RetryPolicy = RetryPolicy(),  # noqa: B008 (frozen, so shared safely)
         overlap: int = 50,
         concurrency: int = 4,
     ) -> None:
         self._sdk_model = sdk_model
-        self._api_key = api_key
+        self._client = client
         self.ref = ref
         self.spec = spec
-        self.retry = retry
         self.overlap = overlap
         self.concurrency = concurrency
         # The hosted model's class list is not published up front (the project's
@@ -186,11 +171,13 @@ class RoboflowHostedModel:
         pairs = parse_class_map(
             getattr(spec, "class_map", ()) if class_map is None else class_map
         )
-        retry = retry or RetryPolicy()
-        api_key = _api_key(ref.workspace)
-        _KEY_FILTER.keys.add(api_key)
-        logging.getLogger("urllib3.connectionpool").addFilter(_KEY_FILTER)
-        sdk_model, project_classes = _open_version(ref, api_key, retry)
+        try:
+            client = RoboflowClient.resolve(
+                workspace=ref.workspace, retry=retry or RetryPolicy()
+            )
+        except RoboflowError as error:  # its message is safe: no key
+            raise ModelLoadError(str(error)) from None
+        sdk_model, project_classes = _open_version(ref, client)
         unknown = [m for m, _ in pairs if m.casefold() not in project_classes]
         if project_classes and unknown:
             logger.warning(
@@ -202,9 +189,8 @@ class RoboflowHostedModel:
             sdk_model,
             ref,
             spec,
-            api_key=api_key,
+            client=client,
             class_map=pairs,
-            retry=retry,
             overlap=overlap,
             concurrency=concurrency,
         )
@@ -246,11 +232,9 @@ class RoboflowHostedModel:
         # at or above the floor is lost; the floor is applied exactly afterwards.
         percent = min(max(math.floor(confidence_floor * 100), 0), 100)
         bgr = np.ascontiguousarray(np.asarray(image.convert("RGB"))[:, :, ::-1])
-        result = _retrying(
+        result = self._client.call(
             lambda: model.predict(bgr, confidence=percent, overlap=self.overlap),
-            retry=self.retry,
-            what=f"hosted inference of {self.ref}",
-            api_key=self._api_key,
+            what=f"get hosted predictions of {self.ref}",
             error=HostedInferenceError,
         )
         return list(result.json()["predictions"])
@@ -279,23 +263,20 @@ def predictions_to_detections(
 
 
 def _open_version(
-    ref: RoboflowModelRef, api_key: str, retry: RetryPolicy
+    ref: RoboflowModelRef, client: RoboflowClient
 ) -> tuple[Any, set[str]]:
     """The SDK's hosted model of ``ref`` and the project's class names (casefolded)."""
-    import roboflow
 
     def opened() -> tuple[Any, Any]:
-        rf = roboflow.Roboflow(api_key=api_key)  # POST /  (key check)
-        project = rf.project(ref.dataset)  # GET /{workspace}/{project}
-        return project, project.version(ref.version)  # GET it again: versions
+        # POST / (the key check), then GET /{workspace}/{project} for the project
+        # and again for its versions.
+        project = client.sdk().project(ref.dataset)
+        return project, project.version(ref.version)
 
-    project, version = _retrying(
-        opened,
-        retry=retry,
-        what=f"opening {ref}",
-        api_key=api_key,
-        error=ModelLoadError,
-    )
+    try:
+        project, version = client.call(opened, what=f"open {ref}")
+    except RoboflowError as error:  # its message is safe, and so is its context
+        raise ModelLoadError(str(error)) from None
     if project.type != OBJECT_DETECTION:
         raise ModelLoadError(
             f"{ref}: project type {project.type!r}; only {OBJECT_DETECTION} models "
@@ -315,95 +296,6 @@ def _open_version(
     return sdk_model, classes
 
 
-def _retrying(
-    call: Callable[[], T],
-    *,
-    retry: RetryPolicy,
-    what: str,
-    api_key: str,
-    error: type[Exception],
-) -> T:
-    """``call()``, retried on 429/5xx/connection errors; failures raise ``error``.
-
-    Messages are built from status codes and redacted server text, never from the
-    exception text of ``requests`` (which holds the URL, hence the key), and ``error``
-    is raised outside the ``except`` block, so it does not even carry the original
-    exception as its context.
-    """
-    for attempt in range(1, retry.attempts + 1):
-        outcome = _attempt(call, api_key)
-        if not isinstance(outcome, _Failure):
-            return outcome
-        if not outcome.retryable or attempt == retry.attempts:
-            after = f" after {attempt} attempts" if attempt > 1 else ""
-            raise error(f"{what} failed{after}: {outcome.reason}")
-        wait = retry.wait_s(attempt - 1, outcome.retry_after)
-        logger.warning("%s: %s; retrying in %.1f s", what, outcome.reason, wait)
-        time.sleep(wait)
-    raise AssertionError("unreachable: the last attempt returns or raises")
-
-
-@dataclass(frozen=True)
-class _Failure:
-    reason: str  # safe to show: no URL, no key
-    retryable: bool
-    retry_after: str | None = None
-
-
-def _attempt(call: Callable[[], T], api_key: str) -> T | _Failure:
-    import requests
-
-    try:
-        return call()
-    except requests.HTTPError as failure:
-        response = failure.response
-        if response is None:
-            return _Failure("HTTP error without a response", retryable=False)
-        body = _redacted(response.text, api_key)
-        return _Failure(
-            f"HTTP {response.status_code}" + (f": {body}" if body else ""),
-            retryable=response.status_code in RETRY_STATUSES,
-            retry_after=response.headers.get("Retry-After"),
-        )
-    except (requests.ConnectionError, requests.Timeout) as failure:
-        return _Failure(f"{type(failure).__name__} (network)", retryable=True)
-    except requests.RequestException as failure:
-        return _Failure(type(failure).__name__, retryable=False)
-    except RuntimeError as failure:  # the SDK's own errors carry the response text
-        return _Failure(_redacted(str(failure), api_key), retryable=False)
-
-
-class _RedactKeys(logging.Filter):
-    """Blanks API keys out of records: urllib3 logs each request's URL at DEBUG level,
-    and the SDK puts the key in every URL."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.keys: set[str] = set()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if any(key in message for key in self.keys):
-            for key in self.keys:
-                message = message.replace(key, "***")
-            record.msg, record.args = message, None
-        return True
-
-
-_KEY_FILTER = _RedactKeys()  # added to urllib3's logger by load(), not at import
-
-
-def _api_key(workspace: str) -> str:
-    from roboflow.config import load_roboflow_api_key
-
-    key = load_roboflow_api_key(workspace)
-    if not key:
-        raise ModelLoadError(
-            "no Roboflow API key: set ROBOFLOW_API_KEY (or run `roboflow login`)"
-        )
-    return key
-
-
 def _roboflow_path(text: str, *, what: str) -> list[str]:
     if not text.startswith(SCHEME):
         raise ModelLoadError(f"{what} {text!r}: expected {SCHEME}...")
@@ -411,8 +303,3 @@ def _roboflow_path(text: str, *, what: str) -> list[str]:
     if any(not part for part in parts):
         raise ModelLoadError(f"{what} {text!r}: empty part in the path")
     return parts
-
-
-def _redacted(text: str, api_key: str) -> str:
-    text = " ".join(text.split())[:300]
-    return text.replace(api_key, "***") if api_key else text
