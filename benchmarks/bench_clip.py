@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         backend = ClipModel.load(spec)
         load_s = time.perf_counter() - started
 
-    template = spec.prompt_template
+    template = spec.options.prompt_template
     texts = [template.format(d) for d, _ in ontology.prompts()]
     texts.append(template.format(NEGATIVE_DESCRIPTION))
 

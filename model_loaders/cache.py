@@ -11,8 +11,8 @@ from __future__ import annotations
 import threading
 
 from model_loaders.allocator import keep_freed_memory
+from model_loaders.backends import backend_class
 from model_loaders.protocol import LabelingModel, ModelSpec
-from model_loaders.registry import backend_class
 
 _models: dict[ModelSpec, LabelingModel] = {}
 _locks: dict[ModelSpec, threading.Lock] = {}

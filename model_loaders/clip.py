@@ -38,7 +38,7 @@ from PIL import Image
 
 from model_loaders.device import resolve_device, resolve_dtype
 from model_loaders.ontology import Ontology
-from model_loaders.protocol import ModelLoadError, ModelSpec
+from model_loaders.protocol import Images, ModelLoadError, ModelSpec, Predictions
 
 NEGATIVE_DESCRIPTION = "something else"
 _PRECISION = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
@@ -71,8 +71,8 @@ class ClipModel:
     def load(cls, spec: ModelSpec) -> ClipModel:
         """Load an open_clip model; refuse to run one with random weights.
 
-        ``spec.model`` is a built-in name (with ``spec.pretrained``, a tag or a file),
-        ``hf-hub:ORG/REPO`` or ``local-dir:PATH``.
+        ``spec.model`` is a built-in name (with the ``pretrained`` option, a tag or a
+        file), ``hf-hub:ORG/REPO`` or ``local-dir:PATH``.
         """
         import open_clip
 
@@ -82,7 +82,7 @@ class ClipModel:
         try:
             model, preprocess = open_clip.create_model_from_pretrained(
                 spec.model,
-                pretrained=spec.pretrained,
+                pretrained=spec.options.pretrained,
                 precision=_PRECISION[dtype],
                 device=device,
             )
@@ -97,10 +97,10 @@ class ClipModel:
 
     def prompts_for(self, ontology: Ontology) -> _Prompts:
         """The ontology's encoded prompts, computed on first use and kept."""
-        key = (ontology, self.spec.prompt_template)
+        key = (ontology, self.spec.options.prompt_template)
         if key not in self._prompts:
             pairs = ontology.prompts()
-            template = self.spec.prompt_template
+            template = self.spec.options.prompt_template
             texts = [template.format(d) for d, _ in pairs]
             texts.append(template.format(NEGATIVE_DESCRIPTION))
             with torch.inference_mode():
@@ -114,12 +114,8 @@ class ClipModel:
         return self._prompts[key]
 
     def predict(
-        self,
-        images: Sequence[Image.Image],
-        ontology: Ontology,
-        *,
-        confidence_floor: float,
-    ) -> list[sv.Detections]:
+        self, images: Images, ontology: Ontology, *, confidence_floor: float
+    ) -> Predictions:
         prompts = self.prompts_for(ontology)
         results: list[sv.Detections] = []
         size = self.spec.batch_size
@@ -241,18 +237,19 @@ def _check_loadable(spec: ModelSpec) -> None:
             f"unknown CLIP model {name!r}: use an open_clip name (e.g. ViT-B-32, see "
             "open_clip.list_models()), hf-hub:ORG/REPO or local-dir:PATH"
         )
-    if not spec.pretrained:
+    if not spec.options.pretrained:
         tags = ", ".join(open_clip.list_pretrained_tags_by_model(name)[:5])
         raise ModelLoadError(
             f"CLIP model {name} needs --pretrained: a weights file or a tag "
             f"({tags}, ...)"
         )
-    if os.path.isfile(spec.pretrained):
+    if os.path.isfile(spec.options.pretrained):
         return
-    config = open_clip.get_pretrained_cfg(name, spec.pretrained)
+    config = open_clip.get_pretrained_cfg(name, spec.options.pretrained)
     if not config:
         raise ModelLoadError(
-            f"--pretrained {spec.pretrained}: neither a file nor a known tag of {name}"
+            f"--pretrained {spec.options.pretrained}: neither a file nor a known "
+            f"tag of {name}"
         )
     hub = config.get("hf_hub", "")
     repo, file_name = (hub.rstrip("/"), "") if hub.endswith("/") else os.path.split(hub)
@@ -263,7 +260,7 @@ def _check_loadable(spec: ModelSpec) -> None:
     if url and Path("~/.cache/clip", os.path.basename(url)).expanduser().is_file():
         return
     if not _hub_reachable():
-        raise ModelLoadError(_offline_message(name, spec.pretrained))
+        raise ModelLoadError(_offline_message(name, spec.options.pretrained))
 
 
 def _cached(repo: str, files: Sequence[str]) -> bool:
@@ -292,4 +289,6 @@ def _offline_message(name: str, pretrained: str | None = None) -> str:
 
 
 def _described(spec: ModelSpec) -> str:
-    return f"{spec.model!r}" + (f" ({spec.pretrained})" if spec.pretrained else "")
+    return f"{spec.model!r}" + (
+        f" ({spec.options.pretrained})" if spec.options.pretrained else ""
+    )

@@ -25,13 +25,18 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import numpy as np
-import supervision as sv
 import torch
 from PIL import Image
 
 from model_loaders.device import resolve_device
 from model_loaders.ontology import Ontology
-from model_loaders.protocol import LabelingModel, ModelLoadError, ModelSpec
+from model_loaders.protocol import (
+    Images,
+    LabelingModel,
+    ModelLoadError,
+    ModelSpec,
+    Predictions,
+)
 
 SAM_CHECKPOINT_URLS = {
     "vit_h": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
@@ -57,21 +62,17 @@ class GroundedSamModel:
 
     @classmethod
     def load(cls, spec: ModelSpec) -> GroundedSamModel:
-        """Load SAM from ``spec.sam_checkpoint``; Grounding DINO from the cache."""
+        """Load SAM from the spec's SAM checkpoint; Grounding DINO from the cache."""
         from model_loaders.cache import get_model
 
         device = resolve_device(spec.device)
-        sam = load_sam(spec.sam_model_type, spec.sam_checkpoint)
+        sam = load_sam(spec.options.sam_model_type, spec.options.sam_checkpoint)
         boxes = get_model(box_model_spec(spec))
         return cls(boxes, sam.to(device).eval(), spec, device)
 
     def predict(
-        self,
-        images: Sequence[Image.Image],
-        ontology: Ontology,
-        *,
-        confidence_floor: float,
-    ) -> list[sv.Detections]:
+        self, images: Images, ontology: Ontology, *, confidence_floor: float
+    ) -> Predictions:
         detections = self.boxes.predict(
             images, ontology, confidence_floor=confidence_floor
         )
@@ -159,7 +160,7 @@ def box_model_spec(spec: ModelSpec) -> ModelSpec:
         device=spec.device,
         dtype=spec.dtype,
         batch_size=spec.batch_size,
-        prompt_mode=spec.prompt_mode,
+        prompt_mode=spec.options.prompt_mode,
     )
 
 

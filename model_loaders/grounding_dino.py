@@ -12,12 +12,9 @@ What makes it fast and correct:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 import supervision as sv
 import torch
-from PIL import Image
 
 from model_loaders.batching import PreparedImage, prepare_images, same_shape_batches
 from model_loaders.device import resolve_device, resolve_dtype
@@ -30,7 +27,7 @@ from model_loaders.grounding_dino_prompts import (
 )
 from model_loaders.hub import check_model_reachable
 from model_loaders.ontology import Ontology
-from model_loaders.protocol import ModelLoadError, ModelSpec
+from model_loaders.protocol import Images, ModelLoadError, ModelSpec, Predictions
 
 
 class GroundingDinoModel:
@@ -69,10 +66,10 @@ class GroundingDinoModel:
 
     def texts_for(self, ontology: Ontology) -> list[PromptText]:
         """The prompt texts for an ontology in this model's prompt mode (built once)."""
-        key = (ontology, self.spec.prompt_mode)
+        key = (ontology, self.spec.options.prompt_mode)
         if key not in self._texts:
             prompts = ontology.prompts()
-            if self.spec.prompt_mode == "per-class":
+            if self.spec.options.prompt_mode == "per-class":
                 self._texts[key] = build_per_class_texts(prompts)
             else:
                 self._texts[key] = build_joint_texts(
@@ -83,12 +80,8 @@ class GroundingDinoModel:
         return self._texts[key]
 
     def predict(
-        self,
-        images: Sequence[Image.Image],
-        ontology: Ontology,
-        *,
-        confidence_floor: float,
-    ) -> list[sv.Detections]:
+        self, images: Images, ontology: Ontology, *, confidence_floor: float
+    ) -> Predictions:
         texts = self.texts_for(ontology)
         prepared = prepare_images(images, self.processor.image_processor)
         per_image: list[list[sv.Detections]] = [[] for _ in images]

@@ -21,57 +21,67 @@ The four tasks share that shape:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import supervision as sv
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, model_validator
 
+from model_loaders.backends import (
+    BACKENDS,
+    CLASSIFICATION_TASKS,
+    DEFAULT_CLIP_MODEL,
+    DEFAULT_CLIP_PRETRAINED,
+    DEFAULT_GROUNDING_DINO,
+    DEFAULT_PROMPT_TEMPLATE,
+    OPTION_FIELDS,
+    BackendOptions,
+    GroundingDinoOptions,
+    Task,
+    backend_for_task,
+)
 from model_loaders.ontology import Ontology
 
-DEFAULT_GROUNDING_DINO = "IDEA-Research/grounding-dino-tiny"
-DEFAULT_CLIP_MODEL = "ViT-B-32"
-DEFAULT_CLIP_PRETRAINED = "laion2b_s34b_b79k"
-DEFAULT_PROMPT_TEMPLATE = "a photo of a {}"
+__all__ = [
+    "CLASSIFICATION_TASKS",
+    "DEFAULT_CLIP_MODEL",
+    "DEFAULT_GROUNDING_DINO",
+    "DEFAULT_PROMPT_TEMPLATE",
+    "Images",
+    "LabelingModel",
+    "ModelLoadError",
+    "ModelSpec",
+    "Predictions",
+    "Task",
+]
 
-Task = Literal["detect", "segment", "classify", "classify-multi"]
-SamModelType = Literal["vit_b", "vit_l", "vit_h", "vit_tiny", "vit_mid"]
-
-# The backend each task uses unless a backend is given. Plain data, so that the spec can
-# pick a backend without importing the registry (which imports this module).
-TASK_BACKENDS: dict[str, str] = {
-    "detect": "grounding_dino",
-    "segment": "grounded_sam",
-    "classify": "clip",
-    "classify-multi": "clip",
-}
-# Tasks each built-in backend can do; a backend not listed here is not checked.
-BACKEND_TASKS: dict[str, frozenset[str]] = {
-    "grounding_dino": frozenset({"detect"}),
-    "grounded_sam": frozenset({"segment"}),
-    "clip": frozenset({"classify", "classify-multi"}),
-    "trained": frozenset({"detect"}),
-    "torchvision": frozenset({"detect"}),
-    "roboflow": frozenset({"detect"}),
-}
-CLASSIFICATION_TASKS = frozenset({"classify", "classify-multi"})
+# What a backend is given and what it returns: one Detections per image.
+Images = Sequence[Image.Image]
+Predictions = list[sv.Detections]
 
 
 class ModelSpec(BaseModel):
     """Which model to load and how to run it; hashable: it keys the per-process cache.
 
-    ``backend`` follows ``task`` unless it is given: ``ModelSpec(task="segment")`` is a
-    Grounded SAM spec. A backend given explicitly must be able to do the task. A CLIP
-    spec without ``model`` gets ViT-B-32, and ViT-B-32 without ``pretrained`` gets the
-    laion2b_s34b_b79k weights.
+    ``backend`` follows ``model`` and ``task`` unless it is given: a roboflow:// model
+    is the Roboflow-hosted backend, a torchvision ``architecture`` the torchvision
+    backend, else the task's foundation model (``ModelSpec(task="segment")`` is a
+    Grounded SAM spec). A backend given explicitly must be able to do the task.
+    ``model`` defaults to the backend's (see ``model_loaders.backends``); a CLIP
+    ViT-B-32 without ``pretrained`` gets the laion2b_s34b_b79k weights.
+
+    ``options`` holds the backend's own options (``GroundingDinoOptions``, ...). A
+    spec may also be given flat, every option beside the common fields, as the
+    command line and the approved.json of earlier versions give it: options the
+    backend does not take are dropped.
     """
 
     model_config = ConfigDict(frozen=True)
 
     backend: str = Field(
         "grounding_dino",
-        description="Backend name: grounding_dino, grounded_sam or clip; "
-        "defaults to the task's backend.",
+        description="Backend name (see model_loaders.backends.BACKENDS); "
+        "defaults to the model's or the task's backend.",
     )
     task: Task = Field(
         "detect",
@@ -82,7 +92,8 @@ class ModelSpec(BaseModel):
         DEFAULT_GROUNDING_DINO,
         description="Grounding DINO (detect, and the box model of segment): Hugging "
         "Face model id or a local directory. CLIP: an open_clip name (ViT-B-32), "
-        "hf-hub:ORG/REPO or local-dir:PATH.",
+        "hf-hub:ORG/REPO or local-dir:PATH. Trained: a folder, a state dict or "
+        "roboflow://WORKSPACE/PROJECT/VERSION.",
     )
     device: str = Field(
         "auto", description="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps."
@@ -91,100 +102,64 @@ class ModelSpec(BaseModel):
         "auto", description="auto: bfloat16/float16 on a GPU, float32 on CPU."
     )
     batch_size: int = Field(8, ge=1, description="Images per forward pass.")
-    prompt_mode: Literal["joint", "per-class"] = Field(
-        "joint",
-        description="joint: one pass for all classes; per-class: one prompt per "
-        "description.",
-    )
-    sam_checkpoint: str | None = Field(
-        None,
-        description="segment: Segment Anything weights (.pth state dict), a path or "
-        "URL; default: the official URL of sam_model_type (needs internet once).",
-    )
-    sam_model_type: SamModelType = Field(
-        "vit_h",
-        description="segment: SAM architecture of the checkpoint: vit_b, vit_l or "
-        "vit_h (vit_tiny / vit_mid: small test and benchmark architectures).",
-    )
-    pretrained: str | None = Field(
-        None,
-        description="CLIP: open_clip pretrained tag (laion2b_s34b_b79k) or weights "
-        "file, for a built-in model name; hf-hub: and local-dir: models ignore it.",
-    )
-    prompt_template: str = Field(
-        DEFAULT_PROMPT_TEMPLATE,
-        description="CLIP: how a description becomes a text prompt; '{}' is "
-        "replaced by the description.",
+    options: SerializeAsAny[BackendOptions] = Field(
+        default_factory=GroundingDinoOptions,
+        description="The backend's own options.",
     )
 
-    class_map: tuple[str, ...] = Field(
-        (),
-        description="trained/torchvision/roboflow: MODEL_CLASS=CLASS pairs (--map); "
-        "other model classes match ontology classes by name, ignoring case, or are "
-        "dropped.",
-    )
-    dataset: str | None = Field(
-        None,
-        description=(
-            "roboflow: the dataset being labeled, roboflow://WORKSPACE/PROJECT; "
-            "a hosted model of another project is refused."
-        ),
-    )
-    architecture: str | None = Field(
-        None,
-        description="torchvision: detection builder of a state dict, e.g. "
-        "fasterrcnn_resnet50_fpn.",
-    )
-    class_names: str | None = Field(
-        None,
-        description="torchvision: class names file (JSON list or one a line); "
-        "default classes.json/.txt beside the weights.",
-    )
-
-    @field_validator("class_map")
+    @model_validator(mode="before")
     @classmethod
-    def _valid_pairs(cls, class_map: tuple[str, ...]) -> tuple[str, ...]:
-        from model_loaders.class_mapping import parse_class_map
-
-        parse_class_map(class_map)  # ClassMappingError is a ValueError
-        return class_map
-
-    @field_validator("prompt_template")
-    @classmethod
-    def _one_placeholder(cls, template: str) -> str:
-        if template.count("{}") != 1:
-            raise ValueError(
-                f"prompt template {template!r} must contain '{{}}' exactly once "
-                "(where the class description goes)"
+    def _backend_and_its_options(cls, data: Any) -> Any:
+        """Pick the backend, then build its options from what was given."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        nested = data.pop("options", None) or {}
+        if isinstance(nested, BaseModel):
+            nested = nested.model_dump()
+        given = {**nested, **{k: data.pop(k) for k in OPTION_FIELDS if k in data}}
+        task = data.get("task", "detect")
+        if not data.get("backend"):
+            data["backend"] = _default_backend(
+                data.get("model"), given.get("architecture"), task
             )
-        return template
-
-    @model_validator(mode="after")
-    def _backend_fits_task(self) -> ModelSpec:
-        if "backend" not in self.model_fields_set:
-            object.__setattr__(self, "backend", self._default_backend())
-        if self.backend == "clip":
-            if "model" not in self.model_fields_set:
-                # The Grounding DINO default means nothing to open_clip.
-                object.__setattr__(self, "model", DEFAULT_CLIP_MODEL)
-            if self.model == DEFAULT_CLIP_MODEL and self.pretrained is None:
-                object.__setattr__(self, "pretrained", DEFAULT_CLIP_PRETRAINED)
-        tasks = BACKEND_TASKS.get(self.backend)
-        if tasks is not None and self.task not in tasks:
+        backend = BACKENDS.get(data["backend"])
+        if backend is None:  # a backend registered elsewhere (tests): no options
+            data["options"] = BackendOptions()
+            return data
+        if task not in backend.tasks:
             raise ValueError(
-                f"backend {self.backend} cannot do task {self.task}; it does "
-                f"{', '.join(sorted(tasks))}"
+                f"backend {data['backend']} cannot do task {task}; it does "
+                f"{', '.join(sorted(backend.tasks))}"
             )
-        return self
+        if data.get("model") is None:
+            if backend.default_model is None:
+                raise ValueError(
+                    f"backend {data['backend']} needs a model: give --model"
+                )
+            data["model"] = backend.default_model
+        if data["model"] == DEFAULT_CLIP_MODEL and given.get("pretrained") is None:
+            given["pretrained"] = DEFAULT_CLIP_PRETRAINED
+        fields = backend.options.model_fields
+        data["options"] = backend.options(
+            **{k: v for k, v in given.items() if k in fields and v is not None}
+        )
+        return data
 
-    def _default_backend(self) -> str:
-        """The backend ``model`` and ``task`` imply: a Roboflow-hosted model, a
-        torchvision state dict, or the task's foundation model."""
-        if self.model.startswith("roboflow://"):
-            return "roboflow"
-        if self.architecture is not None:
-            return "torchvision"
-        return TASK_BACKENDS[self.task]
+    def choices(self) -> dict[str, Any]:
+        """The spec as one flat mapping (the form it can also be built from)."""
+        flat = self.model_dump(exclude={"options"})
+        return flat | self.options.model_dump()
+
+
+def _default_backend(model: str | None, architecture: str | None, task: str) -> str:
+    """The backend ``model`` and ``task`` imply: a Roboflow-hosted model, a
+    torchvision state dict, or the task's foundation model."""
+    if model and model.startswith("roboflow://"):
+        return "roboflow"
+    if architecture is not None:
+        return "torchvision"
+    return backend_for_task(task)
 
 
 class ModelLoadError(RuntimeError):
@@ -200,11 +175,7 @@ class LabelingModel(Protocol):
         ...
 
     def predict(
-        self,
-        images: Sequence[Image.Image],
-        ontology: Ontology,
-        *,
-        confidence_floor: float,
-    ) -> list[sv.Detections]:
+        self, images: Images, ontology: Ontology, *, confidence_floor: float
+    ) -> Predictions:
         """One Detections per image: every candidate scoring >= ``confidence_floor``."""
         ...

@@ -110,6 +110,51 @@ def build_vocab() -> list[str]:
     return vocab
 
 
+# The small architectures: "mid" for CPU benchmarks, "tiny" for tests.
+_SMALL_SIZES: dict[str, dict[str, dict]] = {
+    "mid": {
+        "swin": dict(embed_dim=48, depths=[1, 1, 2, 1], num_heads=[2, 2, 4, 4]),
+        "bert": dict(
+            hidden_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=256,
+        ),
+        "detector": dict(
+            d_model=128,
+            encoder_layers=3,
+            decoder_layers=3,
+            encoder_ffn_dim=512,
+            decoder_ffn_dim=512,
+            num_queries=300,
+            max_text_len=256,
+        ),
+        "image_size": {"shortest_edge": 480, "longest_edge": 800},
+    },
+    "tiny": {
+        "swin": dict(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1]),
+        "bert": dict(
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+        ),
+        "detector": dict(
+            d_model=32,
+            encoder_layers=1,
+            decoder_layers=2,
+            encoder_ffn_dim=64,
+            decoder_ffn_dim=64,
+            encoder_attention_heads=2,
+            decoder_attention_heads=2,
+            num_queries=30,
+            max_text_len=64,
+        ),
+        "image_size": {"shortest_edge": 128, "longest_edge": 192},
+    },
+}
+
+
 def save_random_grounding_dino(
     path: str | Path, size: Size = "tiny", seed: int = 0
 ) -> Path:
@@ -136,56 +181,16 @@ def save_random_grounding_dino(
         config = GroundingDinoConfig()
         config.text_config.vocab_size = max(config.text_config.vocab_size, len(vocab))
         image_size = {"shortest_edge": 800, "longest_edge": 1333}
-    elif size == "mid":
-        config = GroundingDinoConfig(
-            backbone_config=SwinConfig(
-                embed_dim=48,
-                depths=[1, 1, 2, 1],
-                num_heads=[2, 2, 4, 4],
-                out_features=["stage2", "stage3", "stage4"],
-            ),
-            text_config=BertConfig(
-                vocab_size=len(vocab),
-                hidden_size=128,
-                num_hidden_layers=2,
-                num_attention_heads=2,
-                intermediate_size=256,
-            ),
-            d_model=128,
-            encoder_layers=3,
-            decoder_layers=3,
-            encoder_ffn_dim=512,
-            decoder_ffn_dim=512,
-            num_queries=300,
-            max_text_len=256,
-        )
-        image_size = {"shortest_edge": 480, "longest_edge": 800}
     else:
+        small = _SMALL_SIZES[size]
         config = GroundingDinoConfig(
             backbone_config=SwinConfig(
-                embed_dim=16,
-                depths=[1, 1, 1, 1],
-                num_heads=[1, 1, 1, 1],
-                out_features=["stage2", "stage3", "stage4"],
+                out_features=["stage2", "stage3", "stage4"], **small["swin"]
             ),
-            text_config=BertConfig(
-                vocab_size=len(vocab),
-                hidden_size=32,
-                num_hidden_layers=1,
-                num_attention_heads=2,
-                intermediate_size=64,
-            ),
-            d_model=32,
-            encoder_layers=1,
-            decoder_layers=2,
-            encoder_ffn_dim=64,
-            decoder_ffn_dim=64,
-            encoder_attention_heads=2,
-            decoder_attention_heads=2,
-            num_queries=30,
-            max_text_len=64,
+            text_config=BertConfig(vocab_size=len(vocab), **small["bert"]),
+            **small["detector"],
         )
-        image_size = {"shortest_edge": 128, "longest_edge": 192}
+        image_size = small["image_size"]
 
     torch.manual_seed(seed)
     model = GroundingDinoForObjectDetection(config).eval()

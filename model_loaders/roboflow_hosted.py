@@ -52,7 +52,7 @@ from clients.roboflow import (
 )
 from model_loaders.class_mapping import ClassMapper, ClassMapping, parse_class_map
 from model_loaders.ontology import Ontology
-from model_loaders.protocol import ModelLoadError, ModelSpec
+from model_loaders.protocol import Images, ModelLoadError, ModelSpec, Predictions
 
 OBJECT_DETECTION = "object-detection"
 logger = logging.getLogger(__name__)
@@ -167,9 +167,9 @@ class RoboflowHostedModel:
             concurrency: images in flight at once.
         """
         ref = RoboflowModelRef.parse(spec.model)
-        check_same_dataset(ref, dataset or getattr(spec, "dataset", None))
+        check_same_dataset(ref, dataset or getattr(spec.options, "dataset", None))
         pairs = parse_class_map(
-            getattr(spec, "class_map", ()) if class_map is None else class_map
+            getattr(spec.options, "class_map", ()) if class_map is None else class_map
         )
         try:
             client = RoboflowClient.resolve(
@@ -200,12 +200,8 @@ class RoboflowHostedModel:
         return self.mapper.for_ontology(ontology)
 
     def predict(
-        self,
-        images: Sequence[Image.Image],
-        ontology: Ontology,
-        *,
-        confidence_floor: float,
-    ) -> list[sv.Detections]:
+        self, images: Images, ontology: Ontology, *, confidence_floor: float
+    ) -> Predictions:
         mapping = self.class_mapping(ontology)
         if not images:
             return []

@@ -45,7 +45,7 @@ from PIL import Image
 from model_loaders.class_mapping import ClassMapper, ClassMapping, parse_class_map
 from model_loaders.device import resolve_device
 from model_loaders.ontology import Ontology
-from model_loaders.protocol import ModelLoadError, ModelSpec
+from model_loaders.protocol import Images, ModelLoadError, ModelSpec, Predictions
 
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth")
 CLASS_NAME_FILES = ("classes.json", "classes.txt")
@@ -106,12 +106,12 @@ class TorchvisionDetector:
                 the training value. Default: the architecture's.
             max_size: likewise, the longest side.
         """
-        architecture = architecture or getattr(spec, "architecture", None)
+        architecture = architecture or getattr(spec.options, "architecture", None)
         pairs = parse_class_map(
-            getattr(spec, "class_map", ()) if class_map is None else class_map
+            getattr(spec.options, "class_map", ()) if class_map is None else class_map
         )
         weights = _weights_file(Path(spec.model).expanduser())
-        names_path = class_names or getattr(spec, "class_names", None)
+        names_path = class_names or getattr(spec.options, "class_names", None)
         label_names = read_class_names(
             Path(names_path) if names_path else _class_names_beside(weights)
         )
@@ -128,12 +128,8 @@ class TorchvisionDetector:
         return self.mapper.for_ontology(ontology)
 
     def predict(
-        self,
-        images: Sequence[Image.Image],
-        ontology: Ontology,
-        *,
-        confidence_floor: float,
-    ) -> list[sv.Detections]:
+        self, images: Images, ontology: Ontology, *, confidence_floor: float
+    ) -> Predictions:
         mapping = self.class_mapping(ontology)
         results: list[sv.Detections | None] = [None] * len(images)
         for batch in self._batches(images):

@@ -21,14 +21,13 @@ from collections.abc import Sequence
 import numpy as np
 import supervision as sv
 import torch
-from PIL import Image
 
 from model_loaders.batching import PreparedImage, prepare_images, same_shape_batches
 from model_loaders.class_mapping import ClassMapper, ClassMapping, parse_class_map
 from model_loaders.device import resolve_device, resolve_dtype
 from model_loaders.hub import check_model_reachable
 from model_loaders.ontology import Ontology
-from model_loaders.protocol import ModelLoadError, ModelSpec
+from model_loaders.protocol import Images, ModelLoadError, ModelSpec, Predictions
 
 
 class TrainedDetector:
@@ -64,7 +63,7 @@ class TrainedDetector:
         from transformers import AutoImageProcessor, AutoModelForObjectDetection
 
         pairs = parse_class_map(
-            getattr(spec, "class_map", ()) if class_map is None else class_map
+            getattr(spec.options, "class_map", ()) if class_map is None else class_map
         )
         device = resolve_device(spec.device)
         dtype = resolve_dtype(spec.dtype, device)
@@ -93,12 +92,8 @@ class TrainedDetector:
         return self.mapper.for_ontology(ontology)
 
     def predict(
-        self,
-        images: Sequence[Image.Image],
-        ontology: Ontology,
-        *,
-        confidence_floor: float,
-    ) -> list[sv.Detections]:
+        self, images: Images, ontology: Ontology, *, confidence_floor: float
+    ) -> Predictions:
         mapping = self.class_mapping(ontology)
         prepared = prepare_images(images, self.processor)
         results: list[sv.Detections | None] = [None] * len(images)

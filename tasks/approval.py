@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import getpass
 import socket
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -32,6 +31,7 @@ from model_loaders.ontology import (
     ontology_from_data,
     parse_class_option,
 )
+from tasks.listeners import Listeners
 from tasks.settings import LabelSettings, with_runtime
 from tasks.thresholds import ThresholdError, Thresholds, parse_threshold_options
 
@@ -325,26 +325,20 @@ class WaitingListener(Protocol):
         """The run is paused and waits for ``request`` to be answered."""
 
 
-_listeners: list[WaitingListener] = []
-_lock = threading.Lock()
+_waiting: Listeners[WaitingListener] = Listeners()
 
 
 def add_waiting_listener(listener: WaitingListener) -> None:
     """Be told when a flow in this process starts waiting for approval (the CLI)."""
-    with _lock:
-        _listeners.append(listener)
+    _waiting.add(listener)
 
 
 def remove_waiting_listener(listener: WaitingListener) -> None:
-    with _lock:
-        if listener in _listeners:
-            _listeners.remove(listener)
+    _waiting.remove(listener)
 
 
 def notify_waiting(request: ApprovalRequest) -> None:
-    with _lock:
-        listeners = list(_listeners)
-    for listener in listeners:
+    for listener in _waiting.current():
         listener.waiting(request)
 
 

@@ -1,16 +1,13 @@
 """Process-local progress reporting from tasks to whoever is watching (the CLI's
-progress bar).
-
-Prefect tasks run in the CLI's process by default; a callback cannot be a task parameter
-(it would be hashed and serialised), so the CLI registers a listener here and the tasks
-report to it. On a remote worker nobody listens and reporting costs nothing; the Prefect
-UI follows the run through its task runs and artifacts instead.
+progress bar, the review page's job); see ``tasks.listeners``. The Prefect UI follows
+the run through its task runs and artifacts instead.
 """
 
 from __future__ import annotations
 
-import threading
 from typing import Protocol
+
+from tasks.listeners import Listeners
 
 
 class ProgressListener(Protocol):
@@ -21,31 +18,22 @@ class ProgressListener(Protocol):
         """``done`` more images are finished."""
 
 
-_listeners: list[ProgressListener] = []
-_lock = threading.Lock()
+_listeners: Listeners[ProgressListener] = Listeners()
 
 
 def add_listener(listener: ProgressListener) -> None:
-    with _lock:
-        _listeners.append(listener)
+    _listeners.add(listener)
 
 
 def remove_listener(listener: ProgressListener) -> None:
-    with _lock:
-        if listener in _listeners:
-            _listeners.remove(listener)
+    _listeners.remove(listener)
 
 
 def expect(total: int) -> None:
-    for listener in _current():
+    for listener in _listeners.current():
         listener.expect(total)
 
 
 def advance(done: int) -> None:
-    for listener in _current():
+    for listener in _listeners.current():
         listener.advance(done)
-
-
-def _current() -> list[ProgressListener]:
-    with _lock:
-        return list(_listeners)

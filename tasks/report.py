@@ -105,12 +105,13 @@ def _charged(credits: CreditAccount, run_ids: list[str]) -> float:
 
 def render_report(summary: RunSummary, settings: LabelSettings) -> str:
     """The markdown report."""
+    prompt_mode = getattr(settings.model.options, "prompt_mode", None)
     lines = [
         "# Auto-label report",
         "",
         f"- Run: `{summary.run_id}`",
-        f"- Model: `{settings.model.model}` ({settings.model.backend}, "
-        f"{settings.model.prompt_mode} prompts)",
+        f"- Model: `{settings.model.model}` ({settings.model.backend}"
+        + (f", {prompt_mode} prompts)" if prompt_mode else ")"),
         f"- Images: {summary.images} found, {summary.labeled} labeled, "
         f"{len(summary.skipped)} skipped",
         f"- Labels: {summary.labels}",

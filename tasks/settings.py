@@ -308,7 +308,7 @@ def model_over_stored(given: dict, stored: ModelSpec | None) -> dict:
     given = {key: value for key, value in given.items() if value is not None}
     if stored is None:
         return given
-    base = stored.model_dump()
+    base = stored.choices()
     if given.get("task", base["task"]) != base["task"]:
         dropped = {*CHOSEN_FOR_THE_MODEL, "model"}
     elif "model" in given or "architecture" in given:

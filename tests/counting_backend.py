@@ -7,15 +7,10 @@ registry and model cache. Tests compare ``CountingModel.calls`` before and after
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-import supervision as sv
-from PIL import Image
-
-from model_loaders import registry
+from model_loaders.backends import BACKENDS, Backend, GroundingDinoOptions
 from model_loaders.grounding_dino import GroundingDinoModel
 from model_loaders.ontology import Ontology
-from model_loaders.protocol import ModelSpec
+from model_loaders.protocol import Images, ModelSpec, Predictions
 
 
 class CountingModel:
@@ -32,12 +27,8 @@ class CountingModel:
         return cls(GroundingDinoModel.load(spec))
 
     def predict(
-        self,
-        images: Sequence[Image.Image],
-        ontology: Ontology,
-        *,
-        confidence_floor: float,
-    ) -> list[sv.Detections]:
+        self, images: Images, ontology: Ontology, *, confidence_floor: float
+    ) -> Predictions:
         type(self).calls += 1
         type(self).images += len(images)
         return self.inner.predict(images, ontology, confidence_floor=confidence_floor)
@@ -45,5 +36,13 @@ class CountingModel:
 
 def counting_spec(model_path: str) -> ModelSpec:
     """A ModelSpec for the model at ``model_path`` behind CountingModel, on CPU."""
-    registry.BACKENDS.setdefault("counting", "tests.counting_backend:CountingModel")
+    BACKENDS.setdefault(
+        "counting",
+        Backend(
+            "tests.counting_backend:CountingModel",
+            frozenset({"detect"}),
+            GroundingDinoOptions,
+            credit_kind="trained",  # not one of the project's foundation models
+        ),
+    )
     return ModelSpec(backend="counting", model=model_path, device="cpu")

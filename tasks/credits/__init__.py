@@ -11,11 +11,6 @@ module inside it.
 
 from __future__ import annotations
 
-# Module-level here as before the split: ``record_credits_artifacts`` calls them through
-# this package, so patching ``tasks.credits.create_*_artifact`` still takes effect.
-from prefect.artifacts import create_markdown_artifact as create_markdown_artifact
-from prefect.artifacts import create_table_artifact as create_table_artifact
-
 from tasks.credits.account import CreditAccount
 from tasks.credits.artifacts import (
     credits_table,

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from tasks.credits.account import BudgetScope, CreditAccount
@@ -116,17 +117,13 @@ def record_credits_artifacts(
     Both use the dataset's stable key, so the Prefect UI keeps one history per dataset
     (a new version per run). Returns the table artifact's key.
     """
-    # The artifact calls go through the package: ``tasks.credits`` is where they were
-    # imported before the module became a package, and callers patch them there.
-    import tasks.credits as package
-
     key = dataset_artifact_key(dataset)
-    package.create_table_artifact(
+    create_table_artifact(
         table=credits_table(ledger, dataset),
         key=key,
         description=f"Credits charged per run for dataset {redact(dataset)}",
     )
-    package.create_markdown_artifact(
+    create_markdown_artifact(
         markdown=render_credits_markdown(
             ledger,
             dataset,

@@ -236,34 +236,33 @@ class CreditLedger:
 
     def runs(self, dataset: str | None = None) -> pd.DataFrame:
         """Per run, model and task: images and credits charged, newest run first."""
-        where, params = _where(dataset=dataset)
-        with self._connect() as conn:
-            records = conn.execute(
-                "SELECT dataset, run_id, model, task, COUNT(*), SUM(credits),"
-                " MIN(charged_at), MAX(charged_at)"
-                f" FROM charges{where} GROUP BY dataset, run_id, model, task"
-                " ORDER BY MAX(id) DESC",
-                params,
-            ).fetchall()
-        return _summary_frame(
-            records,
-            ["dataset", "run_id", "model", "task", "images", "credits"],
+        return self._summary(
+            ["dataset", "run_id", "model", "task"], "MAX(id) DESC", dataset
         )
 
     def totals(self, dataset: str | None = None) -> pd.DataFrame:
         """Per dataset, model and task: images, credits, runs (autolabel credits)."""
+        return self._summary(
+            ["dataset", "model", "task"], "dataset, model, task", dataset, runs=True
+        )
+
+    def _summary(
+        self, keys: list[str], order: str, dataset: str | None, *, runs: bool = False
+    ) -> pd.DataFrame:
+        """Charges grouped by ``keys`` (fixed column names, never user text):
+        images, credits (and distinct runs), first and last charge time."""
         where, params = _where(dataset=dataset)
+        group = ", ".join(keys)
+        counted = ", COUNT(DISTINCT run_id)" if runs else ""
         with self._connect() as conn:
             records = conn.execute(
-                "SELECT dataset, model, task, COUNT(*), SUM(credits),"
-                " COUNT(DISTINCT run_id), MIN(charged_at), MAX(charged_at)"
-                f" FROM charges{where} GROUP BY dataset, model, task"
-                " ORDER BY dataset, model, task",
+                f"SELECT {group}, COUNT(*), SUM(credits){counted},"
+                " MIN(charged_at), MAX(charged_at)"
+                f" FROM charges{where} GROUP BY {group} ORDER BY {order}",
                 params,
             ).fetchall()
-        return _summary_frame(
-            records, ["dataset", "model", "task", "images", "credits", "runs"]
-        )
+        columns = [*keys, "images", "credits"] + (["runs"] if runs else [])
+        return _summary_frame(records, columns)
 
 
 def resolve_ledger_path(out: str | Path, configured: str | Path | None = None) -> Path:

@@ -12,7 +12,8 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from model_loaders.protocol import TASK_BACKENDS, ModelSpec
+from model_loaders.backends import backend_info
+from model_loaders.protocol import ModelSpec
 
 TaskKind = Literal["detect", "segment", "classify", "classify-multi", "trained"]
 CREDIT_DECIMALS = 9  # credits are summed as floats; 9 decimals hide the binary noise
@@ -60,8 +61,8 @@ class CreditRates(BaseModel):
 
 def credit_kind(model: ModelSpec) -> TaskKind:
     """The rate a run is charged at: its task, or 'trained' for the user's own model."""
-    foundation = set(TASK_BACKENDS.values())
-    return model.task if model.backend in foundation else "trained"
+    kind = backend_info(model.backend).credit_kind
+    return model.task if kind == "task" else "trained"
 
 
 def format_credits(value: float) -> str:

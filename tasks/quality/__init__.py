@@ -12,10 +12,6 @@ module inside it.
 
 from __future__ import annotations
 
-# Module-level here as before the split: ``quality_check_task`` calls it through this
-# package, so patching ``tasks.quality.create_markdown_artifact`` still takes effect.
-from prefect.artifacts import create_markdown_artifact as create_markdown_artifact
-
 from tasks.quality.measures import near_duplicate_flags
 from tasks.quality.policy import QualityCheckFailed, enforce_quality_policy
 from tasks.quality.report import render_quality_markdown

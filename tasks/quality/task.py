@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from prefect import task
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from tasks.labels import OutputLayout, read_images, read_labels
@@ -55,10 +56,6 @@ def quality_check_task(
 
     Masks are required when the run segments, unless ``rules`` say otherwise.
     """
-    # The artifact call goes through the package: ``tasks.quality`` is where it was
-    # imported before the module became a package, and callers patch it there.
-    import tasks.quality as package
-
     if rules is None:
         rules = QualityRules(require_masks=settings.model.task == "segment")
     result = check_output_quality(
@@ -68,7 +65,7 @@ def quality_check_task(
         rules=rules,
         policy=policy,
     )
-    package.create_markdown_artifact(
+    create_markdown_artifact(
         markdown=render_quality_markdown(result, policy),
         key="autolabel-quality",
         description="Label quality checks (Great Expectations) and failing images",

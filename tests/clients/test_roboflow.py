@@ -213,7 +213,7 @@ def test_targets(uri, extra, expected):
         ("clients.roboflow", {"prefect", "roboflow", "requests"}),
         # supervision brings requests in already; the SDK and Prefect stay out.
         (
-            "model_loaders.registry, model_loaders.roboflow_hosted",
+            "model_loaders.backends, model_loaders.roboflow_hosted",
             {"prefect", "roboflow"},
         ),
     ],

@@ -267,7 +267,7 @@ def test_a_template_without_exactly_one_placeholder_is_refused(template: str) ->
 
 def test_a_classify_spec_defaults_to_vit_b_32_laion() -> None:
     spec = ModelSpec(task="classify-multi")
-    assert (spec.backend, spec.model, spec.pretrained) == (
+    assert (spec.backend, spec.model, spec.options.pretrained) == (
         "clip",
         DEFAULT_CLIP_MODEL,
         DEFAULT_CLIP_PRETRAINED,

@@ -14,12 +14,12 @@ from PIL import Image
 from segment_anything import SamPredictor
 
 from model_loaders import cache, grounded_sam
+from model_loaders.backends import backend_class, backend_for_task
 from model_loaders.grounded_sam import GroundedSamModel, load_sam
 from model_loaders.grounding_dino import GroundingDinoModel
 from model_loaders.ontology import Ontology
 from model_loaders.protocol import ModelLoadError, ModelSpec
 from model_loaders.random_init_sam_clip import save_random_sam
-from model_loaders.registry import backend_class, backend_for_task
 
 ONTOLOGY = Ontology.from_class_options(["person", "cat", "rocket"])
 FLOOR = 0.3  # a few dozen boxes per image from the tiny random Grounding DINO

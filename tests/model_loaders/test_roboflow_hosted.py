@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model_loaders import cache, registry
+from model_loaders import cache
 from model_loaders.ontology import Ontology
 from model_loaders.protocol import ModelLoadError, ModelSpec
 from model_loaders.roboflow_hosted import (
@@ -417,27 +417,15 @@ def test_the_api_key_comes_from_the_prefect_secret_block(
     _assert_no_key(capsys, caplog, repr(model))
 
 
-class WiredSpec(ModelSpec):
-    """ModelSpec with the fields the lead adds for this backend (see the report)."""
-
-    class_map: tuple[str, ...] = ()
-    dataset: str | None = None
-
-
 def test_label_chunk_labels_with_the_hosted_model(
     stub, sample_photos, tmp_path, monkeypatch, capsys, caplog
 ):
     """Batch labeling through the model cache and the registry, with a per-class
     threshold; labels name the model, never the key."""
-    monkeypatch.setitem(
-        registry.BACKENDS,
-        "roboflow",
-        "model_loaders.roboflow_hosted:RoboflowHostedModel",
-    )
     cache.clear()
     settings = LabelSettings(
         ontology=ONTOLOGY,
-        model=WiredSpec(
+        model=ModelSpec(
             backend="roboflow",
             model=MODEL,
             dataset=DATASET,

@@ -15,7 +15,7 @@ import supervision as sv
 import torch
 from PIL import Image
 
-from model_loaders import cache, registry
+from model_loaders import cache
 from model_loaders.ontology import Ontology
 from model_loaders.protocol import ModelLoadError, ModelSpec
 from model_loaders.torchvision_detector import (
@@ -44,14 +44,6 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-class WiredSpec(ModelSpec):
-    """ModelSpec with the fields the lead adds for this backend (see the report)."""
-
-    class_map: tuple[str, ...] = ()
-    architecture: str | None = None
-    class_names: str | None = None
 
 
 def _build(**kwargs) -> torch.nn.Module:
@@ -250,11 +242,6 @@ def test_a_folder_without_class_names_is_refused(checkpoint, tmp_path):
 
 @pytest.fixture
 def torchvision_backend(monkeypatch):
-    monkeypatch.setitem(
-        registry.BACKENDS,
-        "torchvision",
-        "model_loaders.torchvision_detector:TorchvisionDetector",
-    )
     cache.clear()
     yield
     cache.clear()
@@ -268,7 +255,7 @@ def test_label_chunk_labels_with_the_torchvision_model(
     folder, _ = checkpoint
     settings = LabelSettings(
         ontology=ONTOLOGY,
-        model=WiredSpec(
+        model=ModelSpec(
             backend="torchvision",
             model=str(folder),
             device="cpu",

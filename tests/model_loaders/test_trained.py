@@ -13,7 +13,7 @@ import supervision as sv
 import torch
 from PIL import Image
 
-from model_loaders import cache, registry
+from model_loaders import cache
 from model_loaders.class_mapping import ClassMappingError
 from model_loaders.ontology import Ontology
 from model_loaders.protocol import ModelLoadError, ModelSpec
@@ -38,12 +38,6 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-class WiredSpec(ModelSpec):
-    """ModelSpec with the field the lead adds for this backend (see the report)."""
-
-    class_map: tuple[str, ...] = ()
 
 
 def _save_tiny(path, architecture: str) -> str:
@@ -253,9 +247,6 @@ class _RunsCode:
 
 @pytest.fixture
 def trained_backend(monkeypatch):
-    monkeypatch.setitem(
-        registry.BACKENDS, "trained", "model_loaders.trained:TrainedDetector"
-    )
     cache.clear()
     yield
     cache.clear()
@@ -277,7 +268,7 @@ def test_preview_then_batch_label_with_the_trained_model(
 
     settings = LabelSettings(
         ontology=ONTOLOGY,
-        model=WiredSpec(
+        model=ModelSpec(
             backend="trained", model=tiny_rt_detr, device="cpu", class_map=CLASS_MAP
         ),
         thresholds=Thresholds(default=0.3),

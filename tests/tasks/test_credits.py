@@ -28,6 +28,7 @@ from tasks.credits import (
     render_credits_markdown,
     resolve_ledger_path,
 )
+from tasks.credits import artifacts as artifacts_module
 from tasks.images import ImageRef, decode_image
 from tasks.labels import IMAGE_SCHEMA, ImageRecord, images_to_frame
 from tasks.labels import write_parquet_atomically as write_parquet
@@ -440,10 +441,10 @@ def test_record_credits_artifacts_uses_the_dataset_key(
 ):
     created: list[dict] = []
     monkeypatch.setattr(
-        credits_module, "create_table_artifact", lambda **kw: created.append(kw)
+        artifacts_module, "create_table_artifact", lambda **kw: created.append(kw)
     )
     monkeypatch.setattr(
-        credits_module, "create_markdown_artifact", lambda **kw: created.append(kw)
+        artifacts_module, "create_markdown_artifact", lambda **kw: created.append(kw)
     )
     dataset = "s3://key:hunter2@bucket/photos"
     ledger.charge(dataset, "run-1", MODEL, "detect", ids(1, 2))

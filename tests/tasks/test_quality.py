@@ -34,6 +34,7 @@ from tasks.quality import (
     render_quality_markdown,
     run_quality_checks,
 )
+from tasks.quality import task as task_module
 from tasks.thresholds import Thresholds
 
 CLASSES = ["cat", "dog"]
@@ -346,7 +347,9 @@ def test_fail_policy_raises_after_the_report_and_artifact_are_written(
 
     artifacts: list[dict] = []
     monkeypatch.setattr(
-        quality_module, "create_markdown_artifact", lambda **kw: artifacts.append(kw)
+        task_module,
+        "create_markdown_artifact",
+        lambda **kw: artifacts.append(kw),
     )
     write_output(tmp_path, [*clean_rows(), row("unknown-class", name="zebra")])
     settings = LabelSettings.model_validate(

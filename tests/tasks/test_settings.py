@@ -24,7 +24,7 @@ def test_without_a_stored_preview_the_model_picks_its_backend():
 def test_options_left_out_keep_the_stored_ones():
     stored = ModelSpec(model="./my-gdino", prompt_mode="per-class", device="cpu")
     merged = spec({"device": "cuda", "batch_size": None}, stored)
-    assert (merged.model, merged.prompt_mode, merged.device) == (
+    assert (merged.model, merged.options.prompt_mode, merged.device) == (
         "./my-gdino",
         "per-class",
         "cuda",
@@ -34,10 +34,10 @@ def test_options_left_out_keep_the_stored_ones():
 def test_another_model_drops_what_was_chosen_for_the_stored_one():
     clip = ModelSpec(task="classify", pretrained="laion2b_s34b_b79k")
     other = spec({"model": "local-dir:/models/clip"}, clip)
-    assert other.model == "local-dir:/models/clip" and other.pretrained is None
+    assert other.model == "local-dir:/models/clip" and other.options.pretrained is None
     hosted = ModelSpec(model="roboflow://acme/cans/3", class_map=("Can=can",))
     back = spec({"model": "./gdino"}, hosted)
-    assert (back.backend, back.class_map) == ("grounding_dino", ())
+    assert back.backend == "grounding_dino" and "class_map" not in back.choices()
 
 
 @pytest.mark.parametrize("task", ["segment", "classify"])
@@ -45,5 +45,5 @@ def test_another_task_drops_the_stored_model(task):
     stored = ModelSpec(model="w.pt", architecture="fasterrcnn_resnet50_fpn")
     assert stored.backend == "torchvision"
     switched = spec({"task": task}, stored)
-    assert switched.task == task and switched.architecture is None
+    assert switched.task == task and "architecture" not in switched.choices()
     assert switched.backend == ("grounded_sam" if task == "segment" else "clip")
