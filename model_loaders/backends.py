@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from model_loaders.protocol import LabelingModel
 
 Task = Literal["detect", "segment", "classify", "classify-multi"]
-TASKS: tuple[Task, ...] = ("detect", "segment", "classify", "classify-multi")
+TASKS: tuple[Task, ...] = get_args(Task)
 CLASSIFICATION_TASKS = frozenset({"classify", "classify-multi"})
 
 DEFAULT_GROUNDING_DINO = "IDEA-Research/grounding-dino-tiny"

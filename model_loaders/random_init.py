@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import string
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, NamedTuple
 
 # The model hard-codes these ids as [CLS], [SEP], '.' and '?' (transformers'
 # SPECIAL_TOKENS), so any vocabulary we build must place those tokens at exactly these
@@ -110,49 +110,66 @@ def build_vocab() -> list[str]:
     return vocab
 
 
+class _SmallSize(NamedTuple):
+    """A small Grounding DINO architecture, as positional tuples to keep the table
+    short."""
+
+    swin: tuple[int, list[int], list[int]]  # embed_dim, depths, num_heads
+    bert: tuple[int, int, int, int]  # hidden, layers, attention heads, intermediate
+    detector: tuple[int, ...]  # the _DETECTOR_FIELDS of GroundingDinoConfig
+    edges: tuple[int, int]  # the image processor's shortest and longest edge
+
+
+_DETECTOR_FIELDS = (
+    "d_model",
+    "encoder_layers",
+    "decoder_layers",
+    "encoder_ffn_dim",
+    "decoder_ffn_dim",
+    "encoder_attention_heads",
+    "decoder_attention_heads",
+    "num_queries",
+    "max_text_len",
+)
 # The small architectures: "mid" for CPU benchmarks, "tiny" for tests.
-_SMALL_SIZES: dict[str, dict[str, dict]] = {
-    "mid": {
-        "swin": dict(embed_dim=48, depths=[1, 1, 2, 1], num_heads=[2, 2, 4, 4]),
-        "bert": dict(
-            hidden_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=256,
-        ),
-        "detector": dict(
-            d_model=128,
-            encoder_layers=3,
-            decoder_layers=3,
-            encoder_ffn_dim=512,
-            decoder_ffn_dim=512,
-            num_queries=300,
-            max_text_len=256,
-        ),
-        "image_size": {"shortest_edge": 480, "longest_edge": 800},
-    },
-    "tiny": {
-        "swin": dict(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1]),
-        "bert": dict(
-            hidden_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=64,
-        ),
-        "detector": dict(
-            d_model=32,
-            encoder_layers=1,
-            decoder_layers=2,
-            encoder_ffn_dim=64,
-            decoder_ffn_dim=64,
-            encoder_attention_heads=2,
-            decoder_attention_heads=2,
-            num_queries=30,
-            max_text_len=64,
-        ),
-        "image_size": {"shortest_edge": 128, "longest_edge": 192},
-    },
+_SMALL_SIZES: dict[str, _SmallSize] = {
+    "mid": _SmallSize(
+        (48, [1, 1, 2, 1], [2, 2, 4, 4]),
+        (128, 2, 2, 256),
+        (128, 3, 3, 512, 512, 8, 8, 300, 256),
+        (480, 800),
+    ),
+    "tiny": _SmallSize(
+        (16, [1, 1, 1, 1], [1, 1, 1, 1]),
+        (32, 1, 2, 64),
+        (32, 1, 2, 64, 64, 2, 2, 30, 64),
+        (128, 192),
+    ),
 }
+
+
+def _small_config(size: _SmallSize, vocab_size: int) -> Any:
+    """The GroundingDinoConfig of a small architecture."""
+    from transformers import BertConfig, GroundingDinoConfig, SwinConfig
+
+    embed_dim, depths, swin_heads = size.swin
+    hidden, layers, bert_heads, intermediate = size.bert
+    return GroundingDinoConfig(
+        backbone_config=SwinConfig(
+            embed_dim=embed_dim,
+            depths=depths,
+            num_heads=swin_heads,
+            out_features=["stage2", "stage3", "stage4"],
+        ),
+        text_config=BertConfig(
+            vocab_size=vocab_size,
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=bert_heads,
+            intermediate_size=intermediate,
+        ),
+        **dict(zip(_DETECTOR_FIELDS, size.detector, strict=True)),
+    )
 
 
 def save_random_grounding_dino(
@@ -162,13 +179,11 @@ def save_random_grounding_dino(
     processor."""
     import torch
     from transformers import (
-        BertConfig,
         BertTokenizerFast,
         GroundingDinoConfig,
         GroundingDinoForObjectDetection,
         GroundingDinoImageProcessor,
         GroundingDinoProcessor,
-        SwinConfig,
     )
 
     path = Path(path)
@@ -183,14 +198,8 @@ def save_random_grounding_dino(
         image_size = {"shortest_edge": 800, "longest_edge": 1333}
     else:
         small = _SMALL_SIZES[size]
-        config = GroundingDinoConfig(
-            backbone_config=SwinConfig(
-                out_features=["stage2", "stage3", "stage4"], **small["swin"]
-            ),
-            text_config=BertConfig(vocab_size=len(vocab), **small["bert"]),
-            **small["detector"],
-        )
-        image_size = small["image_size"]
+        config = _small_config(small, len(vocab))
+        image_size = {"shortest_edge": small.edges[0], "longest_edge": small.edges[1]}
 
     torch.manual_seed(seed)
     model = GroundingDinoForObjectDetection(config).eval()

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
+from model_loaders.backends import Task
 from tasks import progress
 from tasks.approval import whoami
 from tasks.credits import CreditAccount, CreditRates, format_credits
@@ -42,7 +43,6 @@ from tasks.settings import (
 from tasks.sources import SourceOptions
 from tasks.thresholds import Thresholds
 
-Task = Literal["detect", "segment", "classify", "classify-multi"]
 JobKind = Literal["preview", "label"]
 APPROVED_VIA = "review page"
 

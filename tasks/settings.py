@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from model_loaders.backends import TASKS
 from model_loaders.ontology import (
     Ontology,
     OntologyError,
@@ -84,7 +85,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "--nms": ("none", "class", "agnostic"),
     "--prompt-mode": ("joint", "per-class"),
     "--dtype": ("auto", "float32", "float16", "bfloat16"),
-    "--task": ("detect", "segment", "classify", "classify-multi"),
+    "--task": TASKS,
     "--quality": ("warn", "fail"),
 }
 

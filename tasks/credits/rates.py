@@ -12,10 +12,11 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from model_loaders.backends import backend_info
+from model_loaders.backends import Task, backend_info
 from model_loaders.protocol import ModelSpec
 
-TaskKind = Literal["detect", "segment", "classify", "classify-multi", "trained"]
+# A task, or "trained": the rate of the user's own model, whatever its task.
+TaskKind = Task | Literal["trained"]
 CREDIT_DECIMALS = 9  # credits are summed as floats; 9 decimals hide the binary noise
 
 
