@@ -29,6 +29,21 @@ from pathlib import Path
 from typing import Any
 
 import gdino_bench_common as common
+from gdino_bench_images import (
+    class_names,
+    parse_size,
+    read_rgb,
+    sample_images,
+    write_jpegs,
+)
+from gdino_bench_modes import (
+    prepare_raw_batches,
+    run_label_chunk,
+    run_naive_loop,
+    run_raw_forward,
+)
+from gdino_bench_report import environment, model_summary, print_cpu_report, ratio_lines
+from gdino_bench_timing import device_sync, time_modes
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -65,7 +80,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     common.put_repo_on_path()
-    _quiet_libraries()
+    common.quiet_libraries()
     if args.threads:
         import torch
 
@@ -78,14 +93,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _quiet_libraries() -> None:
-    """No weight-loading progress bars between the table's lines."""
-    from transformers.utils import logging
-
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()
-
-
 def run_benchmark(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     """Build, warm up, time (a), (b), (c) interleaved, print and return everything."""
     from model_loaders.cache import get_model
@@ -94,13 +101,11 @@ def run_benchmark(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     from tasks.settings import LabelSettings
 
     model_dir, build_s = _model_dir(args, scratch)
-    classes = common.class_names(args.classes)
-    images, source = common.sample_images(
-        args.images, common.parse_size(args.image_size)
-    )
-    paths = common.write_jpegs(images, scratch / "photos")
+    classes = class_names(args.classes)
+    images, source = sample_images(args.images, parse_size(args.image_size))
+    paths = write_jpegs(images, scratch / "photos")
     warm_folder = scratch / "warmup"
-    common.write_jpegs(images[: args.batch_size], warm_folder)
+    write_jpegs(images[: args.batch_size], warm_folder)
 
     spec = ModelSpec(
         model=str(model_dir), device=args.device, batch_size=args.batch_size
@@ -114,25 +119,25 @@ def run_benchmark(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     backend = get_model(spec)  # the per-process cache label_chunk reads from
     load_s = time.perf_counter() - load_start
     texts = [t.text for t in backend.texts_for(settings.ontology)]
-    sync = common.device_sync(backend.device)
+    sync = device_sync(backend.device)
 
-    raw_batches = common.prepare_raw_batches(
+    raw_batches = prepare_raw_batches(
         backend.processor,
-        [common.read_rgb(p) for p in paths],
+        [read_rgb(p) for p in paths],
         texts,
         batch_size=args.batch_size,
         device=backend.device,
         dtype=backend.dtype,
     )
     modes = {
-        "a": (args.images, lambda: common.run_raw_forward(backend.model, raw_batches)),
+        "a": (args.images, lambda: run_raw_forward(backend.model, raw_batches)),
         "b": (
             args.images,
-            lambda: common.run_label_chunk(scratch / "photos", settings, scratch),
+            lambda: run_label_chunk(scratch / "photos", settings, scratch),
         ),
         "c": (
             args.images,
-            lambda: common.run_naive_loop(
+            lambda: run_naive_loop(
                 backend.model,
                 backend.processor,
                 paths,
@@ -143,12 +148,12 @@ def run_benchmark(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
         ),
     }
     _warm_up(backend, raw_batches, warm_folder, settings, scratch, paths, classes)
-    env = common.environment(backend.device)
-    measurements = common.time_modes(modes, repeats=args.repeats, sync=sync)
+    env = environment(backend.device)
+    measurements = time_modes(modes, repeats=args.repeats, sync=sync)
     env["load_average_after"] = os.getloadavg()
 
     config = {
-        **common.model_summary(backend.model, backend.processor),
+        **model_summary(backend.model, backend.processor),
         "size": args.size,
         "dtype": str(backend.dtype).removeprefix("torch."),
         "image_size_wh": args.image_size,
@@ -163,10 +168,10 @@ def run_benchmark(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
         "build_random_model_s": round(build_s, 2),
         "model_load_s_excluded": round(load_s, 2),
     }
-    ratios, ratio_text = common.ratio_lines(
+    ratios, ratio_text = ratio_lines(
         measurements["a"], measurements["b"], measurements["c"], len(classes)
     )
-    _print_report(env, config, measurements, ratio_text)
+    print_cpu_report(env, config, measurements, ratio_text)
     if args.profile:
         print("\n" + _profile_pipeline(scratch / "photos", settings, scratch))
     return {
@@ -199,9 +204,9 @@ def _warm_up(
     classes: list[str],
 ) -> None:
     """One untimed pass of each mode on little data: allocator, caches, lazy imports."""
-    common.run_raw_forward(backend.model, raw_batches[:1])
-    common.run_label_chunk(warm_folder, settings, scratch)
-    common.run_naive_loop(
+    run_raw_forward(backend.model, raw_batches[:1])
+    run_label_chunk(warm_folder, settings, scratch)
+    run_naive_loop(
         backend.model,
         backend.processor,
         paths[:1],
@@ -211,66 +216,10 @@ def _warm_up(
     )
 
 
-def _print_report(
-    env: dict[str, Any],
-    config: dict[str, Any],
-    measurements: dict[str, common.Measurement],
-    ratio_text: list[str],
-) -> None:
-    print("\nenvironment:")
-    for key, value in env.items():
-        print(f"  {key}: {value}")
-    print("config (model already loaded and warm; load time excluded from all modes):")
-    for key, value in config.items():
-        print(f"  {key}: {value}")
-    rows = [
-        [
-            m.mode,
-            m.images,
-            m.best_wall,
-            m.median_wall,
-            m.best_ips,
-            m.median_ips,
-            round(sum(m.cpu_utils) / len(m.cpu_utils), 2),
-            m.detections_per_image,
-        ]
-        for m in measurements.values()
-    ]
-    headers = [
-        "mode",
-        "images",
-        "best s",
-        "median s",
-        "img/s best",
-        "img/s median",
-        "cpu util",
-        "boxes/img",
-    ]
-    print("\n" + common.format_table(headers, rows))
-    print("\n" + "\n".join(ratio_text))
-    print("\nper repeat (a, b, c ran back to back; trust repeats with cpu util near")
-    print(f"the thread count, {env['torch_threads']} here):")
-    print(common.format_table(*_per_repeat(measurements)))
-
-
-def _per_repeat(
-    measurements: dict[str, common.Measurement],
-) -> tuple[list[str], list[list[Any]]]:
-    """Seconds and ratios of each repeat: the modes of one repeat shared one load."""
-    a, b, c = (measurements[key] for key in "abc")
-    headers = ["repeat", "a s", "b s", "c s", "lowest cpu util", "b/a", "b/c"]
-    rows = []
-    for index, walls in enumerate(zip(a.walls, b.walls, c.walls, strict=True)):
-        utils = (a.cpu_utils[index], b.cpu_utils[index], c.cpu_utils[index])
-        ips = [m.images / wall for m, wall in zip((a, b, c), walls, strict=True)]
-        rows.append([index + 1, *walls, min(utils), ips[1] / ips[0], ips[1] / ips[2]])
-    return headers, rows
-
-
 def _profile_pipeline(folder: Path, settings: Any, scratch: Path) -> str:
     """cProfile of one (b) run: where the pipeline's time goes besides the model."""
     profiler = cProfile.Profile()
-    profiler.runcall(common.run_label_chunk, folder, settings, scratch)
+    profiler.runcall(run_label_chunk, folder, settings, scratch)
     text = io.StringIO()
     stats = pstats.Stats(profiler, stream=text).strip_dirs()
     stats.sort_stats("cumulative").print_stats(30)

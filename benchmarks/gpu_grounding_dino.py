@@ -31,6 +31,22 @@ from pathlib import Path
 from typing import Any
 
 import gdino_bench_common as common
+from gdino_bench_images import (
+    class_names,
+    parse_size,
+    read_rgb,
+    sample_images,
+    write_jpegs,
+)
+from gdino_bench_modes import (
+    NAIVE_BOX_THRESHOLD,
+    prepare_raw_batches,
+    run_label_chunk,
+    run_naive_loop,
+    run_raw_forward,
+)
+from gdino_bench_report import environment, model_summary, print_gpu_report, ratio_lines
+from gdino_bench_timing import Measurement, device_sync, time_modes
 
 
 @dataclass
@@ -90,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     args = parse_args(argv)
     common.put_repo_on_path()
-    _quiet_libraries()
+    common.quiet_libraries()
     with tempfile.TemporaryDirectory(prefix="gdino-gpu-bench-") as scratch:
         report = run_all(args, Path(scratch), deadline=start + args.budget_s)
     report["total_s"] = round(time.perf_counter() - start, 1)
@@ -102,13 +118,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _quiet_libraries() -> None:
-    from transformers.utils import logging
-
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()
-
-
 def run_all(args: argparse.Namespace, scratch: Path, deadline: float) -> dict[str, Any]:
     """Every (dtype, batch size) row; one failing row is reported, not fatal."""
     from model_loaders.random_init import save_random_grounding_dino
@@ -117,21 +126,19 @@ def run_all(args: argparse.Namespace, scratch: Path, deadline: float) -> dict[st
     build_start = time.perf_counter()
     model_dir = save_random_grounding_dino(scratch / "model", size=args.size)
     build_s = time.perf_counter() - build_start
-    images, source = common.sample_images(
-        args.images, common.parse_size(args.image_size)
-    )
+    images, source = sample_images(args.images, parse_size(args.image_size))
     pipeline, pipeline_note = _pipeline_mode()
     ctx = Context(
         args=args,
         model_dir=model_dir,
         scratch=scratch,
-        paths=common.write_jpegs(images, scratch / "photos"),
-        classes=common.class_names(args.classes),
+        paths=write_jpegs(images, scratch / "photos"),
+        classes=class_names(args.classes),
         device=device,
         pipeline=pipeline,
         deadline=deadline,
     )
-    env = common.environment(device)
+    env = environment(device)
     print(f"environment: {env}")
     print(f"(b) pipeline mode: {pipeline} {pipeline_note}".rstrip(), flush=True)
     rows, summary = [], None
@@ -152,7 +159,7 @@ def run_all(args: argparse.Namespace, scratch: Path, deadline: float) -> dict[st
         "pipeline_note": pipeline_note,
         "build_random_model_s": round(build_s, 1),
     }
-    _print_report(env, config, rows, len(ctx.classes))
+    print_gpu_report(env, config, rows, len(ctx.classes))
     return {"environment": env, "config": config, "rows": rows}
 
 
@@ -183,9 +190,9 @@ def _run_row(
     ctx: Context,
     dtype: str,
     batch_size: int,
-    naive: common.Measurement | None,
+    naive: Measurement | None,
     summary: dict[str, Any] | None,
-) -> tuple[dict[str, Any], common.Measurement | None, dict[str, Any] | None]:
+) -> tuple[dict[str, Any], Measurement | None, dict[str, Any] | None]:
     """One table row, returned with the dtype's naive measurement and model summary."""
     row: dict[str, Any] = {"dtype": dtype, "batch_size": batch_size}
     if time.perf_counter() > ctx.deadline:
@@ -201,7 +208,7 @@ def _run_row(
     finally:
         _free_memory(ctx)
     naive = measured.get("c", naive)
-    ratios, lines = common.ratio_lines(
+    ratios, lines = ratio_lines(
         measured.get("a"), measured.get("b"), naive, len(ctx.classes)
     )
     print("\n".join(f"{label}{line}" for line in lines), flush=True)
@@ -224,31 +231,31 @@ class Loaded:
 
 def _measure(
     ctx: Context, dtype: str, batch_size: int, with_naive: bool, label: str
-) -> tuple[dict[str, common.Measurement], dict[str, Any], float | None]:
+) -> tuple[dict[str, Measurement], dict[str, Any], float | None]:
     """Load, warm up, time one (dtype, batch size): measurements, summary, peak GiB."""
     import torch
 
     loaded = _load(ctx, dtype, batch_size)
     torch_dtype = getattr(torch, dtype)
-    batches = common.prepare_raw_batches(
+    batches = prepare_raw_batches(
         loaded.processor,
-        [common.read_rgb(p) for p in ctx.paths],
+        [read_rgb(p) for p in ctx.paths],
         loaded.texts,
         batch_size=batch_size,
         device=ctx.device,
         dtype=torch_dtype,
     )
-    summary = common.model_summary(loaded.model, loaded.processor)
+    summary = model_summary(loaded.model, loaded.processor)
     summary["model_input_shape"] = list(batches[0]["pixel_values"].shape[1:])
     summary["text_tokens"] = int(batches[0]["input_ids"].shape[1])
     n = len(ctx.paths)
-    modes = {"a": (n, lambda: common.run_raw_forward(loaded.model, batches))}
+    modes = {"a": (n, lambda: run_raw_forward(loaded.model, batches))}
     if loaded.pipeline_run is not None:
         modes["b"] = (n, loaded.pipeline_run)
     if with_naive:
         modes["c"] = (
             n,
-            lambda: common.run_naive_loop(
+            lambda: run_naive_loop(
                 loaded.model,
                 loaded.processor,
                 ctx.paths,
@@ -261,10 +268,10 @@ def _measure(
     cuda = ctx.device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(ctx.device)
-    measured = common.time_modes(
+    measured = time_modes(
         modes,
         repeats=ctx.args.repeats,
-        sync=common.device_sync(ctx.device),
+        sync=device_sync(ctx.device),
         deadline=ctx.deadline,
         label=label,
     )
@@ -307,7 +314,7 @@ def _load(ctx: Context, dtype: str, batch_size: int) -> Loaded:
         folder = ctx.paths[0].parent
 
         def run() -> float:
-            return common.run_label_chunk(folder, settings, ctx.scratch)
+            return run_label_chunk(folder, settings, ctx.scratch)
 
     else:
         from model_loaders.grounding_dino import GroundingDinoModel
@@ -328,9 +335,9 @@ def _run_predict(
     window = batch_size * 4
     boxes = 0
     for start in range(0, len(paths), window):
-        images = [common.read_rgb(p) for p in paths[start : start + window]]
+        images = [read_rgb(p) for p in paths[start : start + window]]
         detections = backend.predict(
-            images, ontology, confidence_floor=common.NAIVE_BOX_THRESHOLD
+            images, ontology, confidence_floor=NAIVE_BOX_THRESHOLD
         )
         boxes += sum(len(d) for d in detections)
     return boxes / max(len(paths), 1)
@@ -344,11 +351,11 @@ def _warm_up(
     with_naive: bool,
 ) -> None:
     """One untimed pass of each mode: CUDA context, kernels, allocator, lazy imports."""
-    common.run_raw_forward(loaded.model, first_batch)
+    run_raw_forward(loaded.model, first_batch)
     if loaded.pipeline_run is not None:
         loaded.pipeline_run()
     if with_naive:
-        common.run_naive_loop(
+        run_naive_loop(
             loaded.model,
             loaded.processor,
             ctx.paths[:1],
@@ -356,7 +363,7 @@ def _warm_up(
             device=ctx.device,
             dtype=dtype,
         )
-    common.device_sync(ctx.device)()
+    device_sync(ctx.device)()
 
 
 def _free_memory(ctx: Context) -> None:
@@ -370,49 +377,6 @@ def _free_memory(ctx: Context) -> None:
         import torch
 
         torch.cuda.empty_cache()
-
-
-def _print_report(
-    env: dict[str, Any],
-    config: dict[str, Any],
-    rows: list[dict[str, Any]],
-    n_classes: int,
-) -> None:
-    print("\nconfig (models loaded and warm before timing; load time excluded):")
-    for key, value in config.items():
-        print(f"  {key}: {value}")
-    headers = [
-        "dtype",
-        "batch",
-        "a img/s",
-        "b img/s",
-        "c img/s",
-        "b/a",
-        "b/c",
-        "peak GiB",
-        "note",
-    ]
-    table = [
-        [
-            row["dtype"],
-            row["batch_size"],
-            _ips(row.get("a")),
-            _ips(row.get("b")),
-            _ips(row.get("c")),
-            row.get("b/a"),
-            row.get("b/c"),
-            row.get("peak_gpu_gib"),
-            row.get("note", ""),
-        ]
-        for row in rows
-    ]
-    print(f"\n{env.get('gpu', env['device'])}, best of {config['repeats']} repeats:")
-    print(common.format_table(headers, table))
-    print(f"targets: b/a >= 0.90, b/c >= {n_classes} x 0.8 = {n_classes * 0.8:.2f}")
-
-
-def _ips(measurement: dict[str, Any] | None) -> float | None:
-    return measurement["images_per_s_best"] if measurement else None
 
 
 if __name__ == "__main__":
