@@ -1,6 +1,6 @@
-"""Shared fixtures: a tiny random Grounding DINO saved like a real checkpoint, real
-sample photos, and one Prefect test harness (a real temporary Prefect server) per test
-session."""
+"""Shared fixtures: tiny random Grounding DINO, SAM and CLIP models saved like real
+checkpoints, real sample photos, and one Prefect test harness (a real temporary Prefect
+server) per test session."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import pytest  # noqa: E402
-from PIL import Image  # noqa: E402
 
-SAMPLE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
+# write_sample_photos stays importable from here for modules that still do so.
+from tests.photos import write_sample_photos  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -34,29 +34,49 @@ def tiny_grounding_dino(tmp_path_factory: pytest.TempPathFactory) -> str:
     )
 
 
-def write_sample_photos(
-    folder: Path, names: tuple[str, ...] = SAMPLE_PHOTOS
-) -> list[Path]:
-    """Real photos shipped inside scikit-image, saved as JPEG files."""
-    import skimage.data
+@pytest.fixture(scope="session")
+def tiny_sam(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A random vit_tiny SAM state dict, loadable with ``--sam-checkpoint PATH``."""
+    from model_loaders.random_init_sam_clip import save_random_sam
 
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name in names:
-        path = folder / f"{name}.jpg"
-        Image.fromarray(getattr(skimage.data, name)()).convert("RGB").save(
-            path, quality=90
-        )
-        paths.append(path)
-    return paths
+    return str(save_random_sam(tmp_path_factory.mktemp("sam") / "sam_tiny.pth"))
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """``local-dir:`` of a tiny random open_clip model (config + safetensors)."""
+    from model_loaders.random_init_sam_clip import save_random_open_clip
+
+    folder = save_random_open_clip(tmp_path_factory.mktemp("tiny-clip"))
+    return f"local-dir:{folder}"
 
 
 @pytest.fixture
 def sample_photos(tmp_path: Path) -> Path:
-    """A folder of four real photos of different sizes and aspect ratios."""
+    """A folder of four real photos of different sizes and aspect ratios, new for each
+    test (the test may change it)."""
     folder = tmp_path / "photos"
     write_sample_photos(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def shared_sample_photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same four photos in one folder for the whole session: read only."""
+    folder = tmp_path_factory.mktemp("shared-sample-photos") / "photos"
+    write_sample_photos(folder)
+    return folder
+
+
+@pytest.fixture
+def empty_model_cache():
+    """The model cache empty before and after the test: what the test loads through
+    it is its own."""
+    from model_loaders import cache
+
+    cache.clear()
+    yield
+    cache.clear()
 
 
 @pytest.fixture(scope="session")

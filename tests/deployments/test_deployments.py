@@ -23,8 +23,8 @@ from tasks.credits import CreditLedger
 from tasks.label import ImageSelection, plan_chunks
 from tasks.labels import OutputLayout, read_images, read_labels
 from tasks.settings import LabelSettings
-from tests.conftest import write_sample_photos
 from tests.deployments.conftest import BIN, PrefectStack
+from tests.photos import write_sample_photos
 
 RUN_TIMEOUT_S = 240
 EIGHT_PHOTOS = (
@@ -98,42 +98,25 @@ def labeled_paths(out: Path) -> dict[str, str]:
     return dict(zip(images["relative_path"], images["run_id"], strict=True))
 
 
+def notify_upload(dataset: str, paths: dict[str, Path], *options: str):
+    """``autolabel notify-upload DATASET --out OUT --source PHOTOS OPTIONS...``."""
+    result = CliRunner().invoke(
+        app,
+        ["notify-upload", dataset, "--out", str(paths["out"]),
+         "--source", str(paths["photos"]), *options],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return result
+
+
 def test_upload_events_label_only_their_datasets_new_images(prefect_api, datasets):
     a, b = datasets["A"], datasets["B"]
     # Dataset A: the CLI sends the event.
-    sent = CliRunner().invoke(
-        app,
-        [
-            "notify-upload",
-            "A",
-            "--out",
-            str(a["out"]),
-            "--source",
-            str(a["photos"]),
-            "--image",
-            "coffee.jpg",
-            "--image",
-            "rocket.jpg",
-        ],  # fmt: skip
-    )
-    assert sent.exit_code == 0, sent.output
+    sent = notify_upload("A", a, "--image", "coffee.jpg", "--image", "rocket.jpg")
     assert "Sent autolabel.images.uploaded for dataset A (2 image(s))" in sent.output
     # Dataset B: an uploader outside Prefect posts the printed curl command.
-    curl = CliRunner().invoke(
-        app,
-        [
-            "notify-upload",
-            "B",
-            "--out",
-            str(b["out"]),
-            "--source",
-            str(b["photos"]),
-            "--image",
-            "chelsea.jpg",
-            "--print-curl",
-        ],  # fmt: skip
-    )
-    assert curl.exit_code == 0 and prefect_api.api_url in curl.stdout
+    curl = notify_upload("B", b, "--image", "chelsea.jpg", "--print-curl")
+    assert prefect_api.api_url in curl.stdout
     posted = subprocess.run(
         ["bash", "-c", curl.stdout], capture_output=True, text=True, timeout=30
     )
@@ -159,6 +142,7 @@ def test_upload_events_label_only_their_datasets_new_images(prefect_api, dataset
         chunks = plan_chunks(
             str(photos), settings, str(out), selection=ImageSelection(images=listed)
         )
+        assert len(chunks) == len(listed)  # chunk_size 1: each checked below
         for chunk in chunks:
             assert all(p.exists() for p in OutputLayout(out).shard_paths(chunk.key))
         labels = read_labels(OutputLayout(out))

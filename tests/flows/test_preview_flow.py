@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from cli.main import app
 from tasks.preview import filter_candidates, load_record, read_candidates
 from tasks.thresholds import Thresholds
-from tests.conftest import write_sample_photos
+from tests.photos import write_sample_photos
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import open_clip
 import pytest
-import skimage.data
 import torch
 from PIL import Image
 
@@ -23,28 +22,12 @@ from model_loaders.protocol import (
     ModelLoadError,
     ModelSpec,
 )
-from model_loaders.random_init_sam_clip import save_random_open_clip
 from tasks.thresholds import Thresholds, apply_thresholds
 
 ONTOLOGY = Ontology.from_class_options(
     ["cat: a cat; kitten", "rocket", "person: astronaut"]
 )
 NAMES = ONTOLOGY.class_names
-
-
-@pytest.fixture(scope="session")
-def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """``local-dir:`` of a tiny random open_clip model (config + safetensors)."""
-    folder = save_random_open_clip(tmp_path_factory.mktemp("tiny-clip"))
-    return f"local-dir:{folder}"
-
-
-@pytest.fixture(scope="module")
-def photos() -> list[Image.Image]:
-    return [
-        Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
-        for name in ("astronaut", "coffee", "chelsea", "rocket")
-    ]
 
 
 def _backend(model: str, task: str = "classify", **fields) -> ClipModel:

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import skimage.data
 import torch
 from PIL import Image
 from segment_anything import SamPredictor
@@ -19,24 +18,15 @@ from model_loaders.grounded_sam import GroundedSamModel, load_sam
 from model_loaders.grounding_dino import GroundingDinoModel
 from model_loaders.ontology import Ontology
 from model_loaders.protocol import ModelLoadError, ModelSpec
-from model_loaders.random_init_sam_clip import save_random_sam
 
 ONTOLOGY = Ontology.from_class_options(["person", "cat", "rocket"])
 FLOOR = 0.3  # a few dozen boxes per image from the tiny random Grounding DINO
 
 
-@pytest.fixture(scope="session")
-def tiny_sam(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A random vit_tiny SAM state dict, loadable with ``--sam-checkpoint PATH``."""
-    return str(save_random_sam(tmp_path_factory.mktemp("sam") / "sam_tiny.pth"))
-
-
 @pytest.fixture(scope="module")
-def photos() -> list[Image.Image]:
-    return [
-        Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
-        for name in ("astronaut", "coffee", "chelsea")
-    ]
+def three_photos(photos: list[Image.Image]) -> list[Image.Image]:
+    """astronaut, coffee and chelsea: with batch_size 2, one batch of 2 and one of 1."""
+    return photos[:3]
 
 
 def _spec(dino: str, sam: str, **fields) -> ModelSpec:
@@ -68,9 +58,9 @@ def test_segment_spec_picks_grounded_sam_and_its_box_model_comes_from_the_cache(
 
 
 def test_one_decoder_call_for_all_boxes_equals_one_predictor_call_per_box(
-    backend: GroundedSamModel, photos: list[Image.Image]
+    backend: GroundedSamModel, three_photos: list[Image.Image]
 ) -> None:
-    image = photos[0]
+    image = three_photos[0]
     (detections,) = backend.boxes.predict([image], ONTOLOGY, confidence_floor=FLOOR)
     assert len(detections) >= 5
     embedding, (input_size,) = backend.embed([image])
@@ -91,7 +81,7 @@ def test_one_decoder_call_for_all_boxes_equals_one_predictor_call_per_box(
 
 
 def test_predict_runs_the_decoder_once_per_image_never_per_box(
-    backend: GroundedSamModel, photos: list[Image.Image], monkeypatch
+    backend: GroundedSamModel, three_photos: list[Image.Image], monkeypatch
 ) -> None:
     decoder_calls, encoder_images = [], []
     decoder, encoder = backend.sam.mask_decoder, backend.sam.image_encoder
@@ -107,7 +97,7 @@ def test_predict_runs_the_decoder_once_per_image_never_per_box(
         ),
     ]
     try:
-        results = backend.predict(photos, ONTOLOGY, confidence_floor=FLOOR)
+        results = backend.predict(three_photos, ONTOLOGY, confidence_floor=FLOOR)
     finally:
         for handle in handles:
             handle.remove()
@@ -118,12 +108,12 @@ def test_predict_runs_the_decoder_once_per_image_never_per_box(
 
 
 def test_masks_are_one_per_detection_and_the_boxes_are_grounding_dinos(
-    backend: GroundedSamModel, photos: list[Image.Image]
+    backend: GroundedSamModel, three_photos: list[Image.Image]
 ) -> None:
-    results = backend.predict(photos, ONTOLOGY, confidence_floor=FLOOR)
-    boxes_only = backend.boxes.predict(photos, ONTOLOGY, confidence_floor=FLOOR)
+    results = backend.predict(three_photos, ONTOLOGY, confidence_floor=FLOOR)
+    boxes_only = backend.boxes.predict(three_photos, ONTOLOGY, confidence_floor=FLOOR)
 
-    for image, ours, plain in zip(photos, results, boxes_only, strict=True):
+    for image, ours, plain in zip(three_photos, results, boxes_only, strict=True):
         assert ours.mask.shape == (len(ours), image.height, image.width)
         assert ours.mask.dtype == bool
         np.testing.assert_array_equal(ours.xyxy, plain.xyxy)
@@ -132,30 +122,30 @@ def test_masks_are_one_per_detection_and_the_boxes_are_grounding_dinos(
 
 
 def test_labels_do_not_depend_on_batch_mates(
-    tiny_grounding_dino: str, tiny_sam: str, backend, photos: list[Image.Image]
+    tiny_grounding_dino: str, tiny_sam: str, backend, three_photos: list[Image.Image]
 ) -> None:
     """A batch of 3 embeddings and 3 single ones: the same masks (up to a few border
     pixels where a logit sits at the threshold and float sums differ)."""
-    together = backend.predict(photos, ONTOLOGY, confidence_floor=FLOOR)
+    together = backend.predict(three_photos, ONTOLOGY, confidence_floor=FLOOR)
     single = GroundedSamModel(
         backend.boxes,
         backend.sam,
         backend.spec.model_copy(update={"batch_size": 1}),
         backend.device,
     )
-    alone = single.predict(photos, ONTOLOGY, confidence_floor=FLOOR)
+    alone = single.predict(three_photos, ONTOLOGY, confidence_floor=FLOOR)
 
     for a, b in zip(together, alone, strict=True):
         assert (a.mask != b.mask).mean() < 1e-4
 
 
-def test_images_without_boxes_skip_sam(backend, photos, monkeypatch) -> None:
+def test_images_without_boxes_skip_sam(backend, three_photos, monkeypatch) -> None:
     def no_embedding(images):
         raise AssertionError("SAM ran for an image without boxes")
 
     monkeypatch.setattr(backend, "embed", no_embedding)
 
-    results = backend.predict(photos[:2], ONTOLOGY, confidence_floor=1.01)
+    results = backend.predict(three_photos[:2], ONTOLOGY, confidence_floor=1.01)
 
     assert [d.mask.shape for d in results] == [(0, 512, 512), (0, 400, 600)]
 

@@ -8,7 +8,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-import skimage.data
 import supervision as sv
 import torch
 from PIL import Image
@@ -21,15 +20,6 @@ from model_loaders.protocol import ModelLoadError, ModelSpec
 
 ONTOLOGY = Ontology.from_class_options(["person", "cat: a cat", "rocket"])
 WORD_CLASS = {"person": 0, "a": 1, "cat": 1, "rocket": 2}
-
-
-@pytest.fixture(scope="module")
-def photos() -> list[Image.Image]:
-    """Real photos of four different sizes, so they land in different shape buckets."""
-    return [
-        Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
-        for name in ("astronaut", "coffee", "chelsea", "rocket")
-    ]
 
 
 @pytest.fixture(scope="module")

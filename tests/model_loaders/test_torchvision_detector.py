@@ -10,40 +10,33 @@ import json
 
 import numpy as np
 import pytest
-import skimage.data
-import supervision as sv
 import torch
 from PIL import Image
 
-from model_loaders import cache
-from model_loaders.ontology import Ontology
 from model_loaders.protocol import ModelLoadError, ModelSpec
 from model_loaders.torchvision_detector import (
     TorchvisionDetector,
     load_state_dict,
     read_class_names,
 )
-from tasks.label import label_chunk, plan_chunks
-from tasks.labels import OutputLayout, read_labels
+from tasks.labels import read_labels
 from tasks.settings import LabelSettings
 from tasks.thresholds import Thresholds
+from tests.labeling import label_folder
+from tests.model_loaders.mapped_classes import (
+    CLASS_MAP,
+    LABELED_AS,
+    MODEL_CLASSES,
+    ONTOLOGY,
+    assert_mapped_like_reference,
+    labeled_as,
+)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 ARCHITECTURE = "fasterrcnn_mobilenet_v3_large_320_fpn"
-CLASSES = ["person", "can", "dog"]  # model labels 1..3; label 0 is the background
-ONTOLOGY = Ontology.from_class_options(["Person", "soda: a soda can"])
-CLASS_MAP = ("can=soda",)
-EXPECTED = {1: 0, 2: 1, 3: None}  # model label -> ontology id (dog dropped)
+CLASSES = list(MODEL_CLASSES)  # model labels 1..3; label 0 is the background
 SIZES = {"min_size": 128, "max_size": 192}  # small images keep the test fast
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One intra-op thread while these tests run: on two cores shared with other jobs,
-    OpenMP threads waiting for each other made these tiny models 10-25x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _build(**kwargs) -> torch.nn.Module:
@@ -59,23 +52,13 @@ def _build(**kwargs) -> torch.nn.Module:
 
 
 @pytest.fixture(scope="module")
-def photos() -> list[Image.Image]:
-    images = []
-    for name in ("astronaut", "coffee", "rocket"):
-        image = Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
-        image.thumbnail((160, 160))
-        images.append(image)
-    return images
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, photos):
+def checkpoint(tmp_path_factory, small_photos):
     """weights.pt (state dict) + classes.txt (object classes only), as a user saves
     them, from a random model that predicts every class."""
     folder = tmp_path_factory.mktemp("fasterrcnn")
     torch.manual_seed(0)
     model = _build()
-    _calibrate_batch_norm(model, photos)
+    _calibrate_batch_norm(model, small_photos)
     torch.nn.init.normal_(model.roi_heads.box_predictor.cls_score.weight, std=0.1)
     state = model.state_dict()
     torch.save(state, folder / "weights.pt")
@@ -115,7 +98,7 @@ def _load(model: str, **options) -> TorchvisionDetector:
 
 
 def test_labels_equal_torchvision_at_the_floor_mapped_to_the_ontology(
-    checkpoint, photos
+    checkpoint, small_photos
 ):
     """torchvision's model built with box_score_thresh = floor, one image at a time,
     versus ours (threshold 0 inside, floor after, images batched by size)."""
@@ -123,31 +106,24 @@ def test_labels_equal_torchvision_at_the_floor_mapped_to_the_ontology(
     floor = 0.3
     reference = _build(box_score_thresh=floor, **SIZES)
     reference.load_state_dict(state)
-    images = [photos[0], photos[1], photos[0]]
+    images = [small_photos[0], small_photos[1], small_photos[0]]
     ours = _load(folder).predict(images, ONTOLOGY, confidence_floor=floor)
 
     seen = set()
     for image, detections in zip(images, ours, strict=True):
         with torch.no_grad():
             (expected,) = reference([_tensor(image)])
-        labels = expected["labels"].tolist()
-        seen |= set(labels)
-        kept = np.array([EXPECTED[label] is not None for label in labels], dtype=bool)
-        np.testing.assert_allclose(
-            detections.xyxy,
-            sv.clip_boxes(expected["boxes"].numpy()[kept], image.size),
-            atol=1e-3,
+        names = [CLASSES[label - 1] for label in expected["labels"].tolist()]
+        seen |= set(names)
+        assert_mapped_like_reference(
+            detections,
+            image,
+            expected["boxes"].numpy(),
+            expected["scores"].numpy(),
+            names,
+            score_atol=1e-4,  # batched convolutions round a little differently
         )
-        np.testing.assert_allclose(
-            detections.confidence, expected["scores"].numpy()[kept], atol=1e-4
-        )  # batched convolutions round a little differently
-        assert detections.class_id.tolist() == [
-            EXPECTED[i] for i in labels if EXPECTED[i] is not None
-        ]
-        assert detections.data["prompt"].tolist() == [
-            CLASSES[i - 1] for i in labels if EXPECTED[i] is not None
-        ]
-    assert seen == {1, 2, 3}  # every class, the dropped one included, was predicted
+    assert seen == set(CLASSES)  # every class, the dropped one included, was predicted
 
 
 @pytest.mark.parametrize(
@@ -240,15 +216,9 @@ def test_a_folder_without_class_names_is_refused(checkpoint, tmp_path):
         _load(tmp_path)
 
 
-@pytest.fixture
-def torchvision_backend(monkeypatch):
-    cache.clear()
-    yield
-    cache.clear()
-
-
+@pytest.mark.usefixtures("empty_model_cache")
 def test_label_chunk_labels_with_the_torchvision_model(
-    checkpoint, sample_photos, tmp_path, torchvision_backend
+    checkpoint, sample_photos, tmp_path
 ):
     """Batch labeling through the model cache and the registry, spec fields only (the
     folder holds weights.pt + classes.txt), with a per-class threshold."""
@@ -265,15 +235,9 @@ def test_label_chunk_labels_with_the_torchvision_model(
         thresholds=Thresholds(default=0.3, per_class={"soda": 0.5}),
         nms="none",
     )
-    out = tmp_path / "out"
-    for chunk in plan_chunks(str(sample_photos), settings):
-        label_chunk(chunk, settings, str(out), "run-1")
-    labels = read_labels(OutputLayout(out))
+    labels = read_labels(label_folder(sample_photos, tmp_path / "out", settings))
 
-    assert set(zip(labels["class_name"], labels["prompt"], strict=True)) == {
-        ("Person", "person"),
-        ("soda", "can"),
-    }
+    assert labeled_as(labels) == LABELED_AS
     soda = labels["class_name"] == "soda"
     assert labels.loc[soda, "confidence"].min() >= 0.5
     assert labels.loc[~soda, "confidence"].min() >= 0.3

@@ -8,36 +8,28 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-import skimage.data
-import supervision as sv
 import torch
-from PIL import Image
 
-from model_loaders import cache
 from model_loaders.class_mapping import ClassMappingError
 from model_loaders.ontology import Ontology
 from model_loaders.protocol import ModelLoadError, ModelSpec
 from model_loaders.trained import TrainedDetector
-from tasks.label import label_chunk, plan_chunks
-from tasks.labels import OutputLayout, read_labels
+from tasks.labels import read_labels
 from tasks.settings import LabelSettings
 from tasks.thresholds import Thresholds
+from tests.labeling import label_folder
+from tests.model_loaders.mapped_classes import (
+    CLASS_MAP,
+    LABELED_AS,
+    MODEL_CLASSES,
+    ONTOLOGY,
+    assert_mapped_like_reference,
+    labeled_as,
+)
 
-ID2LABEL = {0: "person", 1: "can", 2: "dog"}
-# "person" by name (case differs), "can" renamed by --map, "dog" dropped.
-ONTOLOGY = Ontology.from_class_options(["Person", "soda: a soda can"])
-CLASS_MAP = ("can=soda",)
-EXPECTED = {"person": 0, "can": 1, "dog": None}
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One intra-op thread while these tests run: on two cores shared with other jobs,
-    OpenMP threads waiting for each other made these tiny models 10-25x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+ID2LABEL = dict(enumerate(MODEL_CLASSES))  # the model's class ids
 
 
 def _save_tiny(path, architecture: str) -> str:
@@ -114,17 +106,6 @@ def tiny_rt_detr(tmp_path_factory) -> str:
     return _save_tiny(tmp_path_factory.mktemp("rt-detr"), "rt_detr")
 
 
-@pytest.fixture(scope="module")
-def photos() -> list[Image.Image]:
-    """Real photos of three sizes; small, since the model reads 96 px anyway."""
-    images = []
-    for name in ("astronaut", "coffee", "rocket"):
-        image = Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
-        image.thumbnail((160, 160))
-        images.append(image)
-    return images
-
-
 def _load(path: str, class_map: tuple[str, ...] = CLASS_MAP) -> TrainedDetector:
     return TrainedDetector.load(
         ModelSpec(backend="trained", model=path, device="cpu", batch_size=3),
@@ -134,7 +115,7 @@ def _load(path: str, class_map: tuple[str, ...] = CLASS_MAP) -> TrainedDetector:
 
 @pytest.mark.parametrize("architecture", ["detr", "rt_detr"])
 def test_labels_equal_the_transformers_reference_mapped_to_the_ontology(
-    architecture, request, photos
+    architecture, request, small_photos
 ):
     """Per image: processor + model + post_process_object_detection on that image
     alone, mapped by name (person), by --map (can -> soda), dog dropped. Images of
@@ -144,7 +125,7 @@ def test_labels_equal_the_transformers_reference_mapped_to_the_ontology(
     tiny_detector = request.getfixturevalue(f"tiny_{architecture}")
     processor = AutoImageProcessor.from_pretrained(tiny_detector)
     model = AutoModelForObjectDetection.from_pretrained(tiny_detector).eval()
-    images = photos + photos[:2]
+    images = small_photos + small_photos[:2]
     ours = _load(tiny_detector).predict(images, ONTOLOGY, confidence_floor=0.0)
 
     seen = set()
@@ -156,30 +137,23 @@ def test_labels_equal_the_transformers_reference_mapped_to_the_ontology(
         )
         names = [ID2LABEL[i] for i in reference["labels"].tolist()]
         seen |= set(names)
-        kept = np.array([EXPECTED[n] is not None for n in names], dtype=bool)
-        np.testing.assert_allclose(
-            detections.xyxy,
-            sv.clip_boxes(reference["boxes"].numpy()[kept], image.size),
-            atol=1e-3,
+        assert_mapped_like_reference(
+            detections,
+            image,
+            reference["boxes"].numpy(),
+            reference["scores"].numpy(),
+            names,
+            score_atol=1e-6,
         )
-        np.testing.assert_allclose(
-            detections.confidence, reference["scores"].numpy()[kept], atol=1e-6
-        )
-        kept_names = [n for n in names if EXPECTED[n] is not None]
-        assert detections.class_id.tolist() == [EXPECTED[n] for n in kept_names]
-        assert detections.data["prompt"].tolist() == kept_names
-        assert detections.data["class_name"].tolist() == [
-            ONTOLOGY.class_names[EXPECTED[n]] for n in kept_names
-        ]
     if architecture == "rt_detr":  # a random DETR's queries all pick one class
         assert seen == set(ID2LABEL.values())  # the dropped class was predicted too
 
 
-def test_the_floor_is_inclusive_and_filters(tiny_rt_detr, photos):
+def test_the_floor_is_inclusive_and_filters(tiny_rt_detr, small_photos):
     backend = _load(tiny_rt_detr)
-    (everything,) = backend.predict(photos[:1], ONTOLOGY, confidence_floor=0.0)
+    (everything,) = backend.predict(small_photos[:1], ONTOLOGY, confidence_floor=0.0)
     floor = float(np.sort(everything.confidence)[len(everything) // 2])
-    (kept,) = backend.predict(photos[:1], ONTOLOGY, confidence_floor=floor)
+    (kept,) = backend.predict(small_photos[:1], ONTOLOGY, confidence_floor=floor)
     assert kept.confidence.min() == floor
     assert len(kept) == (everything.confidence >= floor).sum()
 
@@ -192,17 +166,19 @@ def test_the_floor_is_inclusive_and_filters(tiny_rt_detr, photos):
         (("can",), "expected MODEL_CLASS=CLASS"),
     ],
 )
-def test_bad_class_maps_are_refused(tiny_detr, photos, class_map, message):
+def test_bad_class_maps_are_refused(tiny_detr, small_photos, class_map, message):
     with pytest.raises(ClassMappingError, match=message):
         backend = _load(tiny_detr, class_map=class_map)
-        backend.predict(photos[:1], ONTOLOGY, confidence_floor=0.5)
+        backend.predict(small_photos[:1], ONTOLOGY, confidence_floor=0.5)
 
 
-def test_an_ontology_matching_no_model_class_is_refused(tiny_detr, photos):
+def test_an_ontology_matching_no_model_class_is_refused(tiny_detr, small_photos):
     backend = TrainedDetector.load(ModelSpec(model=tiny_detr, device="cpu"))
     with pytest.raises(ClassMappingError, match="none of the model's classes"):
         backend.predict(
-            photos[:1], Ontology.from_class_options(["cat"]), confidence_floor=0.5
+            small_photos[:1],
+            Ontology.from_class_options(["cat"]),
+            confidence_floor=0.5,
         )
 
 
@@ -245,15 +221,9 @@ class _RunsCode:
         return (_run_code, ())
 
 
-@pytest.fixture
-def trained_backend(monkeypatch):
-    cache.clear()
-    yield
-    cache.clear()
-
-
+@pytest.mark.usefixtures("empty_model_cache")
 def test_preview_then_batch_label_with_the_trained_model(
-    tiny_rt_detr, sample_photos, tmp_path, trained_backend
+    tiny_rt_detr, sample_photos, tmp_path
 ):
     """The preview and batch labeling, through the model cache and the registry. The
     preview keeps candidates under the thresholds; a per-class threshold picked from
@@ -285,10 +255,7 @@ def test_preview_then_batch_label_with_the_trained_model(
         sample_size=10,
     )
     candidates = read_candidates(tmp_path / "preview")
-    assert set(zip(candidates["class_name"], candidates["prompt"], strict=True)) == {
-        ("Person", "person"),
-        ("soda", "can"),
-    }
+    assert labeled_as(candidates) == LABELED_AS
     soda = candidates[candidates["class_name"] == "soda"]["confidence"]
     approved = settings.model_copy(
         update={
@@ -296,10 +263,7 @@ def test_preview_then_batch_label_with_the_trained_model(
         }
     )
 
-    out = tmp_path / "out"
-    for chunk in plan_chunks(str(sample_photos), approved):
-        label_chunk(chunk, approved, str(out), "run-1")
-    labels = read_labels(OutputLayout(out))
+    labels = read_labels(label_folder(sample_photos, tmp_path / "out", approved))
 
     assert 0 < (labels["class_name"] == "soda").sum() < len(soda)
     assert labels[labels["class_name"] == "soda"]["confidence"].min() >= soda.median()

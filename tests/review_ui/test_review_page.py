@@ -22,13 +22,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from model_loaders.random_init_sam_clip import save_random_open_clip, save_random_sam
 from tasks.approval import load_approved
 from tasks.credits import CreditLedger
 from tasks.labels import OutputLayout, read_labels
 from tasks.preview import class_counts, filter_candidates, load_record, read_candidates
 from tasks.thresholds import Thresholds
-from tests.conftest import write_sample_photos
+from tests.photos import write_sample_photos
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("AUTOLABEL_CHROMIUM", "/usr/bin/chromium")
@@ -57,7 +56,10 @@ class Served:
 
 @pytest.fixture(scope="module")
 def served(
-    prefect_harness, tmp_path_factory: pytest.TempPathFactory, tiny_grounding_dino: str
+    prefect_harness,
+    tmp_path_factory: pytest.TempPathFactory,
+    tiny_grounding_dino: str,
+    tiny_sam: str,
 ) -> Iterator[Served]:
     """``autolabel ui PHOTOS --class cat`` on 127.0.0.1 (6 photos, sample of 3)."""
     from prefect.settings import PREFECT_API_URL
@@ -66,12 +68,11 @@ def served(
     photos, out = root / "photos", root / "out"
     write_sample_photos(photos)
     write_sample_photos(photos / "more", ("camera", "coins"))
-    sam = save_random_sam(root / "sam.pth")
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
     process = subprocess.Popen(
         [sys.executable, "-m", "cli.main", "ui", str(photos), "--out", str(out),
          "--class", "cat", "--model", tiny_grounding_dino, "--device", "cpu",
-         "--sam-checkpoint", str(sam), "--sam-model-type", "vit_tiny",
+         "--sam-checkpoint", tiny_sam, "--sam-model-type", "vit_tiny",
          "--sample", "3", "--port", "0"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -292,12 +293,11 @@ def test_segment_results_draw_masks(page, served: Served):
 
 
 def test_classification_results_show_labels_not_boxes(
-    page, served: Served, tmp_path_factory: pytest.TempPathFactory
+    page, served: Served, tiny_clip: str
 ):
-    clip = save_random_open_clip(tmp_path_factory.mktemp("clip") / "clip")
     page.click("#add-class")  # the reloaded form has the command line's class only
     page.locator("#classes tbody tr").nth(1).locator(".class-name").fill("person")
-    _generate(page, served.out, "classify-multi", f"local-dir:{clip}")
+    _generate(page, served.out, "classify-multi", tiny_clip)
     for name in ("cat", "person"):
         page.locator(f".class-control[data-class='{name}'] input").fill("0.05")
     thresholds = _thresholds(page)

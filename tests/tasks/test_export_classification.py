@@ -13,85 +13,26 @@ import numpy as np
 import pandas as pd
 import pytest
 import supervision as sv
-from PIL import Image
-from prefect.cache_policies import NO_CACHE
 from roboflow.util.folderparser import parsefolder
 
 from tasks.export_classification import (
-    export_class_folders_task,
-    export_class_table_task,
-    export_roboflow_classification_task,
     write_class_folders,
     write_class_table,
     write_roboflow_classification,
 )
 from tasks.labels import (
-    IMAGE_SCHEMA,
     LABEL_SCHEMA,
     ImageRecord,
-    OutputLayout,
     detections_to_frame,
-    images_to_frame,
     write_parquet_atomically,
 )
-
-CLASS_NAMES = ["cat", "dog", "bird"]
-SINGLE = {"a/x.jpg": [("cat", 0.91)], "b/x.jpg": [("dog", 0.62)], "c.png": []}
-MULTI = {
-    "a/x.jpg": [("cat", 0.91), ("bird", 0.55)],
-    "b/x.jpg": [("dog", 0.62)],
-    "c.png": [],
-}
-
-
-def write_classification_folder(
-    root: Path, labels: dict[str, list[tuple[str, float]]]
-) -> OutputLayout:
-    """Source images under ``root/source`` and classification labels under ``root/out``
-    (one row per image and class, the box the whole image), plus a skipped file."""
-    layout = OutputLayout(root / "out")
-    records, frames = [], []
-    for index, (relative_path, classes) in enumerate(labels.items()):
-        path = root / "source" / relative_path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.new("RGB", (16 + index, 12), (10 * index, 80, 120)).save(path)
-        record = ImageRecord(
-            source_uri=str(path),
-            relative_path=relative_path,
-            image_id=f"id-{index}",
-            width=16 + index,
-            height=12,
-        )
-        detections = sv.Detections(
-            xyxy=np.tile([0, 0, record.width, record.height], (len(classes), 1)).astype(
-                np.float32
-            ),
-            confidence=np.array([s for _, s in classes], dtype=np.float32),
-            class_id=np.array([CLASS_NAMES.index(n) for n, _ in classes], dtype=int),
-            data={
-                "class_name": np.array([n for n, _ in classes], dtype=str),
-                "prompt": np.array(
-                    [f"a photo of a {n}" for n, _ in classes], dtype=str
-                ),
-            },
-        )
-        records.append(record)
-        frames.append(detections_to_frame(detections, record, model="clip", run_id="r"))
-    records.append(
-        ImageRecord(
-            source_uri=str(root / "source" / "broken.jpg"),
-            relative_path="broken.jpg",
-            skipped_reason="not an image",
-        )
-    )
-    labels_path, images_path = layout.shard_paths("one")
-    write_parquet_atomically(
-        pd.concat(frames, ignore_index=True), labels_path, LABEL_SCHEMA
-    )
-    write_parquet_atomically(
-        images_to_frame(records, run_id="r"), images_path, IMAGE_SCHEMA
-    )
-    return layout
+from tests.tasks.export_folders import (
+    CLASSIFICATION_NAMES,
+    MULTI_LABEL,
+    SINGLE_LABEL,
+    detections_of,
+    write_classification_folder,
+)
 
 
 def _files(root: Path) -> list[str]:
@@ -101,9 +42,9 @@ def _files(root: Path) -> list[str]:
 
 
 def test_single_label_images_go_to_their_class_folder(tmp_path: Path) -> None:
-    layout = write_classification_folder(tmp_path, SINGLE)
+    layout = write_classification_folder(tmp_path, SINGLE_LABEL)
 
-    root = write_class_folders(layout, CLASS_NAMES)
+    root = write_class_folders(layout, CLASSIFICATION_NAMES)
 
     # c.png has no class: left out (a folder of its own would read as a class).
     assert _files(root) == ["cat/a/x.jpg", "dog/b/x.jpg"]
@@ -112,8 +53,8 @@ def test_single_label_images_go_to_their_class_folder(tmp_path: Path) -> None:
 
 
 def test_class_folders_read_as_an_image_folder_dataset(tmp_path: Path) -> None:
-    layout = write_classification_folder(tmp_path, SINGLE)
-    root = write_class_folders(layout, CLASS_NAMES)
+    layout = write_classification_folder(tmp_path, SINGLE_LABEL)
+    root = write_class_folders(layout, CLASSIFICATION_NAMES)
 
     dataset = sv.ClassificationDataset.from_folder_structure(str(root))
 
@@ -121,23 +62,23 @@ def test_class_folders_read_as_an_image_folder_dataset(tmp_path: Path) -> None:
 
 
 def test_a_rerun_moves_an_image_whose_class_changed(tmp_path: Path) -> None:
-    layout = write_classification_folder(tmp_path, SINGLE)
-    write_class_folders(layout, CLASS_NAMES)
+    layout = write_classification_folder(tmp_path, SINGLE_LABEL)
+    write_class_folders(layout, CLASSIFICATION_NAMES)
     changed = write_classification_folder(
-        tmp_path, {**SINGLE, "a/x.jpg": [("bird", 0.7)]}
+        tmp_path, {**SINGLE_LABEL, "a/x.jpg": [("bird", 0.7)]}
     )
 
-    root = write_class_folders(changed, CLASS_NAMES)
+    root = write_class_folders(changed, CLASSIFICATION_NAMES)
 
     assert _files(root) == ["bird/a/x.jpg", "dog/b/x.jpg"]
     assert not (root / "cat").exists()
 
 
 def test_class_folders_refuse_multi_label_tables(tmp_path: Path) -> None:
-    layout = write_classification_folder(tmp_path, MULTI)
+    layout = write_classification_folder(tmp_path, MULTI_LABEL)
 
     with pytest.raises(ValueError, match="single-label"):
-        write_class_folders(layout, CLASS_NAMES)
+        write_class_folders(layout, CLASSIFICATION_NAMES)
 
 
 @pytest.mark.parametrize("bad", ["a/b", "..", "back\\slash"])
@@ -149,11 +90,11 @@ def test_a_class_name_that_cannot_be_a_folder_is_refused(tmp_path: Path, bad: st
     record = ImageRecord(
         str(tmp_path / "source" / "x.jpg"), "x.jpg", "id-0", width=16, height=12
     )
-    row = sv.Detections(
+    row = detections_of(
         xyxy=np.array([[0, 0, 16, 12]], dtype=np.float32),
         confidence=np.array([0.9], dtype=np.float32),
         class_id=np.array([1]),
-        data={"class_name": np.array([bad]), "prompt": np.array([bad])},
+        class_names=[bad],
     )
     labels = pd.concat(
         [labels, detections_to_frame(row, record, model="m", run_id="r")]
@@ -164,27 +105,27 @@ def test_a_class_name_that_cannot_be_a_folder_is_refused(tmp_path: Path, bad: st
         write_class_folders(layout, names)
 
 
-@pytest.mark.parametrize("labels", [SINGLE, MULTI], ids=["single", "multi"])
+@pytest.mark.parametrize("labels", [SINGLE_LABEL, MULTI_LABEL], ids=["single", "multi"])
 def test_table_lists_every_readable_image_with_classes_and_scores(
     tmp_path: Path, labels: dict
 ) -> None:
     layout = write_classification_folder(tmp_path, labels)
 
-    csv_path = write_class_table(layout, CLASS_NAMES)
+    csv_path = write_class_table(layout, CLASSIFICATION_NAMES)
 
     rows = list(csv.DictReader(io.StringIO(csv_path.read_text())))
     assert [r["image"] for r in rows] == ["a/x.jpg", "b/x.jpg", "c.png"]
     for row in rows:
         expected = labels[row["image"]]
         assert row["classes"] == ";".join(n for n, _ in expected)
-        for name in CLASS_NAMES:
+        for name in CLASSIFICATION_NAMES:
             score = dict(expected).get(name)
             if score is None:
                 assert row[name] == ""
             else:
                 assert float(row[name]) == pytest.approx(score, abs=1e-6)
     data = json.loads(layout.class_table_json.read_text())
-    assert data["classes"] == CLASS_NAMES
+    assert data["classes"] == CLASSIFICATION_NAMES
     assert {
         image["image"]: [(c["name"], round(c["score"], 4)) for c in image["classes"]]
         for image in data["images"]
@@ -192,9 +133,9 @@ def test_table_lists_every_readable_image_with_classes_and_scores(
 
 
 def test_multi_label_csv_text_is_exactly_this(tmp_path: Path) -> None:
-    layout = write_classification_folder(tmp_path, MULTI)
+    layout = write_classification_folder(tmp_path, MULTI_LABEL)
 
-    text = write_class_table(layout, CLASS_NAMES).read_text()
+    text = write_class_table(layout, CLASSIFICATION_NAMES).read_text()
 
     assert text.splitlines()[0] == "image,classes,cat,dog,bird"
     assert text.splitlines()[1].startswith("a/x.jpg,cat;bird,0.9100000")
@@ -202,9 +143,11 @@ def test_multi_label_csv_text_is_exactly_this(tmp_path: Path) -> None:
 
 
 def test_roboflow_single_label_layout_is_read_as_classification(tmp_path: Path):
-    layout = write_classification_folder(tmp_path, SINGLE)
+    layout = write_classification_folder(tmp_path, SINGLE_LABEL)
 
-    root = write_roboflow_classification(layout, CLASS_NAMES, multi_label=False)
+    root = write_roboflow_classification(
+        layout, CLASSIFICATION_NAMES, multi_label=False
+    )
 
     assert _files(root) == ["train/cat/a__x.jpg", "train/dog/b__x.jpg"]
     parsed = parsefolder(str(root), is_classification=True)
@@ -225,9 +168,9 @@ def test_roboflow_single_label_layout_is_read_as_classification(tmp_path: Path):
 
 
 def test_roboflow_multi_label_layout_is_read_as_multi_label(tmp_path: Path) -> None:
-    layout = write_classification_folder(tmp_path, MULTI)
+    layout = write_classification_folder(tmp_path, MULTI_LABEL)
 
-    root = write_roboflow_classification(layout, CLASS_NAMES, multi_label=True)
+    root = write_roboflow_classification(layout, CLASSIFICATION_NAMES, multi_label=True)
 
     assert _files(root) == [
         "train/_classes.csv",
@@ -262,21 +205,4 @@ def test_roboflow_refuses_two_images_flattening_to_one_name(tmp_path: Path) -> N
     )
 
     with pytest.raises(ValueError, match="flatten"):
-        write_roboflow_classification(layout, CLASS_NAMES, multi_label=False)
-
-
-def test_prefect_tasks_wrap_the_exports_without_cache(tmp_path: Path) -> None:
-    layout = write_classification_folder(tmp_path, SINGLE)
-
-    assert export_class_table_task.fn(layout, CLASS_NAMES) == layout.class_table_csv
-    assert export_class_folders_task.fn(layout, CLASS_NAMES) == layout.class_folders_dir
-    assert (
-        export_roboflow_classification_task.fn(layout, CLASS_NAMES, False)
-        == layout.roboflow_classification_dir
-    )
-    for exported in (
-        export_class_table_task,
-        export_class_folders_task,
-        export_roboflow_classification_task,
-    ):
-        assert exported.cache_policy is NO_CACHE
+        write_roboflow_classification(layout, CLASSIFICATION_NAMES, multi_label=False)

@@ -11,12 +11,11 @@ import pandas as pd
 import pytest
 import supervision as sv
 from PIL import Image
-from prefect.cache_policies import NO_CACHE
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from tasks.export_coco import export_coco_task, labels_to_coco, write_coco
-from tests.tasks.test_export_images import (
+from tasks.export_coco import labels_to_coco, write_coco
+from tests.tasks.export_folders import (
     CLASS_NAMES,
     SKIPPED,
     SOURCE_IMAGES,
@@ -180,26 +179,7 @@ def test_export_folder_holds_upright_images_and_no_skipped_ones(
 
     assert files == ["a", "a/x.jpg", "b", "b/x.jpg", "empty.png", "rotated.jpg"]
     assert SKIPPED not in json.dumps(coco_dict)
+    assert len(coco_dict["images"]) == 4  # the readable images, each checked below
     for image in coco_dict["images"]:
         with Image.open(path.parent / image["file_name"]) as stored:
             assert stored.size == (image["width"], image["height"])
-
-
-def test_rerun_writes_the_same_file(tmp_path: Path) -> None:
-    layout = write_output_folder(tmp_path)
-    first = write_coco(layout, CLASS_NAMES).read_bytes()
-
-    second = write_coco(layout, CLASS_NAMES).read_bytes()
-
-    assert first == second
-
-
-def test_prefect_task_wraps_write_coco_without_cache(tmp_path: Path) -> None:
-    layout = write_output_folder(tmp_path)
-
-    path = export_coco_task.fn(layout, CLASS_NAMES)
-
-    assert export_coco_task.name == "export-coco"
-    assert export_coco_task.cache_policy is NO_CACHE
-    assert path == layout.coco_json
-    assert len(json.loads(path.read_text())["images"]) == 4

@@ -19,17 +19,15 @@ from pycocotools.cocoeval import COCOeval
 from tasks.export_coco import labels_to_coco, write_coco
 from tasks.export_yolo import labels_to_yolo_lines, write_yolo
 from tasks.labels import (
-    IMAGE_SCHEMA,
-    LABEL_SCHEMA,
     ImageRecord,
     OutputLayout,
     detections_to_frame,
-    images_to_frame,
     read_images,
     read_labels,
-    write_parquet_atomically,
 )
-from tests.tasks.test_masks import SHAPES
+from tests.tasks import export_folders
+from tests.tasks.export_folders import detections_of, write_shard
+from tests.tasks.mask_shapes import SHAPES
 
 CLASS_NAMES = ["cat", "dog"]
 
@@ -92,29 +90,16 @@ def write_segmentation_folder(root: Path) -> OutputLayout:
         masks = np.array([m for _, _, m in image.labels], dtype=bool).reshape(
             -1, height, width
         )
-        detections = sv.Detections(
+        detections = detections_of(
             xyxy=np.array([_box(m) for m in masks], dtype=np.float32).reshape(-1, 4),
             mask=masks,
             confidence=np.array([s for _, s, _ in image.labels], dtype=np.float32),
             class_id=np.array([c for c, _, _ in image.labels], dtype=int),
-            data={
-                "class_name": np.array(
-                    [CLASS_NAMES[c] for c, _, _ in image.labels], dtype=str
-                ),
-                "prompt": np.array(
-                    [CLASS_NAMES[c] for c, _, _ in image.labels], dtype=str
-                ),
-            },
+            class_names=[CLASS_NAMES[c] for c, _, _ in image.labels],
         )
         records.append(record)
         frames.append(detections_to_frame(detections, record, model="gsam", run_id="r"))
-    labels_path, images_path = layout.shard_paths("one")
-    write_parquet_atomically(
-        pd.concat(frames, ignore_index=True), labels_path, LABEL_SCHEMA
-    )
-    write_parquet_atomically(
-        images_to_frame(records, run_id="r"), images_path, IMAGE_SCHEMA
-    )
+    write_shard(layout, "one", pd.concat(frames, ignore_index=True), records, "r")
     return layout
 
 
@@ -135,7 +120,7 @@ def test_coco_masks_round_trip_through_pycocotools(layout, mask_format: str) -> 
 
     coco = COCO(str(path))
 
-    assert len(coco.anns) == 5
+    assert len(coco.anns) == 5 and len(coco.imgs) == len(IMAGES)
     for image in coco.imgs.values():
         anns = coco.loadAnns(coco.getAnnIds(imgIds=image["id"]))
         expected = expected_masks(image["file_name"].removeprefix("images/"))
@@ -205,6 +190,9 @@ def test_supervision_reads_back_the_masks(layout) -> None:
     )
 
     assert dataset.classes == CLASS_NAMES
+    assert sorted(Path(p).name for p in dataset.annotations) == sorted(
+        image.name for image in IMAGES
+    )  # every image, each checked below
     for image_path, detections in dataset.annotations.items():
         expected = expected_masks(Path(image_path).name)
         assert len(detections) == len(expected)
@@ -216,12 +204,11 @@ def test_supervision_reads_back_the_masks(layout) -> None:
 
 
 def test_detection_tables_still_export_without_segmentation(tmp_path: Path) -> None:
-    from tests.tasks.test_export_images import CLASS_NAMES as NAMES
-    from tests.tasks.test_export_images import small_tables
+    images, labels = export_folders.small_tables(tmp_path)
 
-    images, labels = small_tables(tmp_path)
-
-    coco = labels_to_coco(images, labels, NAMES, mask_format="polygon")
+    coco = labels_to_coco(
+        images, labels, export_folders.CLASS_NAMES, mask_format="polygon"
+    )
 
     assert coco["annotations"] and all(
         "segmentation" not in a for a in coco["annotations"]
@@ -257,6 +244,10 @@ def test_supervision_reads_back_yolo_polygons_close_to_the_masks(layout) -> None
         force_masks=True,
     )
 
+    assert sorted(Path(p).name for p in dataset.annotations) == sorted(
+        image.name for image in IMAGES
+    )
+    compared = 0
     for image_path, detections in dataset.annotations.items():
         expected = expected_masks(Path(image_path).name)
         assert detections.class_id.tolist() == [c for c, _ in expected]
@@ -269,6 +260,8 @@ def test_supervision_reads_back_yolo_polygons_close_to_the_masks(layout) -> None
             iou = (mask & expected_mask).sum() / (mask | expected_mask).sum()
             assert iou > 0.9
             assert mask[expected_mask].mean() > 0.95
+            compared += 1
+    assert compared == 4  # every non-empty mask of the fixture
 
 
 def test_yolo_lines_of_a_detection_table_stay_boxes() -> None:

@@ -7,27 +7,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import supervision as sv
 import yaml
-from prefect.cache_policies import NO_CACHE
 
-from tasks.export_yolo import export_yolo_task, labels_to_yolo_lines, write_yolo
-from tasks.labels import (
-    IMAGE_SCHEMA,
-    LABEL_SCHEMA,
-    OutputLayout,
-    images_to_frame,
-    write_parquet_atomically,
-)
-from tests.tasks.test_export_images import (
+from tasks.export_yolo import labels_to_yolo_lines, write_yolo
+from tasks.labels import OutputLayout
+from tests.tasks.export_folders import (
     CLASS_NAMES,
     SOURCE_IMAGES,
     SourceImage,
     expected_boxes,
     label_frame,
+    read_yolo_tree,
     record_of,
     sorted_boxes,
     write_output_folder,
+    write_shard,
     write_source_image,
 )
 
@@ -113,25 +107,10 @@ def test_data_yaml_names_classes_in_class_id_order(tmp_path: Path) -> None:
 def test_supervision_reads_back_the_parquet_boxes(tmp_path: Path) -> None:
     layout = write_output_folder(tmp_path)
     data_yaml = write_yolo(layout, CLASS_NAMES)
-    images_dir = data_yaml.parent / "images"
-    labels_dir = data_yaml.parent / "labels"
 
-    # from_yolo lists only the files directly inside images_directory_path and looks
-    # labels up by bare stem in annotations_directory_path, so it cannot read a nested
-    # tree (Ultralytics can). Read each sub-folder as its own dataset instead.
-    found: dict[str, sv.Detections] = {}
-    for folder in [images_dir, *(p for p in images_dir.rglob("*") if p.is_dir())]:
-        relative_folder = folder.relative_to(images_dir)
-        dataset = sv.DetectionDataset.from_yolo(
-            images_directory_path=str(folder),
-            annotations_directory_path=str(labels_dir / relative_folder),
-            data_yaml_path=str(data_yaml),
-        )
-        assert dataset.classes == CLASS_NAMES
-        for image_path in dataset.image_paths:
-            relative_path = Path(image_path).relative_to(images_dir).as_posix()
-            found[relative_path] = dataset.annotations[image_path]
+    classes, found = read_yolo_tree(data_yaml)
 
+    assert classes == CLASS_NAMES
     assert sorted(found) == sorted(image.relative_path for image in SOURCE_IMAGES)
     for relative_path, detections in found.items():
         xyxy, class_id = sorted_boxes(
@@ -153,36 +132,8 @@ def test_images_sharing_a_stem_in_one_folder_are_refused(tmp_path: Path) -> None
     for image in twins:
         write_source_image(image, source_root / image.relative_path)
     records = [record_of(image, source_root) for image in twins]
-    labels_path, images_path = layout.shard_paths("one")
-    write_parquet_atomically(
-        images_to_frame(records, run_id="run-1"), images_path, IMAGE_SCHEMA
-    )
-    write_parquet_atomically(
-        label_frame(twins[0], records[0]), labels_path, LABEL_SCHEMA
-    )
+    write_shard(layout, "one", label_frame(twins[0], records[0]), records, "run-1")
 
     with pytest.raises(ValueError, match="x.txt"):
         write_yolo(layout, CLASS_NAMES)
     assert not layout.yolo_dir.exists()
-
-
-def test_rerun_writes_the_same_files(tmp_path: Path) -> None:
-    layout = write_output_folder(tmp_path)
-    write_yolo(layout, CLASS_NAMES)
-    first = {p: p.read_bytes() for p in layout.yolo_dir.rglob("*") if p.is_file()}
-
-    write_yolo(layout, CLASS_NAMES)
-
-    second = {p: p.read_bytes() for p in layout.yolo_dir.rglob("*") if p.is_file()}
-    assert second == first
-
-
-def test_prefect_task_wraps_write_yolo_without_cache(tmp_path: Path) -> None:
-    layout = write_output_folder(tmp_path)
-
-    path = export_yolo_task.fn(layout, CLASS_NAMES)
-
-    assert export_yolo_task.name == "export-yolo"
-    assert export_yolo_task.cache_policy is NO_CACHE
-    assert path == layout.yolo_dir / "data.yaml"
-    assert (layout.yolo_dir / "labels" / "empty.txt").read_text() == ""

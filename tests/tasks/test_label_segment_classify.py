@@ -11,10 +11,6 @@ import pytest
 from pycocotools.coco import COCO
 from roboflow.util.folderparser import parsefolder
 
-from model_loaders import cache
-from model_loaders.ontology import Ontology
-from model_loaders.protocol import ModelSpec
-from model_loaders.random_init_sam_clip import save_random_open_clip, save_random_sam
 from tasks.export_classification import (
     write_class_folders,
     write_class_table,
@@ -22,51 +18,20 @@ from tasks.export_classification import (
 )
 from tasks.export_coco import write_coco
 from tasks.export_yolo import write_yolo
-from tasks.label import label_chunk, plan_chunks
-from tasks.labels import OutputLayout, read_images, read_labels
+from tasks.labels import read_images, read_labels
 from tasks.masks import rle_area, rle_to_mask
-from tasks.settings import LabelSettings
-from tasks.thresholds import Thresholds
+from tests.labeling import label_folder
+from tests.segment_classify import ONTOLOGY, classify_settings, segment_settings
 
-ONTOLOGY = Ontology.from_class_options(["person: astronaut", "cat", "rocket"])
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    root = tmp_path_factory.mktemp("models")
-    return {
-        "sam": str(save_random_sam(root / "sam.pth")),
-        "clip": f"local-dir:{save_random_open_clip(root / 'clip')}",
-    }
-
-
-def _label(source: Path, out: Path, settings: LabelSettings) -> OutputLayout:
-    cache.clear()
-    for chunk in plan_chunks(str(source), settings):
-        label_chunk(chunk, settings, str(out), "run-1")
-    cache.clear()
-    return OutputLayout(out)
+pytestmark = pytest.mark.usefixtures("empty_model_cache")
 
 
 def test_segment_labels_carry_masks_that_coco_and_yolo_export(
-    tiny_grounding_dino: str, models, sample_photos: Path, tmp_path: Path
+    tiny_grounding_dino: str, tiny_sam: str, sample_photos: Path, tmp_path: Path
 ) -> None:
-    settings = LabelSettings(
-        ontology=ONTOLOGY,
-        model=ModelSpec(
-            task="segment",
-            model=tiny_grounding_dino,
-            sam_checkpoint=models["sam"],
-            sam_model_type="vit_tiny",
-            device="cpu",
-            batch_size=2,
-        ),
-        thresholds=Thresholds(default=0.4),
-        nms="class",
-        chunk_size=2,
-    )
+    settings = segment_settings(tiny_grounding_dino, tiny_sam, nms="class")
 
-    layout = _label(sample_photos, tmp_path / "out", settings)
+    layout = label_folder(sample_photos, tmp_path / "out", settings)
 
     labels = read_labels(layout)
     assert len(labels) > 0 and labels["mask"].notna().all()
@@ -93,18 +58,14 @@ def test_segment_labels_carry_masks_that_coco_and_yolo_export(
 
 @pytest.mark.parametrize("task", ["classify", "classify-multi"])
 def test_classify_labels_export_as_folders_table_and_roboflow_layout(
-    task: str, models, sample_photos: Path, tmp_path: Path
+    task: str, tiny_clip: str, sample_photos: Path, tmp_path: Path
 ) -> None:
-    settings = LabelSettings(
-        ontology=ONTOLOGY,
-        model=ModelSpec(task=task, model=models["clip"], device="cpu", batch_size=3),
-        thresholds=Thresholds(default=0.0),
-        nms="none",
-        chunk_size=3,
+    settings = classify_settings(
+        task, tiny_clip, batch_size=3, threshold=0.0, chunk_size=3
     )
     multi = task == "classify-multi"
 
-    layout = _label(sample_photos, tmp_path / "out", settings)
+    layout = label_folder(sample_photos, tmp_path / "out", settings)
 
     labels = read_labels(layout)
     per_image = labels.groupby("source_uri").size()

@@ -36,7 +36,7 @@ from tasks.preview import (
 from tasks.review import review_payload, sample_image_jpeg
 from tasks.settings import LabelSettings
 from tasks.thresholds import Thresholds
-from tests.conftest import write_sample_photos
+from tests.photos import write_sample_photos
 
 
 def kept_by_page_rule(payload: dict, thresholds: dict[str, float]) -> list[int]:

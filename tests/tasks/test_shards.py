@@ -10,6 +10,12 @@ from uuid import UUID, uuid4
 
 import pytest
 
+from model_loaders.ontology import Ontology
+from tasks.credits import CreditAccount
+from tasks.images import ImageRef
+from tasks.label import Chunk, ImageSelection
+from tasks.labels import OutputLayout
+from tasks.settings import LabelSettings
 from tasks.shards import (
     RunStatus,
     ShardPolicy,
@@ -20,12 +26,6 @@ from tasks.shards import (
     shared_budget,
     supervise_shards,
 )
-from model_loaders.ontology import Ontology
-from tasks.credits import CreditAccount
-from tasks.images import ImageRef
-from tasks.label import Chunk, ImageSelection
-from tasks.labels import OutputLayout
-from tasks.settings import LabelSettings
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
 POLICY = ShardPolicy(
