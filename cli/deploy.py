@@ -20,8 +20,21 @@ from cli.options import (
     SourceChoices,
     with_groups,
 )
-from cli.output import EXIT_FAILED, EXIT_USAGE, console, exit_on, fail, report_run
-from cli.settings import account_or_exit, batch_settings
+from cli.output import (
+    EXIT_FAILED,
+    EXIT_USAGE,
+    console,
+    exit_on,
+    fail,
+    report_run,
+    shown,
+)
+from cli.settings import (
+    account_or_exit,
+    batch_settings,
+    out_lock_or_exit,
+    preflight_or_exit,
+)
 
 
 def notify_upload(
@@ -90,8 +103,7 @@ def notify_upload(
     count = f"{len(image)} image(s)" if image else "every image not labeled yet"
     console.print(
         f"Sent autolabel.images.uploaded for dataset {dataset} ({count}) to "
-        f"{api_url}; event {event_id}.",
-        markup=False,
+        f"{shown(api_url)}; event {event_id}.",
     )
 
 
@@ -140,11 +152,20 @@ def label_sharded(
     out = out.resolve()
     source = _worker_path(source)
     account = account_or_exit(credits, out=out, source=source, settings=settings)
+    preflight_or_exit(
+        source=source,
+        out=out,
+        ledger=account.ledger_path,
+        upload_to=output.upload_to,
+    )
 
     from flows.label_sharded import label_sharded as label_sharded_flow
     from tasks.shards import ShardsFailed
 
-    with exit_on(ShardsFailed, ValueError, code=EXIT_FAILED):
+    with (
+        out_lock_or_exit(out, "autolabel label-sharded"),
+        exit_on(ShardsFailed, ValueError, code=EXIT_FAILED),
+    ):
         summary = label_sharded_flow(
             source=source,
             out=str(out),

@@ -25,7 +25,13 @@ from cli.output import (
     progress_bar,
     report_run,
 )
-from cli.settings import account_or_exit, batch_settings, warm_model_or_exit
+from cli.settings import (
+    account_or_exit,
+    batch_settings,
+    out_lock_or_exit,
+    preflight_or_exit,
+    warm_model_or_exit,
+)
 from clients.roboflow import RoboflowAccessError
 from tasks.credits import CreditLedger, format_credits, redact, resolve_ledger_path
 from tasks.images import SourceError
@@ -60,24 +66,30 @@ def label(
     account = account_or_exit(
         credits, out=local_out, source=canonical_source(source), settings=settings
     )
-    warm_model_or_exit(settings.model)
-
+    preflight_or_exit(
+        source=source,
+        out=local_out,
+        ledger=account.ledger_path,
+        upload_to=output.upload_to,
+    )
     from flows.label import label_images
 
     with (
+        out_lock_or_exit(local_out, "autolabel label"),
         exit_on(SourceError, RoboflowAccessError, code=EXIT_FAILED),
         exit_on(QualityCheckFailed, code=EXIT_QUALITY),
-        progress_bar("Labeling"),
     ):
-        summary = label_images(
-            source=source,
-            out=out,
-            settings=settings,
-            credits=account,
-            quality=output.quality,
-            sources=sources.options(),
-            upload_to=output.upload_to,
-        )
+        warm_model_or_exit(settings.model)
+        with progress_bar("Labeling"):
+            summary = label_images(
+                source=source,
+                out=out,
+                settings=settings,
+                credits=account,
+                quality=output.quality,
+                sources=sources.options(),
+                upload_to=output.upload_to,
+            )
     raise typer.Exit(report_run(summary, out))
 
 

@@ -7,9 +7,14 @@ codes are listed in ``cli.output``.
 
 from __future__ import annotations
 
+import os
+import sys
+from typing import Annotated
+
 import typer
 
 from cli import deploy, label, preview, run, ui
+from cli.output import EXIT_FAILED, debugging, print_error
 
 app = typer.Typer(
     help="Label images with foundation models, through Prefect flows.",
@@ -19,8 +24,21 @@ app = typer.Typer(
 
 
 @app.callback()
-def main() -> None:
+def main(
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug", help="Show tracebacks behind error lines (AUTOLABEL_DEBUG=1)."
+        ),
+    ] = False,
+) -> None:
     """Label images with foundation models, through Prefect flows."""
+    if debug:
+        os.environ["AUTOLABEL_DEBUG"] = "1"
+    # Before any flow starts Prefect's temporary server: it must not outlive us.
+    from tasks.prefect_server import ensure_server_dies_with_this_process
+
+    ensure_server_dies_with_this_process()
 
 
 app.command()(label.label)
@@ -33,5 +51,20 @@ app.command("label-sharded")(deploy.label_sharded)
 app.command()(ui.ui)
 
 
+def console_script() -> None:
+    """The ``autolabel`` command: an unexpected error is one line and exit 1, not a
+    traceback (``--debug`` or ``AUTOLABEL_DEBUG=1`` shows it)."""
+    try:
+        app()
+    except Exception as error:
+        if debugging():
+            raise
+        print_error(
+            f"{type(error).__name__}: {error} (--debug or AUTOLABEL_DEBUG=1 shows "
+            "the traceback)"
+        )
+        sys.exit(EXIT_FAILED)
+
+
 if __name__ == "__main__":
-    app()
+    console_script()

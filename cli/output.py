@@ -11,6 +11,8 @@ markup.
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import NoReturn
@@ -28,6 +30,7 @@ from rich.progress import (
 
 from tasks import progress
 from tasks.credits import format_credits
+from tasks.markdown import printable
 from tasks.report import RunSummary
 
 EXIT_FAILED, EXIT_USAGE, EXIT_SKIPPED, EXIT_BUDGET, EXIT_QUALITY = 1, 2, 3, 4, 5
@@ -36,13 +39,28 @@ EXIT_NOT_APPROVED = 6
 console = Console(stderr=True)
 
 
+def shown(text: object) -> str:
+    """User text (file, class and folder names, messages) for the console: never
+    read as rich markup, control characters shown as \\xNN instead of acting on the
+    terminal."""
+    return escape(printable(text))
+
+
 def print_error(error: object) -> None:
     """One line, never wrapped, never marked up: users grep and paste these."""
-    console.print(f"[red]error:[/red] {escape(str(error))}", soft_wrap=True)
+    console.print(f"[red]error:[/red] {shown(error)}", soft_wrap=True)
+
+
+def debugging() -> bool:
+    """``--debug`` or ``AUTOLABEL_DEBUG=1``: show tracebacks behind error lines."""
+    return os.environ.get("AUTOLABEL_DEBUG", "") not in ("", "0")
 
 
 def fail(message: object, code: int = EXIT_FAILED) -> NoReturn:
-    """Print ``message`` as the one error line and exit with ``code``."""
+    """Print ``message`` as the one error line and exit with ``code`` (with
+    ``--debug``, the traceback of the exception being handled first)."""
+    if debugging() and sys.exc_info()[0] is not None:
+        console.print_exception()
     print_error(message)
     raise typer.Exit(code)
 
@@ -66,9 +84,9 @@ def report_run(summary: RunSummary, out: str) -> int:
     per_class = ", ".join(f"{k} {v}" for k, v in summary.per_class.items())
     console.print(
         f"Labeled {summary.labeled} of {summary.images} images: {summary.labels} "
-        f"labels ({escape(per_class)}); "
+        f"labels ({shown(per_class)}); "
         f"{format_credits(summary.credits_used or 0.0)} credits. "
-        f"Outputs in {escape(out)}/ (report: {escape(out.rstrip('/'))}/report.md)."
+        f"Outputs in {shown(out)}/ (report: {shown(out.rstrip('/'))}/report.md)."
     )
     if summary.upload is not None:
         upload = summary.upload
@@ -85,7 +103,7 @@ def report_run(summary: RunSummary, out: str) -> int:
     if summary.skipped:
         console.print(f"[yellow]{len(summary.skipped)} image(s) skipped[/yellow]:")
         for path, reason in summary.skipped[:20]:
-            console.print(f"  {escape(str(path))}: {escape(str(reason))}")
+            console.print(f"  {shown(path)}: {shown(reason)}")
         return EXIT_SKIPPED
     return 0
 

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from cli.options import (
@@ -22,8 +21,16 @@ from cli.options import (
     inherited,
     with_groups,
 )
-from cli.output import EXIT_FAILED, EXIT_USAGE, console, exit_on, usage
-from cli.settings import warm_model_or_exit
+from cli.output import (
+    EXIT_FAILED,
+    EXIT_SKIPPED,
+    EXIT_USAGE,
+    console,
+    exit_on,
+    shown,
+    usage,
+)
+from cli.settings import out_lock_or_exit, preflight_or_exit, warm_model_or_exit
 from tasks.images import SourceError
 from tasks.preview import DEFAULT_SAMPLE_SIZE, PreviewError
 from tasks.settings import (
@@ -125,22 +132,25 @@ def preview(
         s3_endpoint_url=sources.s3_endpoint_url or kept_sources.s3_endpoint_url,
         fps=sources.fps or kept_sources.fps,
     )
+    preflight_or_exit(source=source, out=out)
     check_sample(source, out, reach, sample, seed, picked)
-    warm_model_or_exit(settings.model)
+    with out_lock_or_exit(out, "autolabel preview"):
+        warm_model_or_exit(settings.model)
 
-    from flows.preview import preview as preview_flow
+        from flows.preview import preview as preview_flow
 
-    with console.status("Running the preview on the sample ..."):
-        summary = preview_flow(
-            source=source,
-            out=str(out),
-            settings=settings,
-            sample_size=sample,
-            seed=seed,
-            images=picked,
-            sources=reach,
-        )
+        with console.status("Running the preview on the sample ..."):
+            summary = preview_flow(
+                source=source,
+                out=str(out),
+                settings=settings,
+                sample_size=sample,
+                seed=seed,
+                images=picked,
+                sources=reach,
+            )
     print_preview(summary)
+    raise typer.Exit(EXIT_SKIPPED if summary.skipped else 0)
 
 
 def print_preview(summary) -> None:
@@ -152,21 +162,21 @@ def print_preview(summary) -> None:
         f"Cost: {summary.credits} credits (test results are free)."
     )
     table = Table("class", "threshold", "shown/total")
-    for name, (shown, total) in summary.counts.items():
-        table.add_row(escape(name), f"{summary.thresholds[name]:g}", f"{shown}/{total}")
+    for name, (kept, total) in summary.counts.items():
+        table.add_row(shown(name), f"{summary.thresholds[name]:g}", f"{kept}/{total}")
     console.print(table)
     root = Path(summary.out) / "preview"
     console.print(
-        f"Annotated images: {root / 'images'}/ ({len(summary.images)}); candidates: "
-        f"{root / 'candidates.parquet'}; summary: {root / 'summary.md'}",
-        markup=False,
+        f"Annotated images: {shown(root / 'images')}/ ({len(summary.images)}); "
+        f"candidates: {shown(root / 'candidates.parquet')}; "
+        f"summary: {shown(root / 'summary.md')}",
     )
     for path, reason in summary.skipped:
-        console.print(f"[yellow]skipped[/yellow] {escape(f'{path}: {reason}')}")
+        console.print(f"[yellow]skipped[/yellow] {shown(f'{path}: {reason}')}")
     if summary.below_floor:
         console.print(
             f"[yellow]below the floor {summary.floor:g}:[/yellow] "
-            f"{escape(', '.join(summary.below_floor))}: counts may be too low; run "
+            f"{shown(', '.join(summary.below_floor))}: counts may be too low; run "
             "the preview on SOURCE again to see candidates under the floor"
         )
 
@@ -237,6 +247,7 @@ def _refilter_or_refuse(
             str(out), thresholds, nms=classes.nms, nms_iou=classes.nms_iou
         )
     print_preview(summary)
+    raise typer.Exit(EXIT_SKIPPED if summary.skipped else 0)
 
 
 def _stored_record(from_: Path):

@@ -12,7 +12,6 @@ from typing import Annotated
 from uuid import UUID
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from cli.options import (
@@ -35,6 +34,7 @@ from cli.output import (
     print_error,
     progress_bar,
     report_run,
+    shown,
     usage,
 )
 from cli.preview import (
@@ -45,7 +45,13 @@ from cli.preview import (
     check_sample,
     split_images,
 )
-from cli.settings import account_or_exit, batch_settings, warm_model_or_exit
+from cli.settings import (
+    account_or_exit,
+    batch_settings,
+    out_lock_or_exit,
+    preflight_or_exit,
+    warm_model_or_exit,
+)
 from tasks.preview import DEFAULT_SAMPLE_SIZE
 from tasks.settings import LabelSettings, SettingsError, choice, with_runtime
 from tasks.sources import canonical_source
@@ -96,45 +102,53 @@ def run(
         settings = _approved_settings(out, model, output)
     else:
         settings = batch_settings(source, str(out), classes, model, output, credits)
-        check_sample(source, out, sources.options(), sample, seed, split_images(images))
     account = account_or_exit(
         credits, out=out, source=canonical_source(source), settings=settings
     )
-    warm_model_or_exit(settings.model)
+    preflight_or_exit(
+        source=source,
+        out=out,
+        ledger=account.ledger_path,
+        upload_to=output.upload_to,
+    )
+    if not reuse_approved:
+        check_sample(source, out, sources.options(), sample, seed, split_images(images))
+    with out_lock_or_exit(out, "autolabel run"):
+        warm_model_or_exit(settings.model)
 
-    from flows.autolabel import autolabel
-    from tasks import approval
+        from flows.autolabel import autolabel
+        from tasks import approval
 
-    listener = _WaitingPrinter()
-    approval.add_waiting_listener(listener)
-    batch = _BatchProgress()
-    try:
-        state = autolabel(
-            source=source,
-            out=str(out),
-            settings=settings,
-            sources=sources.options(),
-            sample_size=sample,
-            seed=seed,
-            images=split_images(images),
-            approve=approve,
-            reuse_approved=reuse_approved,
-            approval_timeout=timeout,
-            credits=account,
-            quality=output.quality,
-            upload_to=output.upload_to,
-            return_state=True,
-        )
-    except KeyboardInterrupt:
-        console.print(
-            f"Stopped: nothing more labeled; the preview stays in {escape(str(out))}"
-            "/preview."
-        )
-        raise typer.Exit(130) from None
-    finally:
-        batch.close()
-        approval.remove_waiting_listener(listener)
-    _finish(state, out, approved_here=approve)
+        listener = _WaitingPrinter()
+        approval.add_waiting_listener(listener)
+        batch = _BatchProgress()
+        try:
+            state = autolabel(
+                source=source,
+                out=str(out),
+                settings=settings,
+                sources=sources.options(),
+                sample_size=sample,
+                seed=seed,
+                images=split_images(images),
+                approve=approve,
+                reuse_approved=reuse_approved,
+                approval_timeout=timeout,
+                credits=account,
+                quality=output.quality,
+                upload_to=output.upload_to,
+                return_state=True,
+            )
+        except KeyboardInterrupt:
+            console.print(
+                f"Stopped: nothing more labeled; the preview stays in {shown(str(out))}"
+                "/preview."
+            )
+            raise typer.Exit(130) from None
+        finally:
+            batch.close()
+            approval.remove_waiting_listener(listener)
+        _finish(state, out, approved_here=approve)
 
 
 def approve(
@@ -202,9 +216,9 @@ def _approved_settings(
         choice("--quality", output.quality)
         approved = load_approved(out)
     console.print(
-        f"Reusing the settings {escape(approved.approved_by)} approved on "
+        f"Reusing the settings {shown(approved.approved_by)} approved on "
         f"{approved.approved_at:%Y-%m-%d %H:%M} UTC "
-        f"({escape(str(out / 'approved.json'))})."
+        f"({shown(str(out / 'approved.json'))})."
     )
     return with_runtime(
         approved.settings,
@@ -245,7 +259,7 @@ def _finish(state, out: Path, *, approved_here: bool) -> None:
     from tasks.report import RunSummary
 
     if state.is_cancelled():
-        console.print(f"Not approved: {state.message}", markup=False, soft_wrap=True)
+        console.print(f"Not approved: {shown(state.message)}", soft_wrap=True)
         raise typer.Exit(EXIT_NOT_APPROVED)
     result = state.result(raise_on_failure=False)
     if isinstance(result, QualityCheckFailed):
@@ -257,12 +271,9 @@ def _finish(state, out: Path, *, approved_here: bool) -> None:
         counts = load_approved(out).preview_counts
         console.print(
             "Test results on the sample (0 credits) at the approved thresholds: "
-            + ", ".join(f"{k} {shown}/{total}" for k, (shown, total) in counts.items()),
-            markup=False,
+            + shown(", ".join(f"{k} {n}/{total}" for k, (n, total) in counts.items())),
         )
-    console.print(
-        f"Approved settings: {out / 'approved.json'}.", soft_wrap=True, markup=False
-    )
+    console.print(f"Approved settings: {shown(out / 'approved.json')}.", soft_wrap=True)
     raise typer.Exit(report_run(result, str(out)))
 
 
@@ -271,23 +282,20 @@ class _WaitingPrinter:
 
     def waiting(self, request) -> None:
         table = Table("class", "threshold", "shown/total")
-        for name, (shown, total) in request.counts.items():
+        for name, (kept, total) in request.counts.items():
             threshold = request.thresholds.get(name, 0.0)
-            table.add_row(escape(name), f"{threshold:g}", f"{shown}/{total}")
+            table.add_row(shown(name), f"{threshold:g}", f"{kept}/{total}")
         console.print(
             f"Preview ready (0 credits). Run {request.flow_run_id} waits for approval "
             f"(up to {request.timeout_s} s):"
         )
         console.print(table)
         console.print("Approve from another shell (change the numbers as you like):")
-        console.print(
-            f"  {request.command}", markup=False, highlight=False, soft_wrap=True
-        )
+        console.print(f"  {shown(request.command)}", highlight=False, soft_wrap=True)
         if request.ui_url:
             console.print(
-                f"or resume it in the Prefect UI: {request.ui_url}",
+                f"or resume it in the Prefect UI: {shown(request.ui_url)}",
                 soft_wrap=True,
-                markup=False,
             )
 
 

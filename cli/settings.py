@@ -4,12 +4,12 @@ credit account and a loaded model, or one error line and the exit code that says
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from rich.markup import escape
-
 from cli.options import ClassChoices, CreditChoices, ModelChoices, OutputChoices
-from cli.output import EXIT_FAILED, EXIT_USAGE, console, exit_on
+from cli.output import EXIT_FAILED, EXIT_USAGE, console, exit_on, fail, shown
 from model_loaders.protocol import ModelLoadError, ModelSpec
 from tasks.credits import CreditAccount
 from tasks.settings import (
@@ -74,7 +74,40 @@ def warm_model_or_exit(spec: ModelSpec) -> None:
     from model_loaders.cache import get_model
 
     with (
-        console.status(f"Loading {escape(spec.model)} ..."),
+        console.status(f"Loading {shown(spec.model)} ..."),
         exit_on(ModelLoadError, code=EXIT_FAILED),
     ):
         get_model(spec)
+
+
+def preflight_or_exit(
+    *,
+    source: str | None,
+    out: str | Path | None,
+    ledger: str | Path | None = None,
+    upload_to: str | None = None,
+) -> None:
+    """Check the source, output folder, ledger and upload target before any model
+    loads: one line and exit 1 (2 for options that contradict each other)."""
+    from tasks import preflight
+
+    try:
+        if source is not None:
+            preflight.check_source(source)
+        if out is not None:
+            preflight.check_out(out, source=source)
+        if ledger is not None:
+            preflight.check_ledger(ledger)
+        preflight.check_upload_target(upload_to)
+    except preflight.PreflightError as error:
+        fail(error, EXIT_USAGE if error.usage else EXIT_FAILED)
+
+
+@contextmanager
+def out_lock_or_exit(out: str | Path, what: str) -> Iterator[None]:
+    """Hold the output folder for this run: a second run on it (another process,
+    maybe another machine) is refused in one line, exit 1; see ``tasks.out_lock``."""
+    from tasks.out_lock import OutFolderLocked, hold_out_lock
+
+    with exit_on(OutFolderLocked, code=EXIT_FAILED), hold_out_lock(out, what):
+        yield

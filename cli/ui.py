@@ -4,6 +4,10 @@ The page generates test results on a sample (the preview flow, free), tunes per-
 thresholds with sliders in the browser, and approves them, which labels the whole
 source (the autolabel flow) and shows its progress and report. See
 ``review_ui/app.py`` for the routes and who may reach them.
+
+The page reads local folders only under ``--allow-source`` and the SOURCE given here
+(the working directory when neither is given), so whoever can reach the page cannot
+make it list and label another folder of this machine.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ from cli.options import (
     SourceChoices,
     with_groups,
 )
-from cli.output import EXIT_FAILED, EXIT_USAGE, console, exit_on, fail
+from cli.output import EXIT_FAILED, EXIT_USAGE, console, exit_on, fail, shown
+from tasks import roboflow_source, s3
 from tasks.preview import DEFAULT_SAMPLE_SIZE
 from tasks.settings import SettingsError, choice, parse_classes
 from tasks.sources import canonical_source
@@ -76,6 +81,15 @@ def ui(
     sam_model_type: SamModelTypeOption = "vit_h",
     pretrained: PretrainedOption = None,
     chunk_size: ChunkSizeOption = 128,
+    allow_source: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--allow-source",
+            help="Folder the page may read sources from, with its subfolders "
+            "(repeatable). SOURCE is always allowed; without either, the working "
+            "directory. s3:// and roboflow:// sources are always allowed.",
+        ),
+    ] = None,
     *,
     credits: CreditChoices,
     sources: SourceChoices,
@@ -119,6 +133,7 @@ def ui(
             ledger=credits.credits_ledger,
             dataset=credits.dataset,
             max_credits=credits.max_credits,
+            allowed_sources=_allowed_sources(allow_source, source),
         ),
     )
     app = create_app(
@@ -142,7 +157,7 @@ def ui(
     url = f"http://{_shown_host(host)}:{listener.getsockname()[1]}/"
     # stdout, one line, so scripts (and the tests) can read the address.
     print(f"Review page: {url}" + (f"?token={token}" if token else ""), flush=True)
-    console.print(f"Outputs go to {out}/. Stop with Ctrl+C.", markup=False)
+    console.print(f"Outputs go to {shown(out)}/. Stop with Ctrl+C.")
     server = uvicorn.Server(
         uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
     )
@@ -155,6 +170,20 @@ def _shown_host(host: str) -> str:
     if host in ("0.0.0.0", "::"):
         return socket.gethostname()
     return f"[{host}]" if ":" in host else host
+
+
+def _allowed_sources(given: list[Path] | None, source: str | None) -> tuple[Path, ...]:
+    """The folders the page may read, resolved: each --allow-source and SOURCE when it
+    is a folder; the working directory when neither is given. A bucket or project
+    SOURCE alone allows no folder."""
+    folders = [path.expanduser() for path in given or []]
+    if source is not None and not (
+        s3.is_s3(source) or roboflow_source.is_roboflow(source)
+    ):
+        folders.append(Path(source).expanduser())
+    if not folders and source is None:
+        folders.append(Path.cwd())
+    return tuple(dict.fromkeys(folder.resolve() for folder in folders))
 
 
 def _start_classes(options: list[str], ontology: Path | None) -> list[dict]:

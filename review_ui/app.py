@@ -11,6 +11,14 @@ checked, so another site cannot reach it through DNS rebinding). On any other ad
 token is required: sent once as ``?token=`` (the page then keeps it in an HttpOnly
 cookie and drops it from the address bar), or as ``Authorization: Bearer``. POSTs must
 be JSON, which a form on another site cannot send without the browser asking first.
+
+Other sites: a request that changes something (any method but GET, HEAD and OPTIONS)
+whose ``Origin`` (or, without one, ``Referer``) is not the page's own origin is refused
+(403), so another page open in the same browser cannot generate test results or approve
+a batch (which charges credits); a request with neither header (curl, a script with the
+token) is served as before. Every response forbids framing (``frame-ancestors 'none'``,
+``X-Frame-Options: DENY``), so no other site can show the page under a decoy and steer
+its clicks, and carries ``X-Content-Type-Options: nosniff``.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import ipaddress
 import secrets
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request
 from fastapi.responses import (
@@ -28,7 +37,9 @@ from fastapi.responses import (
     Response,
 )
 from fastapi.staticfiles import StaticFiles
+from starlette.datastructures import MutableHeaders
 from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from review_ui.jobs import (
     LabelRequest,
@@ -41,6 +52,14 @@ from tasks.review import sample_image_jpeg
 STATIC_DIR = Path(__file__).parent / "static"
 TOKEN_COOKIE = "autolabel_token"
 _OPEN_PATHS = {"/favicon.ico"}
+_SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+# Only framing is restricted: the page's own scripts, styles and images are same-origin
+# and any fuller policy would have to list them.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+}
 
 
 def is_loopback(host: str) -> bool:
@@ -72,7 +91,7 @@ def create_app(
         loopback_only: Accept only Host headers naming this machine.
         allowed_hosts: More host names to accept then (the address served on).
     """
-    app = FastAPI(title="autolabel review", docs_url=None, redoc_url=None)
+    app = _ReviewApp(title="autolabel review", docs_url=None, redoc_url=None)
     if loopback_only:
         app.add_middleware(
             TrustedHostMiddleware,
@@ -81,6 +100,11 @@ def create_app(
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
+        if request.method not in _SAFE_METHODS and not _same_origin(request):
+            return JSONResponse(
+                {"error": "refused: this request comes from another site's page"},
+                status_code=403,
+            )
         if token is not None and request.url.path not in _OPEN_PATHS:
             given = _token_of(request)
             if given is None or not secrets.compare_digest(
@@ -165,6 +189,63 @@ def create_app(
 
 
 _NO_STORE = {"Cache-Control": "no-store"}
+
+
+class _ReviewApp(FastAPI):
+    """FastAPI with the security headers added outside every other layer, so the
+    host check's, the token check's and even a crash's responses carry them too."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return _SecurityHeaders(super().build_middleware_stack())
+
+
+class _SecurityHeaders:
+    """ASGI middleware: ``SECURITY_HEADERS`` on every HTTP response."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in SECURITY_HEADERS.items():
+                    headers[name] = value
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def _same_origin(request: Request) -> bool:
+    """Whether a state-changing request may proceed: its ``Origin`` (else its
+    ``Referer``'s origin) is the one the page is served on, or it sends neither (not a
+    browser page's request: curl, a script)."""
+    claimed = request.headers.get("origin")
+    if claimed is None:
+        referer = request.headers.get("referer")
+        if referer is None:
+            return True
+        claimed = referer
+    own = _origin_of(f"{request.url.scheme}://{request.headers.get('host', '')}")
+    return own is not None and _origin_of(claimed) == own
+
+
+def _origin_of(url: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of a URL, default port filled in; None when it has none
+    ("null", an opaque origin, or garbage)."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname:
+        return None
+    return scheme, parts.hostname.lower(), port or (443 if scheme == "https" else 80)
 
 
 def _token_of(request: Request) -> str | None:

@@ -5,6 +5,10 @@ test results, ``flows.autolabel.autolabel`` with the approved thresholds for the
 in a background thread of the server, so the page stays responsive and polls for
 progress. One job at a time per output folder: a second request while one runs is
 refused (the page greys its buttons meanwhile).
+
+The local folders the page may read are limited to ``RunDefaults.allowed_sources``
+(``autolabel ui --allow-source``); a request naming another folder is refused before
+anything runs.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationError
 
 from model_loaders.backends import Task
-from tasks import progress
+from tasks import progress, roboflow_source, s3
 from tasks.approval import whoami
 from tasks.credits import CreditAccount, CreditRates, format_credits
 from tasks.preview import (
@@ -100,6 +104,26 @@ class RunDefaults:
     ledger: Path | None = None
     dataset: str | None = None
     max_credits: float | None = None
+    # Folders (resolved) whose contents the page may use as a source; None: any.
+    # s3:// and roboflow:// sources are not folders and are not limited by it.
+    allowed_sources: tuple[Path, ...] | None = None
+
+    def check_source(self, source: str) -> None:
+        """Refuse (HTTP 400) a local folder outside ``allowed_sources``, after
+        resolving symlinks and '..' as the flow reading it would."""
+        if self.allowed_sources is None:
+            return
+        if s3.is_s3(source) or roboflow_source.is_roboflow(source):
+            return
+        folder = Path(source).expanduser().resolve()
+        roots = [Path(root).expanduser().resolve() for root in self.allowed_sources]
+        if any(folder.is_relative_to(root) for root in roots):
+            return
+        allowed = ", ".join(str(root) for root in roots) or "none"
+        raise RequestError(
+            f"{folder} is outside the folders this page may read ({allowed}): "
+            f"restart `autolabel ui` with --allow-source {folder} to allow it"
+        )
 
 
 @dataclasses.dataclass
@@ -192,6 +216,7 @@ class ReviewSession:
 
     def start_preview(self, request: PreviewRequest) -> Job:
         """Run the preview flow on a sample (free); its candidates come back once."""
+        self.defaults.check_source(request.source)
         settings = self._settings(request)
         from flows.preview import preview
 

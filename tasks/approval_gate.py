@@ -35,6 +35,7 @@ from tasks.approval import (
     save_approved,
     whoami,
 )
+from tasks.markdown import markdown_cell, markdown_text
 from tasks.preview_report import PreviewSummary
 from tasks.settings import LabelSettings, with_every_threshold, with_runtime
 
@@ -151,7 +152,7 @@ def _instructions(
 ) -> str:
     lines = ["# Waiting for approval", ""]
     if error:
-        lines += [f"**Refused:** {error}. Still waiting.", ""]
+        lines += [f"**Refused:** {markdown_text(error)}. Still waiting.", ""]
     lines += [
         "Choose a threshold per class (the preview shows what each keeps), then "
         "**Resume** this run with decision *approve* to label the whole batch, or "
@@ -165,7 +166,7 @@ def _instructions(
     ]
     for name, (shown, total) in request.counts.items():
         threshold = request.thresholds.get(name, 0.0)
-        lines.append(f"| {name} | {threshold:g} | {shown}/{total} |")
+        lines.append(f"| {markdown_cell(name)} | {threshold:g} | {shown}/{total} |")
     lines += [
         "",
         f"Test results: {summary.credits} credits. Without an answer within "

@@ -9,15 +9,17 @@ thumbnails).
 
 from __future__ import annotations
 
+import string
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from tasks.markdown import markdown_cell
+from tasks.markdown import markdown_cell, markdown_code, markdown_text
 from tasks.preview import (
     PREVIEW_CREDITS,
     PreviewLayout,
@@ -36,6 +38,11 @@ PREVIEW_ARTIFACT = "autolabel-preview"
 CANDIDATES_ARTIFACT = "autolabel-preview-candidates"
 _MAX_TABLE_ROWS = 500  # the artifact table; candidates.parquet holds them all
 _MAX_INLINE_IMAGES = 12
+
+# A link destination stays one, whatever the file is called: what would end it
+# (space, parentheses, angle brackets, backslash) is percent-encoded; data: URIs
+# pass as they are.
+_LINK_SAFE = "".join(c for c in string.printable if c not in ' ()<>\\`"\t\n\r\x0b\x0c')
 
 
 @dataclass
@@ -152,9 +159,9 @@ def render_markdown(
     lines = [
         f"# Test results on {len(summary.sample)} sample images",
         "",
-        f"- Source: `{summary.source}`, {drawn}",
-        f"- Model: `{summary.model}` run once at a floor of {summary.floor:g}: "
-        f"{summary.candidates} candidates kept with their scores",
+        f"- Source: {markdown_code(summary.source)}, {drawn}",
+        f"- Model: {markdown_code(summary.model)} run once at a floor of "
+        f"{summary.floor:g}: {summary.candidates} candidates kept with their scores",
         f"- Cost: {summary.credits} credits (test results are free)",
         "",
         "| class | threshold | shown / total |",
@@ -171,17 +178,22 @@ def render_markdown(
     if summary.below_floor:
         lines += [
             "",
-            f"**Below the floor:** {', '.join(summary.below_floor)}: candidates under "
+            f"**Below the floor:** {markdown_text(', '.join(summary.below_floor))}: "
+            "candidates under "
             f"{summary.floor:g} were not kept, so the counts may be too low; run the "
             "preview again to see them.",
         ]
     if summary.skipped:
         lines += ["", "## Skipped", ""]
-        lines += [f"- `{path}`: {reason}" for path, reason in summary.skipped]
+        lines += [
+            f"- {markdown_code(path)}: {markdown_text(reason)}"
+            for path, reason in summary.skipped
+        ]
     lines += ["", "## Annotated images", ""]
     for image in summary.images:
         name = Path(image).name
-        lines.append(f"![{name}]({image_link(Path(image))})")
+        link = quote(str(image_link(Path(image))), safe=_LINK_SAFE)
+        lines.append(f"![{markdown_text(name)}]({link})")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 

@@ -14,7 +14,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.credits import CreditAccount, format_credits
 from tasks.labels import OutputLayout, read_images, read_labels
-from tasks.markdown import markdown_cell
+from tasks.markdown import markdown_cell, markdown_code, markdown_text
 from tasks.quality import QualityResult
 from tasks.roboflow_upload import UploadSummary
 from tasks.settings import LabelSettings
@@ -110,7 +110,7 @@ def render_report(summary: RunSummary, settings: LabelSettings) -> str:
         "# Auto-label report",
         "",
         f"- Run: `{summary.run_id}`",
-        f"- Model: `{settings.model.model}` ({settings.model.backend}"
+        f"- Model: {markdown_code(settings.model.model)} ({settings.model.backend}"
         + (f", {prompt_mode} prompts)" if prompt_mode else ")"),
         f"- Images: {summary.images} found, {summary.labeled} labeled, "
         f"{len(summary.skipped)} skipped",
@@ -128,9 +128,12 @@ def render_report(summary: RunSummary, settings: LabelSettings) -> str:
         threshold = settings.thresholds.for_class(name)
         lines.append(f"| {markdown_cell(name)} | {threshold:g} | {count} |")
     lines += ["", f"## Images with no labels ({len(summary.unlabeled)})", ""]
-    lines += _bullets(f"`{path}`" for path in summary.unlabeled)
+    lines += _bullets(markdown_code(path) for path in summary.unlabeled)
     lines += ["", f"## Images skipped ({len(summary.skipped)})", ""]
-    lines += _bullets(f"`{path}`: {reason}" for path, reason in summary.skipped)
+    lines += _bullets(
+        f"{markdown_code(path)}: {markdown_text(reason)}"
+        for path, reason in summary.skipped
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -194,7 +197,10 @@ def _upload_lines(summary: RunSummary) -> list[str]:
         f"{upload.skipped} already there, "
         f"{len(upload.failed)} failed"
     ]
-    lines += [f"  - `{path}`: {reason}" for path, reason in upload.failed[:_MAX_LISTED]]
+    lines += [
+        f"  - {markdown_code(path)}: {markdown_text(reason)}"
+        for path, reason in upload.failed[:_MAX_LISTED]
+    ]
     return lines
 
 

@@ -20,6 +20,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.images import IMAGE_SUFFIXES, ImageRef, SourceError
+from tasks.out_lock import LOCK_NAME
 from tasks.video import VIDEO_SUFFIXES
 
 SCHEME = "s3://"
@@ -129,10 +130,15 @@ def staging_folder(destination: str) -> Path:
 
 
 def upload_folder(
-    folder: Path, destination: str, *, client, exclude: tuple[str, ...] = (".cache",)
+    folder: Path,
+    destination: str,
+    *,
+    client,
+    exclude: tuple[str, ...] = (".cache", LOCK_NAME),
 ) -> int:
     """Copy every file under ``folder`` to ``s3://bucket/prefix/<relative path>``,
-    except the top-level entries named in ``exclude`` (the cache of source images)."""
+    except the top-level entries named in ``exclude`` (the cache of source images,
+    the run's lock file)."""
     location = S3Location.parse(destination)
     prefix = location.prefix.rstrip("/")
     count = 0

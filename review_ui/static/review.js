@@ -10,6 +10,14 @@ const PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4
 const POLL_MS = 400;
 
 const $ = (selector) => document.querySelector(selector);
+
+// Elements are built from properties, never from HTML strings: class names, file names,
+// paths and error messages are user text and go in as text only (textContent, value).
+function element(tag, properties = {}, children = []) {
+  const node = Object.assign(document.createElement(tag), properties);
+  node.append(...children);
+  return node;
+}
 const state = { preview: null, thresholds: {}, current: 0, kept: null };
 
 // ---------------------------------------------------------------- the filter
@@ -140,9 +148,11 @@ function renderPreview(preview) {
     const row = document.createElement("div");
     row.className = "class-control";
     row.dataset.class = cls.name;
-    row.innerHTML = `<span class="swatch"></span><span class="name"></span>
-      <input type="range" class="threshold" step="0.01" max="1">
-      <span class="value"></span><span class="count"></span>`;
+    row.append(
+      element("span", { className: "swatch" }), element("span", { className: "name" }),
+      element("input", { type: "range", className: "threshold", step: "0.01", max: "1" }),
+      element("span", { className: "value" }), element("span", { className: "count" }),
+    );
     row.querySelector(".swatch").style.background = colorOf(cls.name);
     row.querySelector(".name").textContent = cls.name;
     row.querySelector(".name").title = cls.descriptions.join("; ");
@@ -167,9 +177,11 @@ function renderPreview(preview) {
 
 function addClassRow(name = "", descriptions = "") {
   const row = document.createElement("tr");
-  row.innerHTML = `<td><input class="class-name" placeholder="name"></td>
-    <td><input class="class-desc" placeholder="(the name)"></td>
-    <td><button type="button" class="remove" title="Remove">✕</button></td>`;
+  row.append(
+    element("td", {}, [element("input", { className: "class-name", placeholder: "name" })]),
+    element("td", {}, [element("input", { className: "class-desc", placeholder: "(the name)" })]),
+    element("td", {}, [element("button", { type: "button", className: "remove", title: "Remove", textContent: "✕" })]),
+  );
   row.querySelector(".class-name").value = name;
   row.querySelector(".class-desc").value = descriptions;
   row.querySelector(".remove").addEventListener("click", () => row.remove());
@@ -287,10 +299,11 @@ function openConfirm() {
   for (const name of preview.class_names) {
     const row = document.createElement("tr");
     row.dataset.class = name;
-    row.innerHTML = "<td></td><td class='threshold'></td><td></td>";
-    row.cells[0].textContent = name;
-    row.cells[1].textContent = state.thresholds[name].toFixed(2);
-    row.cells[2].textContent = `${counts.shown[name]}/${counts.total[name]}`;
+    row.append(
+      element("td", { textContent: name }),
+      element("td", { className: "threshold", textContent: state.thresholds[name].toFixed(2) }),
+      element("td", { textContent: `${counts.shown[name]}/${counts.total[name]}` }),
+    );
     body.append(row);
   }
   $("#confirm").showModal();

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tasks.markdown import markdown_cell
+from tasks.markdown import markdown_cell, markdown_text
 from tasks.quality.results import QualityPolicy, QualityResult
 
 QUALITY_REPORT = "quality.md"
@@ -54,7 +54,7 @@ def render_quality_markdown(
             and not check.error
         ):
             continue
-        lines += ["", f"## `{check.name}`: {check.description}", ""]
+        lines += ["", f"## `{check.name}`: {markdown_text(check.description)}", ""]
         if check.error:
             lines.append(f"- could not be evaluated: {markdown_cell(check.error)}")
         lines += _image_bullets(check.failing_image_ids, result.sources)

@@ -171,6 +171,7 @@ FLAGS = {
         "-c",
     },
     "ui": {
+        "--allow-source",
         "--batch-size",
         "--chunk-size",
         "--class",

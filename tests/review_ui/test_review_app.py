@@ -21,32 +21,8 @@ from fastapi.testclient import TestClient
 
 from review_ui.app import TOKEN_COOKIE, create_app, is_loopback
 from review_ui.jobs import ReviewSession
-from model_loaders.ontology import Ontology
-from model_loaders.protocol import ModelSpec
-from tasks.preview import load_record, plan_sample, run_preview, save_record
-from tasks.settings import LabelSettings
-from tests.conftest import write_sample_photos
-
-ROOT = Path(__file__).resolve().parents[2]
-LOCAL = "http://127.0.0.1"
-
-
-@pytest.fixture(scope="module")
-def previewed_out(tmp_path_factory: pytest.TempPathFactory, tiny_grounding_dino: str):
-    """An output folder holding a real preview of 2 photos (tiny model, no Prefect)."""
-    root = tmp_path_factory.mktemp("review-app")
-    photos, out = root / "photos", root / "out"
-    write_sample_photos(photos)
-    (photos / "secret.txt").write_text("not for the page")
-    settings = LabelSettings(
-        ontology=Ontology.from_class_options(["cat"]),
-        model=ModelSpec(model=tiny_grounding_dino, device="cpu"),
-    )
-    refs = plan_sample(str(photos), str(out), size=2, seed=0)
-    run_preview(
-        str(photos), refs, settings, str(out), run_id="t", seed=0, sample_size=2
-    )
-    return out
+from tasks.preview import load_record, save_record
+from tests.review_ui.conftest import LOCAL, ROOT
 
 
 def test_serves_sample_images_by_position_only(previewed_out: Path):

@@ -28,19 +28,9 @@ from tasks.labels import OutputLayout, read_labels
 from tasks.preview import class_counts, filter_candidates, load_record, read_candidates
 from tasks.thresholds import Thresholds
 from tests.photos import write_sample_photos
+from tests.review_ui.browser import CHROMIUM, CHROMIUM_FLAGS
 
 ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = os.environ.get("AUTOLABEL_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_FLAGS = [  # a closed network: no background connections, no sandbox as root
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 ARTIFACTS = Path(os.environ.get("AUTOLABEL_TEST_ARTIFACTS", ROOT / "test-artifacts"))
 SLOW = 180_000  # ms: a model run on a loaded 2-core machine
 

@@ -1,0 +1,102 @@
+"""A run that cannot start fails at once, before any model loads: one line naming the
+thing and the fix, the documented exit code, no traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cli.main import app
+from tests.photos import write_sample_photos
+
+runner = CliRunner()
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Fail loudly if anything tries to load a model."""
+
+    def refuse(spec):
+        raise AssertionError("a model was loaded although the run cannot start")
+
+    monkeypatch.setattr("model_loaders.cache.get_model", refuse)
+
+
+def _cases(tmp_path: Path) -> list[tuple[list[str], int, str]]:
+    """(arguments after `label`, exit code, words the one error line must hold)."""
+    photos = tmp_path / "photos"
+    write_sample_photos(photos)
+    a_file = tmp_path / "a-file.txt"
+    a_file.write_text("not a folder")
+    not_a_db = tmp_path / "ledger.sqlite"
+    not_a_db.write_text("not a database")
+    out = str(tmp_path / "out")
+    return [
+        ([str(tmp_path / "missing"), "--out", out], 1, "no such folder"),
+        ([str(a_file), "--out", out], 1, "is a file, not a folder"),
+        ([str(photos), "--out", str(a_file)], 1, "is a file: give a folder"),
+        ([str(photos), "--out", str(photos / "out")], 2, "inside the source"),
+        (
+            [str(photos), "--out", out, "--credits-ledger", str(not_a_db)],
+            1,
+            "is not an SQLite database",
+        ),
+        ([str(photos), "--out", out, "--upload-to", "roboflow://only-one"], 2,
+         "expected roboflow://WORKSPACE/PROJECT"),
+    ]  # fmt: skip
+
+
+# preview charges nothing and uploads nothing: the first four cases only.
+@pytest.mark.parametrize(
+    ("command", "case"),
+    [(c, i) for c in ("label", "run") for i in range(6)]
+    + [("preview", i) for i in range(4)],
+)
+def test_what_cannot_be_used_is_refused_before_the_model_loads(
+    no_model_load, tmp_path, case, command
+):
+    args, code, words = _cases(tmp_path)[case]
+    result = runner.invoke(app, [command, *args, "--class", "cat"])
+    assert result.exit_code == code, result.output
+    errors = [line for line in result.output.splitlines() if "error:" in line]
+    assert len(errors) == 1 and words in errors[0], result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_bad_out_fails_in_under_5_s_with_a_real_model(tiny_grounding_dino, tmp_path):
+    """The console script, as a user runs it: the model option points at a real
+    (tiny) model, yet nothing is loaded before the output folder is refused."""
+    photos = tmp_path / "photos"
+    write_sample_photos(photos)
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the output folder should go")
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "cli.main", "label", str(photos), "--class", "cat",
+         "--model", tiny_grounding_dino, "--out", str(blocker / "out")],
+        capture_output=True, text=True, cwd=REPO, env=env, timeout=60,
+    )  # fmt: skip
+    elapsed = time.monotonic() - started
+    assert done.returncode == 1, done.stderr
+    assert "--out" in done.stderr and "not writable" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    assert elapsed < 5.0, f"took {elapsed:.1f} s: was a model loaded first?"
+
+
+def test_debug_shows_the_traceback_behind_the_line(tmp_path):
+    missing = str(tmp_path / "missing")
+    quiet = runner.invoke(app, ["label", missing, "--class", "cat"])
+    loud = runner.invoke(
+        app, ["label", missing, "--class", "cat"], env={"AUTOLABEL_DEBUG": "1"}
+    )
+    assert quiet.exit_code == loud.exit_code == 1
+    assert "Traceback" not in quiet.output
+    assert "Traceback" in loud.output and "no such folder" in loud.output
