@@ -29,6 +29,7 @@ from model_loaders.backends import Task
 from tasks import progress, roboflow_source, s3
 from tasks.approval import whoami
 from tasks.credits import CreditAccount, CreditRates, format_credits
+from tasks.out_lock import hold_out_lock
 from tasks.preview import (
     DEFAULT_SAMPLE_SIZE,
     PreviewError,
@@ -328,7 +329,9 @@ class ReviewSession:
     def _run(self, job: Job, run: Callable[[], dict[str, Any]]) -> None:
         progress.add_listener(job)
         try:
-            job.result = run()
+            # One run per output folder, as on the command line.
+            with hold_out_lock(self.out, f"autolabel ui ({job.kind})"):
+                job.result = run()
             job.state = "done"
         except Exception as error:  # shown on the page; the server keeps serving
             job.error = f"{type(error).__name__}: {error}"

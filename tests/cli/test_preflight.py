@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
+from tests.lock_holder import start_holder
 from tests.photos import write_sample_photos
 
 runner = CliRunner()
@@ -100,3 +101,21 @@ def test_debug_shows_the_traceback_behind_the_line(tmp_path):
     assert quiet.exit_code == loud.exit_code == 1
     assert "Traceback" not in quiet.output
     assert "Traceback" in loud.output and "no such folder" in loud.output
+
+
+def test_a_second_run_on_one_out_is_refused_in_one_line(no_model_load, tmp_path):
+    photos = tmp_path / "photos"
+    write_sample_photos(photos)
+    out = tmp_path / "out"
+    holder = start_holder(out)  # another process, running on this --out
+    try:
+        result = runner.invoke(
+            app, ["label", str(photos), "--out", str(out), "--class", "cat"]
+        )
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.output.splitlines() if "error:" in line]
+    assert len(errors) == 1 and f"pid {holder.pid}" in errors[0], result.output
+    assert "autolabel label" in errors[0] and "Traceback" not in result.output

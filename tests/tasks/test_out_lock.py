@@ -15,29 +15,9 @@ from pathlib import Path
 import pytest
 
 from tasks.out_lock import LOCK_NAME, OutFolderLocked, hold_out_lock, read_owner
+from tests.lock_holder import HOLDER, start_holder
 
 ROOT = Path(__file__).resolve().parents[2]
-
-HOLDER = """
-import sys, time
-from tasks.out_lock import hold_out_lock
-with hold_out_lock(sys.argv[1], "autolabel label"):
-    print("held", flush=True)
-    time.sleep(60)
-"""
-
-
-def start_holder(out: Path) -> subprocess.Popen:
-    """A process that holds the lock on ``out`` until killed."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(out)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    line = proc.stdout.readline()
-    assert line.strip() == "held", f"holder did not start: {line!r}"
-    return proc
 
 
 def test_lock_creates_folder_records_owner_and_is_removed(tmp_path: Path) -> None:
