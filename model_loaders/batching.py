@@ -3,6 +3,11 @@
 Padding an image to share a batch with a bigger one changes DETR-family outputs (the
 padded area takes part in attention), so a label would depend on which images happened
 to share a batch. These helpers batch only images of the same resized shape.
+
+An image the processor cannot prepare (a 10000x10 strip resizes to a height of 0) must
+not fail the images it was batched with: each image is prepared on its own, and the
+ones that fail are reported together in one ``UnusableImagesError`` naming each image
+and its reason, so the caller can skip them and predict the rest.
 """
 
 from __future__ import annotations
@@ -13,12 +18,28 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-import torch
 from PIL import Image
 
+if TYPE_CHECKING:  # torch is imported by the backends; callers of the error need not
+    import torch
+
 T = TypeVar("T")
+
+
+class UnusableImagesError(ValueError):
+    """Some images of a ``predict`` call cannot be prepared for the model.
+
+    ``reasons`` maps each one's position in the list given to ``predict`` to why. The
+    other images are fine: predicting them without the unusable ones gives the same
+    labels, since images are never padded to share a batch.
+    """
+
+    def __init__(self, reasons: dict[int, str]) -> None:
+        self.reasons = dict(reasons)
+        listed = "; ".join(f"image {i}: {r}" for i, r in sorted(self.reasons.items()))
+        super().__init__(f"{len(self.reasons)} image(s) cannot be prepared: {listed}")
 
 
 @dataclass
@@ -42,17 +63,42 @@ def prepare_images(
 
     Images are processed on a few threads (resizing and normalising release the GIL):
     serially, this host-side work alone would cap a fast GPU at ~50 images/s.
+
+    Raises:
+        UnusableImagesError: If any image cannot be prepared (every image is tried
+            first, so the error names all of them at once).
     """
 
-    def prepare(item: tuple[int, Image.Image]) -> PreparedImage:
+    def prepare(item: tuple[int, Image.Image]) -> PreparedImage | str:
         index, image = item
-        pixels = image_processor(images=image.convert("RGB"), return_tensors="pt")
-        values = pixels["pixel_values"][0]
+        try:
+            pixels = image_processor(images=image.convert("RGB"), return_tensors="pt")
+            values = pixels["pixel_values"][0]
+        except Exception as error:  # noqa: BLE001 - one image must not fail the rest
+            return _preparation_problem(image, error)
+        if values.ndim != 3 or 0 in values.shape:
+            shape = tuple(values.shape)
+            return f"the model's image processor made pixels of shape {shape}"
         return PreparedImage(index, values, image.height, image.width)
 
     if len(images) < 2:
-        return [prepare(item) for item in enumerate(images)]
-    return list(_preprocess_pool().map(prepare, enumerate(images)))
+        outcomes = [prepare(item) for item in enumerate(images)]
+    else:
+        outcomes = list(_preprocess_pool().map(prepare, enumerate(images)))
+    reasons = {i: o for i, o in enumerate(outcomes) if isinstance(o, str)}
+    if reasons:
+        raise UnusableImagesError(reasons)
+    return [o for o in outcomes if isinstance(o, PreparedImage)]
+
+
+def _preparation_problem(image: Image.Image, error: Exception) -> str:
+    """Why an image could not be prepared, in words a user can act on."""
+    detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    reason = f"cannot prepare this image for the model ({image.width}x{image.height} px"
+    ratio = max(image.width, image.height) / max(1, min(image.width, image.height))
+    if ratio >= 100:
+        reason += f", aspect ratio {ratio:.0f}:1"
+    return f"{reason}): {type(error).__name__}: {detail}"[:500]
 
 
 @functools.cache

@@ -139,7 +139,10 @@ class ClipModel:
     def _logits(self, images: Sequence[Image.Image], prompts: _Prompts) -> torch.Tensor:
         """Scaled cosine similarities (images, descriptions + 1), float32."""
         pixels = torch.stack(
-            [self.preprocess(image.convert("RGB")) for image in images]
+            [
+                self.preprocess(_centre_of_strip(image, self.preprocess).convert("RGB"))
+                for image in images
+            ]
         )
         dtype = next(self.model.parameters()).dtype
         features = self.model.encode_image(
@@ -292,3 +295,55 @@ def _described(spec: ModelSpec) -> str:
     return f"{spec.model!r}" + (
         f" ({spec.options.pretrained})" if spec.options.pretrained else ""
     )
+
+
+_MAX_RESIZED_PIXELS = 1 << 25  # ~100 MB of RGB: a resized strip never gets bigger
+
+
+def _centre_of_strip(image: Image.Image, preprocess) -> Image.Image:
+    """A very long strip cut to its centre, when the preprocess keeps only the centre.
+
+    open_clip's default preprocess resizes the SHORT side to the input size S and keeps
+    the centre square: a 20000x1 image would first become a 4.5-billion-pixel strip at
+    S=224. A strip whose resized size would pass ``_MAX_RESIZED_PIXELS`` (aspect ratio
+    over ~670:1 at S=224) is cropped to a centred box that stays within it first: the
+    centre square is still inside, moved by at most a fraction of a source pixel. Every
+    other image, and any other preprocess (longest side, squash), is left as it is, so
+    their labels do not change.
+    """
+    size = _centre_crop_size(preprocess)
+    width, height = image.size
+    short = max(1, min(width, height))
+    if size is None:
+        return image
+    max_aspect = max(1, _MAX_RESIZED_PIXELS // (size * size))
+    if max(width, height) <= max_aspect * short:
+        return image
+    long_kept = max_aspect * short
+    if width > height:
+        left = (width - long_kept) // 2
+        return image.crop((left, 0, left + long_kept, height))
+    top = (height - long_kept) // 2
+    return image.crop((0, top, width, top + long_kept))
+
+
+def _centre_crop_size(preprocess) -> int | None:
+    """S if ``preprocess`` resizes the short side to S, then crops the centre SxS."""
+    from torchvision import transforms
+
+    steps = list(getattr(preprocess, "transforms", ()))
+    kinds = [type(step) for step in steps]
+    if transforms.Resize not in kinds or transforms.CenterCrop not in kinds:
+        return None
+    resize = steps[kinds.index(transforms.Resize)]
+    crop = steps[kinds.index(transforms.CenterCrop)]
+    size = resize.size
+    if isinstance(size, list | tuple) and len(size) == 1:
+        size = size[0]
+    if (
+        not isinstance(size, int)
+        or kinds.index(transforms.Resize) > kinds.index(transforms.CenterCrop)
+        or tuple(crop.size) != (size, size)
+    ):
+        return None
+    return size

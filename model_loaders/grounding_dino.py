@@ -7,7 +7,10 @@ What makes it fast and correct:
   output changes when an image is padded to share a batch with a bigger one, and a label
   must never depend on which images happened to share a batch;
 - scores are read per description from the token logits (see
-  ``grounding_dino_prompts``), so each detection belongs to exactly one ontology class.
+  ``grounding_dino_prompts``), so each detection belongs to exactly one ontology class;
+- an image the processor cannot resize (a 10000x10 strip) is named, with the reason,
+  in an ``UnusableImagesError`` before any forward pass, so the caller skips it and
+  labels the rest (``tasks.label.predict_usable``).
 """
 
 from __future__ import annotations

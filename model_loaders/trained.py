@@ -11,7 +11,8 @@ Safety: weights load as safetensors, or through ``torch.load(weights_only=True)`
 old ``.bin`` files, and ``trust_remote_code`` stays off: no code from the folder runs.
 
 Batching: as for Grounding DINO, only images of the same resized shape share a batch,
-so nothing is padded and a label never depends on its batch mates.
+so nothing is padded and a label never depends on its batch mates; images the processor
+cannot prepare are named in an ``UnusableImagesError`` before any forward pass.
 """
 
 from __future__ import annotations

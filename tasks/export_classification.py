@@ -14,11 +14,13 @@ whole image. Three exports read it, all under ``OUT/classification/``:
   parent folder name); multi-label ``train/<image>`` plus ``train/_classes.csv``
   (``filename,<class>,...`` rows of 0/1, matched to images by bare file name). File
   names are flattened (``a/x.jpg`` -> ``a__x.jpg``) because the parser matches by bare
-  name and reads only the parent folder. Its split comes from the path ("valid", "train"
-  or "test" anywhere in it), so an uploader should pass ``split="train"`` explicitly; it
-  ignores .gif and .webp files.
+  name and reads only the parent folder; two images flattening to one name, and names
+  over 200 bytes, get a short hash suffix (``export_images.unique_export_names``). Its
+  split comes from the path ("valid", "train" or "test" anywhere in it), so an uploader
+  should pass ``split="train"`` explicitly; it ignores .gif and .webp files.
 
-Image files are hard links (or upright copies) as in the other exports; a rerun removes
+Image files are hard links (or upright copies) as in the other exports, named as there
+(the relative path, unless it clashes or is over 200 bytes); a rerun removes
 files that an earlier export placed and this one does not (an image whose class
 changed).
 """
@@ -41,6 +43,7 @@ from tasks.export_images import (
     images_to_export,
     local_source,
     materialize_image,
+    unique_export_names,
     write_text_atomically,
 )
 from tasks.labels import OutputLayout, read_images, read_labels
@@ -59,6 +62,11 @@ class ClassifiedImage:
     source_uri: str
     orientation: int
     classes: list[tuple[str, float]]
+    export_path: str = ""  # its path in folder exports; the relative path by default
+
+    def __post_init__(self) -> None:
+        if not self.export_path:
+            object.__setattr__(self, "export_path", self.relative_path)
 
 
 def labels_to_classified_images(
@@ -82,6 +90,7 @@ def labels_to_classified_images(
                 source_uri=image.source_uri,
                 orientation=image.orientation,
                 classes=list(zip(names, scores, strict=True)),
+                export_path=image.export_path,
             )
         )
     return classified
@@ -167,7 +176,7 @@ def write_class_folders(layout: OutputLayout, class_names: list[str]) -> Path:
         if not image.classes:
             continue
         folder = root / _folder_name(image.classes[0][0])
-        destination = image_destination(folder, image.relative_path)
+        destination = image_destination(folder, image.export_path)
         materialize_image(
             local_source(image.source_uri, layout.root),
             destination,
@@ -184,9 +193,8 @@ def write_roboflow_classification(
     """Write the Roboflow SDK's classification folder layout; returns its root.
 
     Raises:
-        ValueError: If a single-label table has an image with several classes, a class
-            name cannot be a folder name or CSV header (',' in it), or two images
-            flatten to the same file name.
+        ValueError: If a single-label table has an image with several classes, or a
+            class name cannot be a folder name or CSV header (',' in it).
     """
     root = layout.roboflow_classification_dir
     split = root / ROBOFLOW_SPLIT
@@ -248,18 +256,12 @@ def _folder_name(class_name: str) -> str:
 
 
 def _flat_names(classified: list[ClassifiedImage]) -> list[str]:
+    """Bare file names (``a/x.jpg`` -> ``a__x.jpg``), unique and short enough."""
     names = [
         "__".join(PurePosixPath(image.relative_path).parts).replace(",", "_")
         for image in classified
     ]
-    seen: dict[str, str] = {}
-    for image, name in zip(classified, names, strict=True):
-        if name in seen:
-            raise ValueError(
-                f"{seen[name]} and {image.relative_path} both flatten to {name}"
-            )
-        seen[name] = image.relative_path
-    return names
+    return unique_export_names(names, ids=[image.relative_path for image in classified])
 
 
 def _remove_others(root: Path, keep: set[Path]) -> None:

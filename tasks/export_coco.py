@@ -4,7 +4,8 @@
 We write the file ourselves instead of through ``supervision.DetectionDataset.as_coco``:
 that exporter re-encodes every image with cv2 and names files by their bare name, so
 ``a/x.jpg`` and ``b/x.jpg`` collide. Here ``file_name`` keeps the sub-folders and images
-are hard-linked (or upright copies), see ``tasks.export_images``.
+are hard-linked (or upright copies), see ``tasks.export_images``; a name that would
+clash case-insensitively or is over 200 bytes gets a short hash suffix there.
 
 Labels with a mask also get ``segmentation``, with ``area`` the mask's pixel count and
 ``iscrowd`` 0. By default the segmentation is the stored COCO RLE itself (lossless; COCO
@@ -87,7 +88,7 @@ def write_coco(
     for image in exported:
         materialize_image(
             local_source(image.source_uri, layout.root),
-            image_destination(layout.coco_images_dir, image.relative_path),
+            image_destination(layout.coco_images_dir, image.export_path),
             orientation=image.orientation,
         )
     coco = coco_dict(exported, class_names, mask_format)
@@ -103,7 +104,7 @@ def coco_dict(
     mask_format: MaskFormat,
     *,
     file_name: Callable[[ExportImage], str] = lambda image: (
-        f"images/{image.relative_path}"
+        f"images/{image.export_path}"
     ),
 ) -> dict:
     """The COCO dict of ``exported`` images (``file_name``: each one's file name)."""

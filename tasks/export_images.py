@@ -2,18 +2,30 @@
 
 COCO and YOLO differ only in how they write boxes. Which images are exported (not the
 skipped ones), their order (by relative path, so two exports of the same table are
-byte-identical), which labels belong to each, and how an image file lands in the export
-folder are decided here once, so the two formats cannot drift apart.
+byte-identical), which labels belong to each, what each file is called in the export,
+and how an image file lands in the export folder are decided here once, so the formats
+cannot drift apart.
+
+Export names: an image keeps its relative path, unless that would clash within the
+export or its file name is long. Two images clash when their names would be one file
+(compared case-insensitively, as on macOS and Windows), or, where a format pairs files
+by stem (YOLO's ``x.jpg`` + ``x.txt``), one stem. The first in relative-path order
+keeps its name; each other one, and any file name over ``MAX_EXPORT_NAME_BYTES``, gets
+``<stem, cut to fit>-<8 hex of the SHA-256 of its relative path><suffix>``. The label
+table and the manifest keep the original relative path. Temporary files use short
+names of their own, so a 250-byte file name still has room for them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Literal
 
 import pandas as pd
 from PIL import Image, ImageOps, JpegImagePlugin
@@ -21,11 +33,18 @@ from PIL import Image, ImageOps, JpegImagePlugin
 _EXIF_ORIENTATION = 0x0112
 _QUARTER_TURNS = {5, 6, 7, 8}
 _LABEL_ORDER = ["confidence", "class_id", "x_min", "y_min", "x_max", "y_max"]
+MAX_EXPORT_NAME_BYTES = 200  # NAME_MAX is 255: room for a suffix tools add
+_MAX_SUFFIX_BYTES = 16
+ClashBy = Literal["name", "stem"]
 
 
 @dataclass(frozen=True)
 class ExportImage:
-    """One image to export with its labels (rows of the label table, maybe none)."""
+    """One image to export with its labels (rows of the label table, maybe none).
+
+    ``export_path`` is its path inside the export (see the module docstring): the
+    relative path unless that clashes or is too long.
+    """
 
     relative_path: str
     source_uri: str
@@ -33,12 +52,24 @@ class ExportImage:
     height: int
     orientation: int
     labels: pd.DataFrame
+    export_path: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.export_path:
+            object.__setattr__(self, "export_path", self.relative_path)
 
 
 def images_to_export(
-    images: pd.DataFrame, labels: pd.DataFrame, *, class_names: list[str]
+    images: pd.DataFrame,
+    labels: pd.DataFrame,
+    *,
+    class_names: list[str],
+    clash_by: ClashBy = "name",
 ) -> list[ExportImage]:
     """The manifest's readable images, sorted by relative path, each with its labels.
+
+    Each gets an ``export_path`` unique within the export (``clash_by="stem"`` for a
+    format that pairs files by stem) and at most ``MAX_EXPORT_NAME_BYTES`` long.
 
     Labels are matched on (image_id, source_uri): the content hash alone would give two
     identical files in different folders each other's boxes. Within an image, labels are
@@ -74,6 +105,10 @@ def images_to_export(
     )
     groups = {k: group for k, group in ordered.groupby(key, sort=False)}
     no_labels = labels.iloc[0:0]
+    rows = list(readable.itertuples(index=False))
+    export_paths = unique_export_names(
+        [row.relative_path for row in rows], clash_by=clash_by
+    )
     return [
         ExportImage(
             relative_path=row.relative_path,
@@ -82,9 +117,74 @@ def images_to_export(
             height=int(row.height),
             orientation=int(row.orientation),
             labels=groups.get((row.image_id, row.source_uri), no_labels),
+            export_path=export_path,
         )
-        for row in readable.itertuples(index=False)
+        for row, export_path in zip(rows, export_paths, strict=True)
     ]
+
+
+def unique_export_names(
+    paths: Sequence[str],
+    *,
+    clash_by: ClashBy = "name",
+    ids: Sequence[str] | None = None,
+) -> list[str]:
+    """``paths`` (POSIX, relative) made unique and short enough for an export.
+
+    A path keeps its name when it is at most ``MAX_EXPORT_NAME_BYTES`` bytes and no
+    earlier path (in the given order) has taken its name, or its stem with
+    ``clash_by="stem"``, compared case-insensitively. Every other one gets a name cut
+    to fit plus ``-`` and the first hex digits of the SHA-256 of its id (by default
+    the path itself), longer ones where even those clash. Folders are kept.
+
+    Args:
+        paths: The paths, in the order that decides who keeps a contested name.
+        clash_by: ``name`` (one file per name) or ``stem`` (one per stem, for formats
+            pairing ``x.jpg`` with ``x.txt``).
+        ids: What each path's hash is made of; distinct ids give distinct names
+            (pass the relative paths when ``paths`` are derived, e.g. flattened).
+    """
+    ids = list(paths) if ids is None else list(ids)
+    if len(ids) != len(paths):
+        raise ValueError(f"{len(paths)} paths but {len(ids)} ids")
+
+    def key(path: str) -> str:
+        pure = PurePosixPath(path)
+        leaf = pure.stem if clash_by == "stem" else pure.name
+        return f"{pure.parent.as_posix()}/{leaf}".casefold()
+
+    taken: set[str] = set()
+    names: list[str | None] = [None] * len(paths)
+    for index, path in enumerate(paths):
+        name_bytes = len(PurePosixPath(path).name.encode("utf-8"))
+        if name_bytes <= MAX_EXPORT_NAME_BYTES and key(path) not in taken:
+            taken.add(key(path))
+            names[index] = path
+    for index, path in enumerate(paths):
+        if names[index] is not None:
+            continue
+        digest = hashlib.sha256(ids[index].encode("utf-8")).hexdigest()
+        for length in (8, 16, 32, 64):
+            candidate = _with_hash(path, digest[:length])
+            if key(candidate) not in taken:
+                break
+        else:  # 256 bits equal: the same id twice
+            raise ValueError(f"two exported images have the same id {ids[index]!r}")
+        taken.add(key(candidate))
+        names[index] = candidate
+    return [name for name in names if name is not None]
+
+
+def _with_hash(path: str, digest: str) -> str:
+    """``path`` with ``-<digest>`` before its suffix, the stem cut to fit the limit."""
+    pure = PurePosixPath(path)
+    suffix = pure.suffix
+    if len(suffix.encode("utf-8")) > _MAX_SUFFIX_BYTES:
+        suffix = ""
+    stem = pure.name[: len(pure.name) - len(suffix)] if suffix else pure.name
+    budget = MAX_EXPORT_NAME_BYTES - len(suffix.encode("utf-8")) - len(digest) - 1
+    stem = stem.encode("utf-8")[: max(budget, 0)].decode("utf-8", errors="ignore")
+    return pure.with_name(f"{stem}-{digest}{suffix}").as_posix()
 
 
 def image_destination(root: Path, relative_path: str) -> Path:
@@ -213,7 +313,13 @@ def _save_upright(source_path: Path, target: Path) -> None:
 
 
 def _write_via_temporary(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    """``write`` a temporary file beside ``path``, then rename it to ``path``.
+
+    The temporary name is short and fixed in length, whatever the length of
+    ``path``'s name (a 250-byte name plus a prefix would pass NAME_MAX), and does not
+    exist yet, so a hard link can be made to it.
+    """
+    tmp = path.with_name(f".autolabel-{secrets.token_hex(8)}.tmp")
     try:
         write(tmp)
         os.replace(tmp, path)

@@ -2,7 +2,9 @@
 ``yolo/labels/...``.
 
 Label files mirror the image tree (``images/a/x.jpg`` -> ``labels/a/x.txt``), the layout
-Ultralytics reads recursively, so ``a/x.jpg`` and ``b/x.jpg`` do not collide. We write
+Ultralytics reads recursively, so ``a/x.jpg`` and ``b/x.jpg`` do not collide; in one
+folder, ``x.jpg`` and ``x.png`` would share ``x.txt``, so the second is exported as
+``x-<hash>.png`` (see ``tasks.export_images``), as is any name over 200 bytes. We write
 the files ourselves instead of through ``supervision.DetectionDataset.as_yolo``, which
 re-encodes images with cv2 and names label files by bare stem. Known limit: Ultralytics
 finds a label by replacing the LAST '/images/' of the image path, so a source sub-folder
@@ -20,7 +22,6 @@ Ultralytics.
 from __future__ import annotations
 
 import json
-from collections import Counter
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -113,26 +114,26 @@ def write_yolo(layout: OutputLayout, class_names: list[str]) -> Path:
     ``data.yaml`` is written last, so its presence means a finished export; ``train``
     and ``val`` both point at all images (splitting is not this step's job).
 
-    Raises:
-        ValueError: If two images would share a label file (``x.jpg`` and ``x.png`` in
-            one folder): YOLO pairs images and labels by stem.
+    YOLO pairs images and labels by stem, so images are exported under names unique
+    by stem (``x.jpg`` and ``x.png`` in one folder: the second becomes
+    ``x-<hash>.png``).
     """
     exported = images_to_export(
-        read_images(layout), read_labels(layout), class_names=class_names
+        read_images(layout),
+        read_labels(layout),
+        class_names=class_names,
+        clash_by="stem",
     )
     label_paths = [
-        PurePosixPath(image.relative_path).with_suffix(".txt").as_posix()
+        PurePosixPath(image.export_path).with_suffix(".txt").as_posix()
         for image in exported
     ]
-    shared = sorted(path for path, n in Counter(label_paths).items() if n > 1)
-    if shared:
-        raise ValueError(f"images with the same stem would share labels: {shared[:5]}")
     images_dir = layout.yolo_dir / "images"
     labels_dir = layout.yolo_dir / "labels"
     for image, label_path in zip(exported, label_paths, strict=True):
         materialize_image(
             local_source(image.source_uri, layout.root),
-            image_destination(images_dir, image.relative_path),
+            image_destination(images_dir, image.export_path),
             orientation=image.orientation,
         )
         lines = labels_to_yolo_lines(

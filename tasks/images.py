@@ -4,6 +4,12 @@ Ingest yields references (paths), never pixels; decoding happens inside the labe
 task, a few images ahead of the model on background threads. A file that cannot be
 decoded becomes a skipped ImageRecord with a reason the user can act on; it never stops
 the run.
+
+A file is judged by its first bytes before it is read whole: one that no image format
+recognises, or one over ``AUTOLABEL_MAX_IMAGE_BYTES`` (512 MiB by default), is skipped
+without being read, so a 3 GB file named ``x.jpg`` costs a few bytes of I/O, not 3 GB
+of memory. PIL's decompression-bomb pixel limit applies on top, before pixels are
+allocated.
 """
 
 from __future__ import annotations
@@ -27,6 +33,9 @@ from tasks.labels import ImageRecord
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 )
+MAX_IMAGE_BYTES_ENV = "AUTOLABEL_MAX_IMAGE_BYTES"
+DEFAULT_MAX_IMAGE_BYTES = 512 * 1024**2
+_HEAD_BYTES = 64  # enough for every signature below
 _EXIF_ORIENTATION = 0x0112
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Leading bytes of the formats we accept, to tell "corrupt PNG" from "not an image".
@@ -128,8 +137,9 @@ def file_content_id(path: str | Path) -> str | None:
     """
     path = Path(path)
     try:
-        if not stat.S_ISREG(path.stat().st_mode):
-            return None
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode) or info.st_size > max_image_bytes():
+            return None  # skipped when decoded, never charged: not worth reading
         digest = hashlib.sha256()
         with path.open("rb") as file:
             while block := file.read(1 << 20):
@@ -171,15 +181,19 @@ def decode_image(ref: ImageRef) -> DecodedImage | ImageRecord:
     if path.is_symlink() and not path.exists():
         return skipped("broken symbolic link")
     try:
-        mode = path.stat().st_mode
+        info = path.stat()
     except OSError as error:
         return skipped(f"cannot read file: {error.strerror or error}")
+    mode = info.st_mode
     if stat.S_ISDIR(mode):
         return skipped("a folder, not an image file")
     if not stat.S_ISREG(mode):
         # A FIFO or device would block or never end when read.
         return skipped("not a regular file (pipe, socket or device)")
     try:
+        problem = file_problem(path, info.st_size)
+        if problem:
+            return skipped(problem)
         data = path.read_bytes()
     except OSError as error:
         return skipped(f"cannot read file: {error.strerror or error}")
@@ -209,6 +223,59 @@ def decode_image(ref: ImageRef) -> DecodedImage | ImageRecord:
         orientation=orientation,
     )
     return DecodedImage(record, image)
+
+
+def max_image_bytes() -> int:
+    """The largest file read as an image: ``AUTOLABEL_MAX_IMAGE_BYTES``, else 512 MiB.
+
+    A value that is not a positive whole number of bytes is ignored (the default
+    applies): a typo must not make every image "too large".
+    """
+    value = os.environ.get(MAX_IMAGE_BYTES_ENV, "").strip().replace("_", "")
+    try:
+        limit = int(value)
+    except ValueError:
+        return DEFAULT_MAX_IMAGE_BYTES
+    return limit if limit > 0 else DEFAULT_MAX_IMAGE_BYTES
+
+
+def file_problem(path: str | Path, size: int) -> str | None:
+    """Why a regular file of ``size`` bytes is not worth reading whole, else None.
+
+    Only its first bytes are read (and, for a format without a signature listed
+    here, the header PIL parses when it opens a file lazily): an empty file, a file
+    no image format recognises, or one over ``max_image_bytes()``.
+
+    Raises:
+        OSError: If the file cannot be opened or read.
+    """
+    if size == 0:
+        return "empty file (0 bytes)"
+    with Path(path).open("rb") as file:
+        head = file.read(_HEAD_BYTES)
+        if not head:
+            return "empty file (0 bytes)"
+        if _sniff_format(head) is None and not _pil_recognises(file):
+            return "not an image (unrecognised format)"
+    limit = max_image_bytes()
+    if size > limit:
+        return (
+            f"file too large: {size / 2**20:.1f} MiB ({size} bytes), over the limit "
+            f"of {limit} bytes ({MAX_IMAGE_BYTES_ENV} raises it)"
+        )
+    return None
+
+
+def _pil_recognises(file) -> bool:
+    """Whether PIL identifies an open file's format from its header (lazy open)."""
+    file.seek(0)
+    try:
+        with Image.open(file):
+            return True
+    except UnidentifiedImageError:
+        return False
+    except Exception:  # noqa: BLE001 - recognised but odd: decoding says what is wrong
+        return True
 
 
 class _TooLarge(ValueError):

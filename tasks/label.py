@@ -22,7 +22,9 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field
 
+from model_loaders.batching import UnusableImagesError
 from model_loaders.cache import get_model
+from model_loaders.ontology import Ontology
 from tasks import progress
 from tasks.credits import CreditAccount
 from tasks.images import DecodedImage, ImageRef, decode_with_prefetch, file_stamp
@@ -210,7 +212,9 @@ def predict_labels(
 
     The one labeling loop of the batch and of the preview: they differ only in the floor
     and in ``keep`` (the batch applies thresholds and NMS, the preview keeps every
-    candidate). Returns the label rows and a record per image, skipped ones included.
+    candidate). Returns the label rows and a record per image, skipped ones included:
+    an image the model cannot take (see ``predict_usable``) is skipped with its reason
+    and the rest of its window is labeled as if it had not been there.
     """
     model = get_model(settings.model)
     window_size = (
@@ -221,12 +225,22 @@ def predict_labels(
     stream = decode_with_prefetch(refs, lookahead=window_size)
     while window := list(itertools.islice(stream, window_size)):
         readable = [item for item in window if isinstance(item, DecodedImage)]
-        predictions = model.predict(
+        predictions, unusable = predict_usable(
+            model,
             [item.image for item in readable],
             settings.ontology,
             confidence_floor=confidence_floor,
         )
-        for item, detections in zip(readable, predictions, strict=True):
+        for position, (item, detections) in enumerate(
+            zip(readable, predictions, strict=True)
+        ):
+            if detections is None:  # the model cannot take it: skipped, with why
+                item.record = ImageRecord(
+                    item.record.source_uri,
+                    item.record.relative_path,
+                    skipped_reason=unusable[position],
+                )
+                continue
             columns.append(
                 label_columns(
                     keep(detections),
@@ -241,6 +255,82 @@ def predict_labels(
         if on_window is not None:
             on_window(len(window))
     return columns_to_frame(columns), records
+
+
+def predict_usable(
+    model,
+    images: Sequence,
+    ontology: Ontology,
+    *,
+    confidence_floor: float,
+) -> tuple[list[sv.Detections | None], dict[int, str]]:
+    """``model.predict`` on ``images``, leaving out any image the model cannot take.
+
+    Returns one Detections per image (None for an image left out) and, by position,
+    why each was left out. A backend names unusable images itself by raising
+    ``UnusableImagesError`` before any forward pass (an image its processor cannot
+    resize); they are dropped and the others predicted again. Any other error of a
+    call with several images is narrowed down by predicting them one at a time; if
+    no image works alone either, the fault is the model's, not the images', and the
+    error is raised. Labels never depend on batch mates (no padding), so the
+    images kept get the labels they would have had anyway.
+    """
+    reasons: dict[int, str] = {}
+    remaining = list(range(len(images)))
+    while remaining:
+        try:
+            predictions = model.predict(
+                [images[i] for i in remaining],
+                ontology,
+                confidence_floor=confidence_floor,
+            )
+        except UnusableImagesError as error:
+            dropped = {
+                p: r for p, r in error.reasons.items() if 0 <= p < len(remaining)
+            }
+            if not dropped:
+                raise
+            reasons.update({remaining[p]: r for p, r in dropped.items()})
+            remaining = [i for p, i in enumerate(remaining) if p not in dropped]
+            continue
+        except Exception:
+            if len(remaining) < 2:
+                raise
+            return _predict_one_by_one(
+                model, images, remaining, ontology, confidence_floor, reasons
+            )
+        found = dict(zip(remaining, predictions, strict=True))
+        return [found.get(i) for i in range(len(images))], reasons
+    return [None] * len(images), reasons
+
+
+def _predict_one_by_one(
+    model,
+    images: Sequence,
+    indices: list[int],
+    ontology: Ontology,
+    confidence_floor: float,
+    reasons: dict[int, str],
+) -> tuple[list[sv.Detections | None], dict[int, str]]:
+    """Each image of ``indices`` predicted alone, to find which one fails the call."""
+    found: dict[int, sv.Detections] = {}
+    failures: list[Exception] = []
+    for index in indices:
+        try:
+            (found[index],) = model.predict(
+                [images[index]], ontology, confidence_floor=confidence_floor
+            )
+        except UnusableImagesError as error:
+            reasons[index] = next(iter(error.reasons.values()), str(error))
+        except Exception as error:  # noqa: BLE001 - one image must not fail the rest
+            failures.append(error)
+            detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            reasons[index] = (
+                f"the model failed on this image: {type(error).__name__}: {detail}"
+            )[:500]
+    if failures and not found:
+        raise failures[0]  # no image works alone: a model problem, not an image's
+    return [found.get(i) for i in range(len(images))], reasons
 
 
 def _result_from_shard(key: str, labels_path: Path, images_path: Path) -> ChunkResult:

@@ -199,10 +199,18 @@ def test_roboflow_multi_label_refuses_a_comma_in_a_class_name(tmp_path: Path):
         )
 
 
-def test_roboflow_refuses_two_images_flattening_to_one_name(tmp_path: Path) -> None:
+def test_roboflow_renames_the_second_of_two_images_flattening_to_one_name(
+    tmp_path: Path,
+) -> None:
+    # Changed with issue 14: this used to be refused (ValueError "flatten").
     layout = write_classification_folder(
         tmp_path, {"a/x.jpg": [("cat", 0.9)], "a__x.jpg": [("dog", 0.8)]}
     )
 
-    with pytest.raises(ValueError, match="flatten"):
-        write_roboflow_classification(layout, CLASSIFICATION_NAMES, multi_label=False)
+    root = write_roboflow_classification(
+        layout, CLASSIFICATION_NAMES, multi_label=False
+    )
+
+    # "a/x.jpg" sorts first ('/' < '_') and keeps the flat name; "a__x.jpg" gets
+    # the hash of its relative path.
+    assert _files(root) == ["train/cat/a__x.jpg", "train/dog/a__x-9a1a255d.jpg"]

@@ -122,7 +122,11 @@ def test_supervision_reads_back_the_parquet_boxes(tmp_path: Path) -> None:
         np.testing.assert_array_equal(class_id, expected_class_id)
 
 
-def test_images_sharing_a_stem_in_one_folder_are_refused(tmp_path: Path) -> None:
+def test_images_sharing_a_stem_in_one_folder_get_their_own_label_files(
+    tmp_path: Path,
+) -> None:
+    # Changed with issue 14: this used to be refused (ValueError naming x.txt), which
+    # failed a run after labeling and charging.
     source_root = tmp_path / "source"
     layout = OutputLayout(tmp_path / "out")
     twins = [
@@ -134,6 +138,13 @@ def test_images_sharing_a_stem_in_one_folder_are_refused(tmp_path: Path) -> None
     records = [record_of(image, source_root) for image in twins]
     write_shard(layout, "one", label_frame(twins[0], records[0]), records, "run-1")
 
-    with pytest.raises(ValueError, match="x.txt"):
-        write_yolo(layout, CLASS_NAMES)
-    assert not layout.yolo_dir.exists()
+    data_yaml = write_yolo(layout, CLASS_NAMES)
+
+    # x.jpg sorts first and keeps its name; x.png gets its relative path's hash.
+    renamed = "x-3910c650"
+    images = sorted(p.name for p in (layout.yolo_dir / "images").iterdir())
+    assert images == [f"{renamed}.png", "x.jpg"]
+    labels = sorted(p.name for p in (layout.yolo_dir / "labels").iterdir())
+    assert labels == [f"{renamed}.txt", "x.txt"]
+    _, found = read_yolo_tree(data_yaml)
+    assert sorted(found) == [f"{renamed}.png", "x.jpg"]
