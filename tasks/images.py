@@ -257,6 +257,11 @@ def file_problem(path: str | Path, size: int) -> str | None:
             return "empty file (0 bytes)"
         if _sniff_format(head) is None and not _pil_recognises(file):
             return "not an image (unrecognised format)"
+    return size_problem(size)
+
+
+def size_problem(size: int) -> str | None:
+    """Why a file of ``size`` bytes is not read as an image (over the cap), if so."""
     limit = max_image_bytes()
     if size > limit:
         return (

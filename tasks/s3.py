@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.images import IMAGE_SUFFIXES, ImageRef, SourceError
+from tasks.images import IMAGE_SUFFIXES, ImageRef, SourceError, size_problem
 from tasks.out_lock import LOCK_NAME
 from tasks.video import VIDEO_SUFFIXES
 
@@ -112,6 +112,11 @@ def fetch(uri: str, cache_dir: Path, *, client) -> Path:
     if path.exists():
         return path
     location = S3Location.parse(uri)
+    # The size first: an object over the cap is never downloaded (see size_problem).
+    size = client.head_object(Bucket=location.bucket, Key=location.key)["ContentLength"]
+    problem = size_problem(size)
+    if problem:
+        raise ValueError(problem)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".part")
     client.download_file(location.bucket, location.key, str(partial))

@@ -58,6 +58,18 @@ def test_fetch_caches_under_hashed_names_whatever_the_key(client, tmp_path):
     assert not (tmp_path / "escape.jpg").exists()
 
 
+def test_an_object_over_the_size_cap_is_never_downloaded(client, tmp_path, monkeypatch):
+    client.create_bucket(Bucket="big")
+    client.put_object(Bucket="big", Key="small.jpg", Body=_jpeg())
+    client.put_object(Bucket="big", Key="huge.jpg", Body=b"\xff\xd8" + b"0" * 4096)
+    monkeypatch.setenv("AUTOLABEL_MAX_IMAGE_BYTES", "1024")
+    cache = tmp_path / "cache"
+    assert fetch("s3://big/small.jpg", cache, client=client).is_file()
+    with pytest.raises(ValueError, match="file too large"):
+        fetch("s3://big/huge.jpg", cache, client=client)
+    assert len(list((cache / "s3").iterdir())) == 1  # nothing of the big one
+
+
 def test_a_missing_bucket_is_a_clear_source_error(client):
     with pytest.raises(SourceError, match="cannot list s3://nope/"):
         list_images("s3://nope/x", client=client)
