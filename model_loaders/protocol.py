@@ -28,7 +28,6 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, model_validator
 
 from model_loaders.backends import (
-    BACKENDS,
     CLASSIFICATION_TASKS,
     DEFAULT_CLIP_MODEL,
     DEFAULT_CLIP_PRETRAINED,
@@ -39,6 +38,7 @@ from model_loaders.backends import (
     GroundingDinoOptions,
     Task,
     backend_for_task,
+    backend_info,
 )
 from model_loaders.ontology import Ontology
 
@@ -123,10 +123,7 @@ class ModelSpec(BaseModel):
             data["backend"] = _default_backend(
                 data.get("model"), given.get("architecture"), task
             )
-        backend = BACKENDS.get(data["backend"])
-        if backend is None:  # a backend registered elsewhere (tests): no options
-            data["options"] = BackendOptions()
-            return data
+        backend = backend_info(data["backend"])  # UnknownBackendError: a ValueError
         if task not in backend.tasks:
             raise ValueError(
                 f"backend {data['backend']} cannot do task {task}; it does "
