@@ -33,7 +33,6 @@ from cli.settings import (
     account_or_exit,
     batch_settings,
     out_lock_or_exit,
-    preflight_or_exit,
 )
 
 
@@ -151,11 +150,11 @@ def label_sharded(
         fail("set PREFECT_API_URL to the server your workers poll")
     out = out.resolve()
     source = _worker_path(source)
-    account = account_or_exit(credits, out=out, source=source, settings=settings)
-    preflight_or_exit(
-        source=source,
+    account = account_or_exit(
+        credits,
         out=out,
-        ledger=account.ledger_path,
+        source=source,
+        settings=settings,
         upload_to=output.upload_to,
     )
 
@@ -176,6 +175,7 @@ def label_sharded(
             quality=output.quality,
             sources=sources.options(),
             upload_to=output.upload_to,
+            splits=output.splits(),
             max_attempts=max_attempts,
             shard_timeout_s=shard_timeout,
             stale_after_s=stale_after,

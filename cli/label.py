@@ -29,7 +29,6 @@ from cli.settings import (
     account_or_exit,
     batch_settings,
     out_lock_or_exit,
-    preflight_or_exit,
     warm_model_or_exit,
 )
 from clients.roboflow import RoboflowAccessError
@@ -64,12 +63,10 @@ def label(
     settings = batch_settings(source, out, classes, model, output, credits)
     local_out = staging_folder(out) if is_s3(out) else Path(out)
     account = account_or_exit(
-        credits, out=local_out, source=canonical_source(source), settings=settings
-    )
-    preflight_or_exit(
-        source=source,
+        credits,
         out=local_out,
-        ledger=account.ledger_path,
+        source=canonical_source(source),
+        settings=settings,
         upload_to=output.upload_to,
     )
     from flows.label import label_images
@@ -89,6 +86,7 @@ def label(
                 quality=output.quality,
                 sources=sources.options(),
                 upload_to=output.upload_to,
+                splits=output.splits(),
             )
     raise typer.Exit(report_run(summary, out))
 

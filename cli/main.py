@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from cli import deploy, label, preview, run, ui
+from cli import deploy, evaluate, label, preview, run, ui
 from cli.output import EXIT_FAILED, debugging, print_error
 
 app = typer.Typer(
@@ -49,6 +49,7 @@ app.command()(run.approve)
 app.command("notify-upload")(deploy.notify_upload)
 app.command("label-sharded")(deploy.label_sharded)
 app.command()(ui.ui)
+app.command()(evaluate.evaluate)
 
 
 def console_script() -> None:

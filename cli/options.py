@@ -24,6 +24,7 @@ import typer
 
 from model_loaders.protocol import DEFAULT_PROMPT_TEMPLATE
 from tasks.sources import SourceOptions
+from tasks.splits import Splits
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -148,15 +149,17 @@ class ModelChoices:
     task: Annotated[
         str,
         typer.Option(
-            help="detect, segment (Grounded SAM), classify or classify-multi."
+            help="detect, segment (Grounded SAM, or SAM 3 with a SAM 3 --model), "
+            "classify or classify-multi."
         ),
     ] = "detect"
     model: ModelOption = None
     backend: Annotated[
         str | None,
         typer.Option(
-            help="grounding_dino, grounded_sam, clip, trained (Hugging Face detector "
-            "folder), torchvision or roboflow; default: from --task and --model."
+            help="grounding_dino, grounded_sam, sam3, clip, trained (Hugging Face "
+            "detector folder), torchvision or roboflow; default: from --task and "
+            "--model (a model folder's config.json names SAM 3 or a trained detector)."
         ),
     ] = None
     device: DeviceOption = "auto"
@@ -169,6 +172,12 @@ class ModelChoices:
     ] = "joint"
     sam_checkpoint: SamCheckpointOption = None
     sam_model_type: SamModelTypeOption = "vit_h"
+    mask_threshold: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0, max=1.0, help="SAM 3: mask probability threshold (default 0.5)."
+        ),
+    ] = None
     pretrained: PretrainedOption = None
     prompt_template: Annotated[
         str,
@@ -199,22 +208,16 @@ class ModelChoices:
 
     def spec_fields(self, dataset: str | None = None) -> dict[str, Any]:
         """The ModelSpec fields these options give (None: not given, so the spec's
-        default, which may follow the task, applies)."""
-        return dict(
-            task=self.task,
-            model=self.model,
-            backend=self.backend,
-            device=self.device,
-            dtype=self.dtype,
-            batch_size=self.batch_size,
-            prompt_mode=self.prompt_mode,
-            sam_checkpoint=self.sam_checkpoint,
-            sam_model_type=self.sam_model_type,
-            pretrained=self.pretrained,
-            prompt_template=self.prompt_template,
-            class_map=tuple(self.map_) if self.map_ else None,
-            architecture=self.torchvision_arch,
-            class_names=str(self.class_names) if self.class_names else None,
+        default, which may follow the task, applies). Options are named as their
+        fields, but for the three renamed in ``FLAGS`` and the class names file."""
+        fields = dataclasses.asdict(self)
+        class_map = fields.pop("map_")
+        class_names = fields.pop("class_names")
+        architecture = fields.pop("torchvision_arch")
+        return fields | dict(
+            class_map=tuple(class_map) if class_map else None,
+            architecture=architecture,
+            class_names=str(class_names) if class_names else None,
             dataset=dataset,
         )
 
@@ -244,6 +247,17 @@ class OutputChoices:
             help="roboflow://WORKSPACE/PROJECT: re-upload images + labels there."
         ),
     ] = None
+    split: Annotated[
+        str | None,
+        typer.Option(
+            help="train=0.8,val=0.1,test=0.1: the exports' splits, by image content "
+            "(default: all in train, plus a 10% val split for YOLO and class folders)."
+        ),
+    ] = None
+
+    def splits(self) -> Splits | None:
+        """``--split`` parsed (None: the default); raises SplitError."""
+        return Splits.parse(self.split) if self.split else None
 
 
 def inherited(group: type) -> type:

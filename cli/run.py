@@ -49,12 +49,12 @@ from cli.settings import (
     account_or_exit,
     batch_settings,
     out_lock_or_exit,
-    preflight_or_exit,
     warm_model_or_exit,
 )
 from tasks.preview import DEFAULT_SAMPLE_SIZE
 from tasks.settings import LabelSettings, SettingsError, choice, with_runtime
 from tasks.sources import canonical_source
+from tasks.splits import SplitError
 from tasks.thresholds import ThresholdError, parse_threshold_options
 
 
@@ -103,12 +103,10 @@ def run(
     else:
         settings = batch_settings(source, str(out), classes, model, output, credits)
     account = account_or_exit(
-        credits, out=out, source=canonical_source(source), settings=settings
-    )
-    preflight_or_exit(
-        source=source,
+        credits,
         out=out,
-        ledger=account.ledger_path,
+        source=canonical_source(source),
+        settings=settings,
         upload_to=output.upload_to,
     )
     if not reuse_approved:
@@ -137,6 +135,7 @@ def run(
                 credits=account,
                 quality=output.quality,
                 upload_to=output.upload_to,
+                splits=output.splits(),
                 return_state=True,
             )
         except KeyboardInterrupt:
@@ -212,8 +211,9 @@ def _approved_settings(
 ) -> LabelSettings:
     from tasks.approval import ApprovalError, load_approved
 
-    with exit_on(ApprovalError, SettingsError, code=EXIT_USAGE):
+    with exit_on(ApprovalError, SettingsError, SplitError, code=EXIT_USAGE):
         choice("--quality", output.quality)
+        output.splits()
         approved = load_approved(out)
     console.print(
         f"Reusing the settings {shown(approved.approved_by)} approved on "

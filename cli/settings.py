@@ -21,6 +21,7 @@ from tasks.settings import (
     credit_account,
     labeled_dataset,
 )
+from tasks.splits import SplitError
 
 
 def batch_settings(
@@ -34,8 +35,9 @@ def batch_settings(
     """The settings of a labeling batch, every option checked (exit 2 on the first
     bad one) before anything heavy is loaded."""
     dataset = labeled_dataset(credits.dataset, output.upload_to, source)
-    with exit_on(SettingsError, code=EXIT_USAGE):
+    with exit_on(SettingsError, SplitError, code=EXIT_USAGE):
         choice("--quality", output.quality)
+        output.splits()
         settings = build_settings(
             classes=classes.classes or [],
             ontology_file=classes.ontology,
@@ -50,11 +52,18 @@ def batch_settings(
 
 
 def account_or_exit(
-    credits: CreditChoices, *, out: str | Path, source: str, settings: LabelSettings
+    credits: CreditChoices,
+    *,
+    out: str | Path,
+    source: str,
+    settings: LabelSettings,
+    upload_to: str | None,
 ) -> CreditAccount:
-    """Who pays for the run: every labeling run is metered (test results never are)."""
+    """Who pays for the batch (every labeling run is metered; test results never
+    are), once the source, output folder, ledger and upload target are checked
+    (``preflight_or_exit``)."""
     with exit_on(SettingsError, code=EXIT_USAGE):
-        return credit_account(
+        account = credit_account(
             out=out,
             source=source,
             settings=settings,
@@ -63,6 +72,10 @@ def account_or_exit(
             dataset=credits.dataset,
             max_credits=credits.max_credits,
         )
+    preflight_or_exit(
+        source=source, out=out, ledger=account.ledger_path, upload_to=upload_to
+    )
+    return account
 
 
 def warm_model_or_exit(spec: ModelSpec) -> None:

@@ -23,6 +23,7 @@ from tasks.preview_report import PreviewSummary, show_preview_task
 from tasks.report import RunSummary
 from tasks.settings import LabelSettings
 from tasks.sources import SourceOptions
+from tasks.splits import Splits
 
 DEFAULT_APPROVAL_TIMEOUT = 3600
 
@@ -48,6 +49,7 @@ def autolabel(
     quality: Literal["warn", "fail"] = "warn",
     sources: SourceOptions | None = None,
     upload_to: str | None = None,
+    splits: Splits | None = None,
 ) -> RunSummary | State:
     """Preview, wait for approval, label; returns the batch's summary.
 
@@ -70,6 +72,8 @@ def autolabel(
         quality: warn: quality failures are reported; fail: they fail the run.
         sources: How to reach the source (S3 endpoint, video frames per second).
         upload_to: roboflow://WORKSPACE/PROJECT to re-upload the labeled batch to.
+        splits: Train/val/test fractions for the exports (by image content hash);
+            empty: everything in train, plus a val split where a format needs one.
     """
     if reuse_approved:
         approved = load_approved_task(out, settings)
@@ -81,6 +85,7 @@ def autolabel(
             quality=quality,
             sources=sources,
             upload_to=upload_to,
+            splits=splits,
         )
     if settings is None:
         raise ValueError("settings are required unless reuse_approved is set")
@@ -132,6 +137,7 @@ def autolabel(
         quality=quality,
         sources=sources,
         upload_to=upload_to,
+        splits=splits,
     )
 
 

@@ -17,6 +17,7 @@ from tasks.approval import approved_settings_task
 from tasks.report import RunSummary
 from tasks.settings import LabelSettings
 from tasks.sources import SourceOptions
+from tasks.splits import Splits
 
 
 @flow(
@@ -31,6 +32,7 @@ def export_upload(
     settings: LabelSettings | None = None,
     quality: Literal["warn", "fail"] = "warn",
     sources: SourceOptions | None = None,
+    splits: Splits | None = None,
 ) -> RunSummary:
     """Export, check and upload the labels in ``out``.
 
@@ -42,6 +44,8 @@ def export_upload(
         settings: The classes to export; empty: those of out/approved.json.
         quality: warn: quality failures are reported; fail: they fail the run.
         sources: The S3-compatible endpoint of ``destination``, if not AWS.
+        splits: Train/val/test fractions for the exports (by image content hash);
+            empty: everything in train, plus a val split where a format needs one.
     """
     if settings is None:
         settings = approved_settings_task(out)
@@ -53,4 +57,5 @@ def export_upload(
         quality=quality,
         sources=sources,
         upload_to=upload_to,
+        splits=splits,
     )

@@ -17,6 +17,7 @@ from tasks.export_classification import (
     export_roboflow_classification_task,
 )
 from tasks.export_coco import export_coco_task
+from tasks.export_voc import export_voc_task
 from tasks.export_yolo import export_yolo_task
 from tasks.label import (
     Chunk,
@@ -32,6 +33,7 @@ from tasks.roboflow_upload import upload_to_roboflow_task
 from tasks.s3 import is_s3, staging_folder, upload_outputs_task
 from tasks.settings import LabelSettings
 from tasks.sources import SourceOptions
+from tasks.splits import Splits
 
 
 @flow(
@@ -47,6 +49,7 @@ def label_images(
     upload_to: str | None = None,
     selection: ImageSelection | None = None,
     shard: tuple[int, int] | None = None,
+    splits: Splits | None = None,
 ) -> RunSummary | None:
     """Label every image under ``source`` with ``settings``; write everything under
     ``out``.
@@ -66,6 +69,8 @@ def label_images(
         shard: (index, count): label only every count-th chunk from index, for a parent
             flow that fans a batch out to several workers; the parent then exports and
             reports, so a shard run returns None.
+        splits: Train/val/test fractions for the exports (by image content hash);
+            empty: everything in train, plus a val split where a format needs one.
     """
     run_id = flow_run.get_id() or "local"
     destination, out = out, str(staging_folder(out)) if is_s3(out) else out
@@ -87,6 +92,7 @@ def label_images(
         sources=sources,
         upload_to=upload_to,
         budget_stop=budget_stop,
+        splits=splits,
     )
 
 
@@ -102,6 +108,7 @@ def finish_run(
     upload_to: str | None = None,
     budget_stop: str | None = None,
     charged_runs: list[str] | None = None,
+    splits: Splits | None = None,
 ) -> RunSummary:
     """Everything after labeling: exports, quality checks, upload, credits, report.
 
@@ -109,7 +116,7 @@ def finish_run(
     (``charged_runs``: the shard runs, whose charges the report counts as the run's).
     """
     layout = OutputLayout(out)
-    _export(layout, settings)
+    _export(layout, settings, splits or Splits())
     checks = quality_check_task(out, settings, policy=quality)
     uploaded = None
     if upload_to:
@@ -132,9 +139,10 @@ def finish_run(
     return summary
 
 
-def _export(layout: OutputLayout, settings: LabelSettings) -> None:
-    """The exports that fit the task: COCO + YOLO for boxes and masks; a class table,
-    per-class folders (single-label) and Roboflow's upload layout for classification."""
+def _export(layout: OutputLayout, settings: LabelSettings, splits: Splits) -> None:
+    """The exports that fit the task, each split by ``splits``: COCO, YOLO and Pascal
+    VOC for boxes and masks; a class table, per-class folders (single-label) and
+    Roboflow's upload layout for classification."""
     names, task = settings.ontology.class_names, settings.model.task
     if task in CLASSIFICATION_TASKS:
         export_class_table_task(layout, names)
@@ -142,8 +150,9 @@ def _export(layout: OutputLayout, settings: LabelSettings) -> None:
             export_class_folders_task(layout, names)
         export_roboflow_classification_task(layout, names, task == "classify-multi")
     else:
-        export_coco_task(layout, names)
-        export_yolo_task(layout, names)
+        export_coco_task(layout, names, splits)
+        export_yolo_task(layout, names, splits)
+        export_voc_task(layout, names, splits)
 
 
 def _label_chunks(

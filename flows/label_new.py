@@ -18,6 +18,7 @@ from tasks.approval import approved_settings_task
 from tasks.label import ImageSelection
 from tasks.report import RunSummary
 from tasks.sources import SourceOptions
+from tasks.splits import Splits
 from tasks.upload_events import dataset_account, dataset_lock_task, wanted_images_task
 
 
@@ -38,6 +39,7 @@ def label_new_uploads(
     max_credits: float | None = None,
     quality: Literal["warn", "fail"] = "warn",
     sources: SourceOptions | None = None,
+    splits: Splits | None = None,
 ) -> RunSummary:
     """Label the images of ``source`` not in ``out`` yet, with its approved settings.
 
@@ -59,6 +61,8 @@ def label_new_uploads(
         max_credits: Stop before this run would charge more credits; empty: no cap.
         quality: warn: quality failures are reported; fail: they fail the run.
         sources: How to reach an S3-compatible store; the frame rate for videos.
+        splits: Train/val/test fractions for the exports (by image content hash);
+            empty: everything in train, plus a val split where a format needs one.
     """
     settings = approved_settings_task(
         out, device=device, batch_size=batch_size, chunk_size=chunk_size
@@ -74,4 +78,5 @@ def label_new_uploads(
             quality=quality,
             sources=sources,
             selection=ImageSelection(only_new=True, images=wanted),
+            splits=splits,
         )

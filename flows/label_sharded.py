@@ -27,6 +27,7 @@ from tasks.shards import (
     shared_budget_task,
 )
 from tasks.sources import SourceOptions
+from tasks.splits import Splits
 
 
 @flow(
@@ -49,6 +50,7 @@ def label_sharded(
     shard_timeout_s: float = 6 * 3600.0,
     stale_after_s: float = 600.0,
     poll_interval_s: float = 5.0,
+    splits: Splits | None = None,
 ) -> RunSummary:
     """Label ``source`` into ``out`` with ``shards`` runs of ``deployment``.
 
@@ -71,6 +73,8 @@ def label_sharded(
         stale_after_s: A shard run with no heartbeat or event for this long is
             marked Crashed and started again (its worker died).
         poll_interval_s: Seconds between checks on the shard runs.
+        splits: Train/val/test fractions for the exports (by image content hash);
+            empty: everything in train, plus a val split where a format needs one.
     """
     if shards < 1 or max_attempts < 1:
         raise ValueError("shards and max_attempts must be at least 1")
@@ -113,4 +117,5 @@ def label_sharded(
         upload_to=upload_to,
         budget_stop=budget_stop,
         charged_runs=[str(run) for record in records for run in record.runs],
+        splits=splits,
     )

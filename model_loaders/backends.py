@@ -12,7 +12,9 @@ everything else from the row.
 from __future__ import annotations
 
 import importlib
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -28,6 +30,7 @@ DEFAULT_GROUNDING_DINO = "IDEA-Research/grounding-dino-tiny"
 DEFAULT_CLIP_MODEL = "ViT-B-32"
 DEFAULT_CLIP_PRETRAINED = "laion2b_s34b_b79k"
 DEFAULT_PROMPT_TEMPLATE = "a photo of a {}"
+DEFAULT_SAM3 = "facebook/sam3"
 
 SamModelType = Literal["vit_b", "vit_l", "vit_h", "vit_tiny", "vit_mid"]
 
@@ -60,6 +63,18 @@ class GroundedSamOptions(GroundingDinoOptions):
         "vit_h",
         description="segment: SAM architecture of the checkpoint: vit_b, vit_l or "
         "vit_h (vit_tiny / vit_mid: small test and benchmark architectures).",
+    )
+
+
+class Sam3Options(BackendOptions):
+    """SAM 3: boxes and masks from one model, one text prompt per description."""
+
+    mask_threshold: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="segment: SAM 3 mask probability at or below which a pixel is "
+        "outside the mask.",
     )
 
 
@@ -160,6 +175,12 @@ BACKENDS: dict[str, Backend] = {
         DEFAULT_GROUNDING_DINO,
         default_for=frozenset({"segment"}),
     ),
+    "sam3": Backend(
+        "model_loaders.sam3:Sam3Backend",
+        frozenset({"detect", "segment"}),
+        Sam3Options,
+        DEFAULT_SAM3,
+    ),
     "clip": Backend(
         "model_loaders.clip:ClipModel",
         CLASSIFICATION_TASKS,
@@ -226,3 +247,31 @@ def backend_class(name: str) -> type[LabelingModel]:
         raise ModelLoadError(str(error)) from None
     module_name, _, class_name = target.partition(":")
     return getattr(importlib.import_module(module_name), class_name)
+
+
+def backend_for_folder(model: str | None) -> str | None:
+    """The backend a local model folder's ``config.json`` names, if it names one.
+
+    ``model_type`` sam3 is SAM 3; any other architecture ending in ForObjectDetection
+    (DETR, RT-DETR, D-FINE, ...) is a detector trained on the user's classes. Grounding
+    DINO folders, folders without a config and Hub ids give None: the task decides.
+    Only config.json is read (no transformers import), so a spec stays cheap to build.
+    """
+    if not model or "://" in model:
+        return None
+    config_file = Path(model).expanduser() / "config.json"
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    model_type = str(config.get("model_type", ""))
+    if model_type.startswith("sam3"):
+        return "sam3"
+    if model_type in ("grounding-dino", "mm-grounding-dino"):
+        return None
+    architectures = config.get("architectures") or []
+    if any(str(a).endswith("ForObjectDetection") for a in architectures):
+        return "trained"
+    return None

@@ -37,6 +37,7 @@ from model_loaders.backends import (
     BackendOptions,
     GroundingDinoOptions,
     Task,
+    backend_for_folder,
     backend_for_task,
     backend_info,
 )
@@ -151,12 +152,13 @@ class ModelSpec(BaseModel):
 
 def _default_backend(model: str | None, architecture: str | None, task: str) -> str:
     """The backend ``model`` and ``task`` imply: a Roboflow-hosted model, a
-    torchvision state dict, or the task's foundation model."""
+    torchvision state dict, what a model folder's config names (SAM 3, a trained
+    detector), or the task's foundation model."""
     if model and model.startswith("roboflow://"):
         return "roboflow"
     if architecture is not None:
         return "torchvision"
-    return backend_for_task(task)
+    return backend_for_folder(model) or backend_for_task(task)
 
 
 class ModelLoadError(RuntimeError):

@@ -2,27 +2,36 @@
 
 The label table holds one row per (image, class) kept by the thresholds, its box the
 whole image. Three exports read it, all under ``OUT/classification/``:
-- ``folders/<class>/<relative path>``: one folder per class (single-label only), the
-  layout torchvision's ``ImageFolder`` and most training scripts read. Images the
-  thresholds left unlabeled are not in any folder (a folder of its own would read as one
-  more class).
+- ``folders/<split>/<class>/<flat name>`` with ``split`` in ``train``, ``val`` (and
+  ``test`` when asked): Ultralytics' classification layout (it wants ``train/`` and
+  ``val/``), which torchvision's ``ImageFolder`` reads per split. Single-label only.
+  Every class of the ontology has a folder in every split, even an empty one, so the
+  class indices readers derive are the same in every split and every run.
+  ``ImageFolder`` (and Ultralytics) number classes by SORTED folder name, so those
+  indices equal the ontology's class ids only when the names sort in ontology order;
+  ``folders/classes.txt`` lists the classes in ontology order (line i = class id i)
+  for the mapping. An empty class folder needs ``ImageFolder(...,
+  allow_empty=True)``. Images the thresholds left unlabeled are in no folder (a folder
+  of their own would read as one more class).
 - ``labels.csv`` / ``labels.json``: every readable image with its classes and scores
-  (single- or multi-label), unlabeled images with none.
-- ``roboflow/train/...``: what the Roboflow SDK 1.7.3 folder upload
-  (``Workspace.upload_dataset``, ``roboflow.util.folderparser``) reads as
-  classification: single-label ``train/<class>/<image>`` (the class is the image's
-  parent folder name); multi-label ``train/<image>`` plus ``train/_classes.csv``
-  (``filename,<class>,...`` rows of 0/1, matched to images by bare file name). File
-  names are flattened (``a/x.jpg`` -> ``a__x.jpg``) because the parser matches by bare
-  name and reads only the parent folder; two images flattening to one name, and names
-  over 200 bytes, get a short hash suffix (``export_images.unique_export_names``). Its
-  split comes from the path ("valid", "train" or "test" anywhere in it), so an uploader
-  should pass ``split="train"`` explicitly; it ignores .gif and .webp files.
+  (single- or multi-label), unlabeled images with none, and a ``split`` column.
+- ``roboflow/<folder>/...`` with ``train``, ``valid`` (and ``test``): Roboflow's
+  classification export layout, which the Roboflow SDK 1.7.3 folder upload
+  (``Workspace.upload_dataset``, ``roboflow.util.folderparser``) reads back:
+  single-label ``<folder>/<class>/<image>`` (every class folder present), multi-label
+  ``<folder>/<image>`` plus ``<folder>/_classes.csv``: the header
+  ``filename,<class>,...`` (ontology order) and one row of 0/1 per image, matched by
+  bare file name. Roboflow's own files put a space after each header comma; the SDK
+  strips it, pandas does not (without ``skipinitialspace``), so we write none. It
+  ignores .gif and .webp files, so those are left out, with a warning.
 
-Image files are hard links (or upright copies) as in the other exports, named as there
-(the relative path, unless it clashes or is over 200 bytes); a rerun removes
-files that an earlier export placed and this one does not (an image whose class
-changed).
+Splits: ``tasks.splits.Splits.with_val()`` of the given splits (default: train plus a
+10% val), by content hash. File names are flat (``a/x.jpg`` -> ``a__x.jpg``, the rule
+of ``tasks.export_names.flat_export_names``, shared with the YOLO export), recorded
+with the split in ``OUT/export_names.parquet``. Image files are hard links (or
+upright copies) as in the other exports. Each folder export is written into a
+temporary sibling and swapped in at the end, so an image whose class or split
+changed leaves no stale copy behind, and a crash leaves the previous export whole.
 """
 
 from __future__ import annotations
@@ -38,19 +47,20 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.export_images import (
-    image_destination,
-    images_to_export,
+from tasks.export_files import (
     local_source,
     materialize_image,
-    unique_export_names,
+    swapped_in_folder,
     write_text_atomically,
 )
+from tasks.export_images import images_to_export
+from tasks.export_names import write_export_names
 from tasks.labels import OutputLayout, read_images, read_labels
+from tasks.splits import ROBOFLOW_FOLDERS, Splits
 
 logger = logging.getLogger(__name__)
-ROBOFLOW_SPLIT = "train"
 ROBOFLOW_MULTI_LABEL_CSV = "_classes.csv"
+CLASSES_TXT = "classes.txt"  # in folders/: the classes in ontology order
 _ROBOFLOW_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tiff", ".tif"}
 
 
@@ -62,7 +72,8 @@ class ClassifiedImage:
     source_uri: str
     orientation: int
     classes: list[tuple[str, float]]
-    export_path: str = ""  # its path in folder exports; the relative path by default
+    export_path: str = ""  # its file name in folder exports (flat)
+    image_id: str = ""  # the content hash: what its split follows from
 
     def __post_init__(self) -> None:
         if not self.export_path:
@@ -72,14 +83,17 @@ class ClassifiedImage:
 def labels_to_classified_images(
     images: pd.DataFrame, labels: pd.DataFrame, *, class_names: list[str]
 ) -> list[ClassifiedImage]:
-    """Every readable image of the manifest with its classes, by relative path.
+    """Every readable image of the manifest with its classes, by relative path, each
+    with its flat export name (``flat_export_names``).
 
     Raises:
         ValueError: For inconsistent tables (see ``images_to_export``) or an image with
             the same class twice.
     """
     classified = []
-    for image in images_to_export(images, labels, class_names=class_names):
+    for image in images_to_export(
+        images, labels, class_names=class_names, flatten=True
+    ):
         names = image.labels["class_name"].astype(str).tolist()
         if len(set(names)) != len(names):
             raise ValueError(f"{image.relative_path} has a class twice: {names}")
@@ -91,22 +105,27 @@ def labels_to_classified_images(
                 orientation=image.orientation,
                 classes=list(zip(names, scores, strict=True)),
                 export_path=image.export_path,
+                image_id=image.image_id,
             )
         )
     return classified
 
 
 def classified_images_to_csv(
-    classified: list[ClassifiedImage], *, class_names: list[str]
+    classified: list[ClassifiedImage],
+    *,
+    class_names: list[str],
+    splits: Splits | None = None,
 ) -> str:
-    """CSV text: one row per image, the header ``image,classes,<class>,...``.
+    """CSV text: one row per image, the header ``image,classes,<class>,...``, then
+    ``split`` when ``splits`` are given.
 
     ``classes`` joins the image's classes with ';', best first; each class column holds
     the class's score, empty where the image does not have the class.
     """
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["image", "classes", *class_names])
+    writer.writerow(["image", "classes", *class_names, *(["split"] if splits else [])])
     for image in classified:
         scores = dict(image.classes)
         writer.writerow(
@@ -114,6 +133,7 @@ def classified_images_to_csv(
                 image.relative_path,
                 ";".join(name for name, _ in image.classes),
                 *(repr(scores[name]) if name in scores else "" for name in class_names),
+                *([splits.split_of(image.image_id)] if splits else []),
             ]
         )
     return buffer.getvalue()
@@ -141,102 +161,144 @@ def classified_images_to_json(
     }
 
 
-def write_class_table(layout: OutputLayout, class_names: list[str]) -> Path:
-    """Write ``labels.csv`` and ``labels.json``; returns the CSV path."""
+def write_class_table(
+    layout: OutputLayout, class_names: list[str], splits: Splits | None = None
+) -> Path:
+    """Write ``labels.csv`` and ``labels.json``; returns the CSV path.
+
+    With ``splits``, the CSV has a last column ``split`` (train, val or test) and each
+    JSON image a ``split`` key (pass the splits the folder exports used:
+    ``splits.with_val()``).
+    """
     classified = _classified(layout, class_names)
-    write_text_atomically(
-        layout.class_table_json,
-        json.dumps(
-            classified_images_to_json(classified, class_names=class_names), indent=1
-        )
-        + "\n",
-    )
+    table = classified_images_to_json(classified, class_names=class_names)
+    if splits is not None:
+        for entry, image in zip(table["images"], classified, strict=True):
+            entry["split"] = splits.split_of(image.image_id)
+    write_text_atomically(layout.class_table_json, json.dumps(table, indent=1) + "\n")
     write_text_atomically(
         layout.class_table_csv,
-        classified_images_to_csv(classified, class_names=class_names),
+        classified_images_to_csv(classified, class_names=class_names, splits=splits),
     )
     return layout.class_table_csv
 
 
-def write_class_folders(layout: OutputLayout, class_names: list[str]) -> Path:
-    """Place every labeled image under ``folders/<class>/``; returns the folder.
+def write_class_folders(
+    layout: OutputLayout, class_names: list[str], splits: Splits | None = None
+) -> Path:
+    """Place every labeled image under ``folders/<split>/<class>/``; returns
+    ``folders/``.
+
+    Splits are ``splits.with_val()`` (default ``Splits()``: train plus a 10% val).
+    Every class has a folder in every split, and ``folders/classes.txt`` lists the
+    classes in ontology order (see the module docstring on class indices). Also
+    writes ``OUT/export_names.parquet``.
 
     Raises:
         ValueError: If an image has several classes (a multi-label table: use the CSV or
             Roboflow export), or a class name cannot be a folder name.
     """
-    root = layout.class_folders_dir
-    placed: set[Path] = set()
-    for image in _classified(layout, class_names):
+    splits = (splits or Splits()).with_val()
+    folders = [_folder_name(name) for name in class_names]
+    classified = _classified(layout, class_names)
+    for image in classified:
         if len(image.classes) > 1:
             raise ValueError(
                 f"{image.relative_path} has {len(image.classes)} classes: class "
                 "folders hold single-label classifications only"
             )
-        if not image.classes:
-            continue
-        folder = root / _folder_name(image.classes[0][0])
-        destination = image_destination(folder, image.export_path)
-        materialize_image(
-            local_source(image.source_uri, layout.root),
-            destination,
-            orientation=image.orientation,
+    groups = splits.group(classified, image_id=lambda image: image.image_id)
+    with swapped_in_folder(layout.class_folders_dir) as root:
+        for split, images in groups.items():
+            for folder in folders:
+                (root / split / folder).mkdir(parents=True)
+            for image in images:
+                if image.classes:
+                    _place(layout, image, root / split / image.classes[0][0])
+        (root / CLASSES_TXT).write_text(
+            "".join(f"{name}\n" for name in class_names), encoding="utf-8"
         )
-        placed.add(destination)
-    _remove_others(root, placed)
-    return root
+    write_export_names(layout, classified, splits)
+    return layout.class_folders_dir
 
 
 def write_roboflow_classification(
-    layout: OutputLayout, class_names: list[str], *, multi_label: bool
+    layout: OutputLayout,
+    class_names: list[str],
+    *,
+    multi_label: bool,
+    splits: Splits | None = None,
 ) -> Path:
-    """Write the Roboflow SDK's classification folder layout; returns its root.
+    """Write Roboflow's classification layout (``roboflow/train/``, ``valid/``,
+    ``test/``); returns ``roboflow/``.
+
+    Splits are ``splits.with_val()`` (default ``Splits()``: train plus a 10% val),
+    each split's folder present even when empty. Also writes
+    ``OUT/export_names.parquet``.
 
     Raises:
         ValueError: If a single-label table has an image with several classes, or a
             class name cannot be a folder name or CSV header (',' in it).
     """
-    root = layout.roboflow_classification_dir
-    split = root / ROBOFLOW_SPLIT
+    splits = (splits or Splits()).with_val()
+    bad = [c for c in class_names if "," in c]
+    if multi_label and bad:
+        raise ValueError(f"class names with ',' break Roboflow's _classes.csv: {bad}")
+    folders = [] if multi_label else [_folder_name(name) for name in class_names]
     classified = _classified(layout, class_names)
-    names = _flat_names(classified)
-    placed: set[Path] = set()
-    rows = []
-    for image, name in zip(classified, names, strict=True):
-        if PurePosixPath(name).suffix.lower() not in _ROBOFLOW_IMAGE_SUFFIXES:
-            logger.warning("Roboflow's folder upload skips %s: left out", name)
-            continue
-        classes = [class_name for class_name, _ in image.classes]
-        if multi_label:
-            destination = split / name
-            rows.append([name, *("1" if c in classes else "0" for c in class_names)])
-        else:
-            if len(classes) > 1:
+    if not multi_label:
+        for image in classified:
+            if len(image.classes) > 1:
                 raise ValueError(
-                    f"{image.relative_path} has {len(classes)} classes in a "
+                    f"{image.relative_path} has {len(image.classes)} classes in a "
                     "single-label export"
                 )
-            if not classes:
-                continue
-            destination = split / _folder_name(classes[0]) / name
-        materialize_image(
-            local_source(image.source_uri, layout.root),
-            destination,
-            orientation=image.orientation,
-        )
-        placed.add(destination)
-    if multi_label:
-        bad = [c for c in class_names if "," in c]
-        if bad:
-            raise ValueError(
-                f"class names with ',' break Roboflow's _classes.csv: {bad}"
+    uploadable = []
+    for image in classified:
+        if PurePosixPath(image.export_path).suffix.lower() in _ROBOFLOW_IMAGE_SUFFIXES:
+            uploadable.append(image)
+        else:
+            logger.warning(
+                "Roboflow's folder upload skips %s: left out", image.export_path
             )
-        table = split / ROBOFLOW_MULTI_LABEL_CSV
-        lines = [",".join(["filename", *class_names])] + [",".join(r) for r in rows]
-        write_text_atomically(table, "\n".join(lines) + "\n")
-        placed.add(table)
-    _remove_others(root, placed)
-    return root
+    groups = splits.group(uploadable, image_id=lambda image: image.image_id)
+    with swapped_in_folder(layout.roboflow_classification_dir) as root:
+        for split, images in groups.items():
+            folder = root / ROBOFLOW_FOLDERS[split]
+            folder.mkdir()
+            if multi_label:
+                for image in images:
+                    _place(layout, image, folder)
+                (folder / ROBOFLOW_MULTI_LABEL_CSV).write_text(
+                    multi_label_csv(images, class_names=class_names), encoding="utf-8"
+                )
+                continue
+            for name in folders:
+                (folder / name).mkdir()
+            for image in images:
+                if image.classes:
+                    _place(layout, image, folder / image.classes[0][0])
+    write_export_names(layout, classified, splits)
+    return layout.roboflow_classification_dir
+
+
+def multi_label_csv(
+    classified: list[ClassifiedImage], *, class_names: list[str]
+) -> str:
+    """Roboflow's ``_classes.csv``: ``filename,<class>,...`` and a row of 0/1 per image
+    (``1`` where the image has the class), in the given order."""
+    lines = [",".join(["filename", *class_names])]
+    for image in classified:
+        classes = {name for name, _ in image.classes}
+        lines.append(
+            ",".join(
+                [
+                    image.export_path,
+                    *("1" if c in classes else "0" for c in class_names),
+                ]
+            )
+        )
+    return "\n".join(lines) + "\n"
 
 
 def _classified(layout: OutputLayout, class_names: list[str]) -> list[ClassifiedImage]:
@@ -255,41 +317,38 @@ def _folder_name(class_name: str) -> str:
     return class_name
 
 
-def _flat_names(classified: list[ClassifiedImage]) -> list[str]:
-    """Bare file names (``a/x.jpg`` -> ``a__x.jpg``), unique and short enough."""
-    names = [
-        "__".join(PurePosixPath(image.relative_path).parts).replace(",", "_")
-        for image in classified
-    ]
-    return unique_export_names(names, ids=[image.relative_path for image in classified])
-
-
-def _remove_others(root: Path, keep: set[Path]) -> None:
-    """Delete files under ``root`` this export did not write, then empty folders."""
-    if not root.is_dir():
-        return
-    for path in sorted(root.rglob("*"), reverse=True):
-        if path.is_file() and path not in keep:
-            path.unlink()
-        elif path.is_dir() and not any(path.iterdir()):
-            path.rmdir()
+def _place(layout: OutputLayout, image: ClassifiedImage, folder: Path) -> None:
+    materialize_image(
+        local_source(image.source_uri, layout.root),
+        folder / image.export_path,
+        orientation=image.orientation,
+    )
 
 
 @task(name="export-class-table", cache_policy=NO_CACHE)
-def export_class_table_task(layout: OutputLayout, class_names: list[str]) -> Path:
+def export_class_table_task(
+    layout: OutputLayout, class_names: list[str], splits: Splits | None = None
+) -> Path:
     """Prefect task for ``write_class_table`` (no cache: its result is files)."""
-    return write_class_table(layout, class_names)
+    return write_class_table(layout, class_names, splits)
 
 
 @task(name="export-class-folders", cache_policy=NO_CACHE)
-def export_class_folders_task(layout: OutputLayout, class_names: list[str]) -> Path:
+def export_class_folders_task(
+    layout: OutputLayout, class_names: list[str], splits: Splits | None = None
+) -> Path:
     """Prefect task for ``write_class_folders`` (no cache: its result is files)."""
-    return write_class_folders(layout, class_names)
+    return write_class_folders(layout, class_names, splits)
 
 
 @task(name="export-roboflow-classification", cache_policy=NO_CACHE)
 def export_roboflow_classification_task(
-    layout: OutputLayout, class_names: list[str], multi_label: bool
+    layout: OutputLayout,
+    class_names: list[str],
+    multi_label: bool,
+    splits: Splits | None = None,
 ) -> Path:
     """Prefect task for ``write_roboflow_classification`` (no cache: files on disk)."""
-    return write_roboflow_classification(layout, class_names, multi_label=multi_label)
+    return write_roboflow_classification(
+        layout, class_names, multi_label=multi_label, splits=splits
+    )

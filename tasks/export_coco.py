@@ -1,25 +1,44 @@
-"""COCO detection and instance segmentation export: ``coco/annotations.json`` beside
-``coco/images/...``.
+"""COCO detection and instance segmentation export, in Roboflow's COCO layout:
+``coco/<split>/_annotations.coco.json`` beside that split's images (``train/``,
+``valid/``, ``test/``), with bare file names.
 
-We write the file ourselves instead of through ``supervision.DetectionDataset.as_coco``:
-that exporter re-encodes every image with cv2 and names files by their bare name, so
-``a/x.jpg`` and ``b/x.jpg`` collide. Here ``file_name`` keeps the sub-folders and images
-are hard-linked (or upright copies), see ``tasks.export_images``; a name that would
-clash case-insensitively or is over 200 bytes gets a short hash suffix there.
+That layout is what readers open as it is: supervision's ``from_coco``, torchvision's
+``CocoDetection`` and FiftyOne take the split folder as the images folder and look each
+``file_name`` up in it. Nested source folders are flattened by the one rule of every
+flat export (``export_names.flat_export_names``: ``a/x.jpg`` -> ``a__x.jpg``, unique
+by stem across the whole export, long names hashed), so an image has the same name
+in COCO, VOC and YOLO whatever its split. Each image's split follows from its content
+hash (``tasks.splits``). The whole ``coco/`` folder is written into a temporary
+sibling and swapped in at the end (``export_files.swapped_in_folder``): files of an
+earlier export (a renamed image, the ``annotations.json`` + ``images/`` layout of
+older versions) disappear, and a crash never leaves half an export.
+
+We write the file ourselves instead of through ``supervision.DetectionDataset.as_coco``,
+which re-encodes every image with cv2; here images are hard-linked (or upright copies),
+see ``tasks.export_files``.
+
+Top-level ``info`` and ``licenses`` are there because ``pycocotools.COCO.info()`` and
+several importers require them. Dates (``info.date_created``, each image's
+``date_captured``) are the fixed ``EXPORT_DATE``: nothing in the label table records a
+time, and a clock or file mtime would make two exports of the same folder differ; the
+real capture time, if any, is in each image's EXIF.
 
 Labels with a mask also get ``segmentation``, with ``area`` the mask's pixel count and
 ``iscrowd`` 0. By default the segmentation is the stored COCO RLE itself (lossless; COCO
 allows RLE on any annotation and pycocotools, supervision and detectron2 read it). With
 ``mask_format="polygon"`` it is polygons traced on pixel edges, which reproduce the mask
 exactly, holes and separate parts included; the rare mask that polygons cannot reproduce
-exactly keeps its RLE, so no export ever loses pixels. The ``bbox`` stays the label's
-box (Grounding DINO's, the prompt SAM was given), not the mask's tight box.
+exactly keeps its RLE, so no export ever loses pixels. The ``bbox`` of a label with a
+mask is the mask's tight box (FiftyOne crops a mask to its bbox; the detector's box
+stays in the label table). An empty mask keeps the detector's box: a zero-size box is
+dropped or rejected by training loaders, and the detector's box is the only place the
+model pointed at, so the annotation still counts as the label table's row.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -29,19 +48,27 @@ import supervision as sv
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.export_images import (
-    ExportImage,
+from tasks.export_files import (
     image_destination,
-    images_to_export,
     local_source,
     materialize_image,
-    write_text_atomically,
+    swapped_in_folder,
 )
+from tasks.export_images import ExportImage, images_to_export
 from tasks.labels import OutputLayout, read_images, read_labels
-from tasks.masks import mask_to_coco_polygons, rle_area, rle_to_mask
+from tasks.masks import mask_to_coco_polygons, rle_area, rle_to_mask, rle_to_xyxy
+from tasks.splits import ROBOFLOW_FOLDERS, SplitName, Splits
 
 _XYXY = ["x_min", "y_min", "x_max", "y_max"]
 MaskFormat = Literal["rle", "polygon"]
+COCO_ANNOTATIONS = "_annotations.coco.json"  # Roboflow's name, beside the images
+EXPORT_DATE = "1970-01-01T00:00:00+00:00"  # fixed: see the module docstring
+LICENSE = {"id": 1, "name": "Unknown", "url": ""}
+
+
+def coco_annotations_path(layout: OutputLayout, split: SplitName = "train") -> Path:
+    """Where ``write_coco`` puts the annotations file of ``split``."""
+    return layout.coco_dir / ROBOFLOW_FOLDERS[split] / COCO_ANNOTATIONS
 
 
 def labels_to_coco(
@@ -51,14 +78,15 @@ def labels_to_coco(
     *,
     mask_format: MaskFormat = "rle",
 ) -> dict:
-    """A COCO detection dict for the label table.
+    """A COCO detection dict for the whole label table (all splits in one).
 
     Image ids count from 1 in relative-path order and category ids are ``class_id + 1``
     (COCO ids start at 1; tools such as CVAT require it). Every readable image is
     listed, with or without boxes, because an image without boxes is a true negative
     for training and evaluation; skipped images are left out. Each annotation keeps
     the model's ``score``, so the file also serves as a detection result for
-    ``COCOeval``.
+    ``COCOeval``. ``file_name`` is the flat export name
+    (``export_names.flat_export_names``).
 
     Args:
         images: The image manifest (``tasks.labels.read_images``).
@@ -67,59 +95,110 @@ def labels_to_coco(
         mask_format: ``rle`` or ``polygon`` segmentations for labels with a mask.
 
     Returns:
-        A dict with ``images``, ``annotations`` and ``categories``, ready for
-        ``json.dump``.
+        A dict with ``info``, ``licenses``, ``images``, ``annotations`` and
+        ``categories``, ready for ``json.dump``.
     """
-    exported = images_to_export(images, labels, class_names=class_names)
-    return coco_dict(exported, class_names, mask_format)
+    exported = images_to_export(images, labels, class_names=class_names, flatten=True)
+    return coco_dict(
+        exported,
+        class_names,
+        mask_format,
+        file_names=[image.export_path for image in exported],
+    )
 
 
 def write_coco(
-    layout: OutputLayout, class_names: list[str], *, mask_format: MaskFormat = "rle"
+    layout: OutputLayout,
+    class_names: list[str],
+    splits: Splits | None = None,
+    *,
+    mask_format: MaskFormat = "rle",
 ) -> Path:
-    """Export the output folder's labels as COCO; returns the annotations file.
+    """Export the output folder's labels as COCO in Roboflow's layout; returns
+    ``layout.coco_dir``.
 
-    Images are placed first and the JSON written last, so an existing annotations
-    file means a finished export. A rerun skips images already in place.
+    One folder per split of ``splits.names`` (``train/``, ``valid/``, ``test/``; an
+    empty split still gets its folder and file), each holding its images and
+    ``_annotations.coco.json``. ``splits`` None: everything in train.
     """
+    split_of = split_export(layout, class_names, splits)
+    with swapped_in_folder(layout.coco_dir) as folder:
+        for split, members in split_of.items():
+            split_dir = folder / ROBOFLOW_FOLDERS[split]
+            split_dir.mkdir(parents=True)
+            place_images(layout, split_dir, members)
+            coco = coco_dict(
+                members,
+                class_names,
+                mask_format,
+                file_names=[image.export_path for image in members],
+            )
+            (split_dir / COCO_ANNOTATIONS).write_text(
+                json.dumps(coco, separators=(",", ":"), allow_nan=False),
+                encoding="utf-8",
+            )
+    return layout.coco_dir
+
+
+def split_export(
+    layout: OutputLayout, class_names: list[str], splits: Splits | None
+) -> dict[SplitName, list[ExportImage]]:
+    """The images to export (flat names: ``ExportImage.export_path``), by split of
+    ``splits`` (None: all in train); an image's split follows from its content hash."""
     exported = images_to_export(
-        read_images(layout), read_labels(layout), class_names=class_names
+        read_images(layout), read_labels(layout), class_names=class_names, flatten=True
     )
-    for image in exported:
+    return (splits or Splits()).group(exported, image_id=lambda image: image.image_id)
+
+
+def place_images(
+    layout: OutputLayout, folder: Path, images: Sequence[ExportImage]
+) -> None:
+    """Hard-link (or copy upright) each image into ``folder`` under its flat name."""
+    for image in images:
         materialize_image(
             local_source(image.source_uri, layout.root),
-            image_destination(layout.coco_images_dir, image.export_path),
+            image_destination(folder, image.export_path),
             orientation=image.orientation,
         )
-    coco = coco_dict(exported, class_names, mask_format)
-    write_text_atomically(
-        layout.coco_json, json.dumps(coco, separators=(",", ":"), allow_nan=False)
-    )
-    return layout.coco_json
+
+
+def export_xyxy(labels: pd.DataFrame) -> np.ndarray:
+    """Each label's box in an export: the mask's tight box for a non-empty mask
+    (see the module docstring), else the label's own box."""
+    xyxy = labels[_XYXY].to_numpy(dtype=np.float64, copy=True).reshape(-1, 4)
+    for row, mask in enumerate(_mask_texts(labels)):
+        if mask is not None:
+            rle = json.loads(mask)
+            if rle_area(rle) > 0:
+                xyxy[row] = rle_to_xyxy(rle)
+    return xyxy
 
 
 def coco_dict(
-    exported: list[ExportImage],
+    exported: Sequence[ExportImage],
     class_names: list[str],
     mask_format: MaskFormat,
     *,
-    file_name: Callable[[ExportImage], str] = lambda image: (
-        f"images/{image.export_path}"
-    ),
+    file_names: Sequence[str],
 ) -> dict:
-    """The COCO dict of ``exported`` images (``file_name``: each one's file name)."""
+    """The COCO dict of ``exported`` images (``file_names``: each one's file name)."""
     coco_images: list[dict] = []
     annotations: list[dict] = []
-    for image_id, image in enumerate(exported, start=1):
+    for image_id, (image, name) in enumerate(
+        zip(exported, file_names, strict=True), start=1
+    ):
         coco_images.append(
             {
                 "id": image_id,
-                "file_name": file_name(image),
+                "license": LICENSE["id"],
+                "file_name": name,
                 "width": image.width,
                 "height": image.height,
+                "date_captured": EXPORT_DATE,
             }
         )
-        xywh = sv.xyxy_to_xywh(image.labels[_XYXY].to_numpy(dtype=np.float64))
+        xywh = sv.xyxy_to_xywh(export_xyxy(image.labels))
         class_ids = image.labels["class_id"].to_numpy(dtype=int)
         scores = image.labels["confidence"].to_numpy(dtype=np.float64)
         masks = _mask_texts(image.labels)
@@ -144,7 +223,20 @@ def coco_dict(
         {"id": class_id + 1, "name": name, "supercategory": "none"}
         for class_id, name in enumerate(class_names)
     ]
-    return {"images": coco_images, "annotations": annotations, "categories": categories}
+    return {
+        "info": {
+            "description": "Labeled by autolabel",
+            "version": "1.0",
+            "year": int(EXPORT_DATE[:4]),
+            "contributor": "autolabel",
+            "url": "",
+            "date_created": EXPORT_DATE,
+        },
+        "licenses": [dict(LICENSE)],
+        "images": coco_images,
+        "annotations": annotations,
+        "categories": categories,
+    }
 
 
 def _mask_texts(labels: pd.DataFrame) -> list[str | None]:
@@ -163,7 +255,10 @@ def _segmentation(rle: dict, mask_format: MaskFormat) -> dict | list[list[float]
 
 @task(name="export-coco", cache_policy=NO_CACHE)
 def export_coco_task(
-    layout: OutputLayout, class_names: list[str], mask_format: MaskFormat = "rle"
+    layout: OutputLayout,
+    class_names: list[str],
+    splits: Splits | None = None,
+    mask_format: MaskFormat = "rle",
 ) -> Path:
     """Prefect task for ``write_coco`` (no cache: its result is files on disk)."""
-    return write_coco(layout, class_names, mask_format=mask_format)
+    return write_coco(layout, class_names, splits, mask_format=mask_format)

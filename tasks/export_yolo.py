@@ -1,14 +1,31 @@
-"""YOLO detection and segmentation export: ``yolo/data.yaml``, ``yolo/images/...``,
-``yolo/labels/...``.
+"""YOLO detection and segmentation export in Roboflow's YOLO layout, which
+Ultralytics and supervision read as it is::
 
-Label files mirror the image tree (``images/a/x.jpg`` -> ``labels/a/x.txt``), the layout
-Ultralytics reads recursively, so ``a/x.jpg`` and ``b/x.jpg`` do not collide; in one
-folder, ``x.jpg`` and ``x.png`` would share ``x.txt``, so the second is exported as
-``x-<hash>.png`` (see ``tasks.export_images``), as is any name over 200 bytes. We write
-the files ourselves instead of through ``supervision.DetectionDataset.as_yolo``, which
-re-encodes images with cv2 and names label files by bare stem. Known limit: Ultralytics
-finds a label by replacing the LAST '/images/' of the image path, so a source sub-folder
-itself named 'images' would send it looking in the wrong place.
+    OUT/yolo/data.yaml
+    OUT/yolo/train/images/a__x.jpg   OUT/yolo/train/labels/a__x.txt
+    OUT/yolo/valid/images/...        OUT/yolo/valid/labels/...
+    OUT/yolo/test/images/...         (only with a test split)
+
+Splits: ``tasks.splits.Splits.with_val()`` of the given splits (default: train plus a
+10% val split, by content hash: stable across runs), one folder per split even when
+it drew no image, named as Roboflow names them (val -> ``valid``).
+
+File names are flat (``a/x.jpg`` -> ``a__x.jpg``, see
+``tasks.export_names.flat_export_names``): supervision's ``from_yolo`` lists only the
+files directly in ``images/`` and finds each label by bare stem, so nested folders
+were missed. Names are unique by stem over the whole export (``x.jpg`` and ``x.png``
+would share ``x.txt``: the second becomes ``x-<hash>.png``); which file each image
+became, and its split, is in ``OUT/export_names.parquet``. We write the files
+ourselves instead of through ``supervision.DetectionDataset.as_yolo``, which
+re-encodes images with cv2.
+
+``data.yaml`` has no ``path`` key, on purpose: Ultralytics (``check_det_dataset``)
+takes the dataset root from ``path``, or, without one, from the yaml's own folder,
+and a relative ``path`` such as ``.`` is resolved against the current directory (or
+its datasets dir), not the yaml. So ``train: train/images``, ``val: valid/images``
+(and ``test: test/images``) are relative to the yaml wherever the folder is moved,
+and supervision's ``from_yolo`` only reads ``names`` from it. ``names`` is a mapping
+``{class_id: name}`` in ontology order, with ``nc``.
 
 Labels with masks are written as YOLO segmentation lines (``class x1 y1 x2 y2 ...``),
 one line per label, whose polygon comes from ``tasks.masks.mask_to_yolo_polygon``: holes
@@ -31,15 +48,17 @@ import yaml
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.export_images import (
+from tasks.export_files import (
     image_destination,
-    images_to_export,
     local_source,
     materialize_image,
-    write_text_atomically,
+    swapped_in_folder,
 )
+from tasks.export_images import ExportImage, images_to_export
+from tasks.export_names import write_export_names
 from tasks.labels import OutputLayout, read_images, read_labels
 from tasks.masks import mask_to_yolo_polygon, rle_to_mask
+from tasks.splits import ROBOFLOW_FOLDERS, Splits
 
 _XYXY = ["x_min", "y_min", "x_max", "y_max"]
 
@@ -106,55 +125,78 @@ def _polygon_lines(
     return lines
 
 
-def write_yolo(layout: OutputLayout, class_names: list[str]) -> Path:
+def write_yolo(
+    layout: OutputLayout, class_names: list[str], splits: Splits | None = None
+) -> Path:
     """Export the output folder's labels as YOLO; returns the ``data.yaml`` path.
 
-    Every readable image gets a label file, an empty one when it has no boxes: YOLO
-    reads that as a background image, whereas a missing file reads as "not labeled".
-    ``data.yaml`` is written last, so its presence means a finished export; ``train``
-    and ``val`` both point at all images (splitting is not this step's job).
+    ``OUT/yolo/<folder>/images/<flat name>`` and ``.../labels/<flat stem>.txt`` for
+    each split of ``splits.with_val()`` (``Splits()`` by default: train plus a 10%
+    val), folders named as in Roboflow's exports (``train``, ``valid``, ``test``),
+    each present even when its split drew no image. Every readable image gets a label
+    file, an empty one when it has no boxes: YOLO reads that as a background image,
+    whereas a missing file reads as "not labeled". Also writes
+    ``OUT/export_names.parquet`` (see ``write_export_names``).
 
-    YOLO pairs images and labels by stem, so images are exported under names unique
-    by stem (``x.jpg`` and ``x.png`` in one folder: the second becomes
-    ``x-<hash>.png``).
+    The export is written into a temporary sibling folder and swapped in at the end,
+    so files of earlier exports (and the nested ``yolo/images/`` layout of older
+    versions) are gone and a crash leaves the previous export whole.
     """
+    splits = (splits or Splits()).with_val()
     exported = images_to_export(
         read_images(layout),
         read_labels(layout),
         class_names=class_names,
-        clash_by="stem",
+        flatten=True,
     )
-    label_paths = [
-        PurePosixPath(image.export_path).with_suffix(".txt").as_posix()
-        for image in exported
-    ]
-    images_dir = layout.yolo_dir / "images"
-    labels_dir = layout.yolo_dir / "labels"
-    for image, label_path in zip(exported, label_paths, strict=True):
-        materialize_image(
-            local_source(image.source_uri, layout.root),
-            image_destination(images_dir, image.export_path),
-            orientation=image.orientation,
+    groups = splits.group(exported, image_id=lambda image: image.image_id)
+    with swapped_in_folder(layout.yolo_dir) as root:
+        for split, images in groups.items():
+            folder = root / ROBOFLOW_FOLDERS[split]
+            (folder / "images").mkdir(parents=True)
+            (folder / "labels").mkdir()
+            for image in images:
+                _write_image_and_labels(layout, image, folder)
+        data = yolo_data_yaml(class_names, split_names=list(groups))
+        (root / "data.yaml").write_text(
+            yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8"
         )
-        lines = labels_to_yolo_lines(
-            image.labels, resolution_wh=(image.width, image.height)
-        )
-        write_text_atomically(
-            image_destination(labels_dir, label_path),
-            "".join(f"{line}\n" for line in lines),
-        )
-    data = {
-        "names": list(class_names),
-        "nc": len(class_names),
-        "train": "images",
-        "val": "images",
-    }
-    data_yaml = layout.yolo_dir / "data.yaml"
-    write_text_atomically(data_yaml, yaml.safe_dump(data, sort_keys=False))
-    return data_yaml
+    write_export_names(layout, exported, splits)
+    return layout.yolo_dir / "data.yaml"
+
+
+def yolo_data_yaml(class_names: list[str], *, split_names: list[str]) -> dict:
+    """The ``data.yaml`` of an export with these splits (see the module docstring).
+
+    No ``path`` key: Ultralytics then resolves ``train``/``val``/``test`` against the
+    yaml's own folder (``path: .`` would mean the current directory).
+    """
+    data: dict = {split: f"{ROBOFLOW_FOLDERS[split]}/images" for split in split_names}
+    data["nc"] = len(class_names)
+    data["names"] = dict(enumerate(class_names))
+    return data
+
+
+def _write_image_and_labels(
+    layout: OutputLayout, image: ExportImage, folder: Path
+) -> None:
+    materialize_image(
+        local_source(image.source_uri, layout.root),
+        image_destination(folder / "images", image.export_path),
+        orientation=image.orientation,
+    )
+    lines = labels_to_yolo_lines(
+        image.labels, resolution_wh=(image.width, image.height)
+    )
+    label_name = PurePosixPath(image.export_path).with_suffix(".txt").as_posix()
+    image_destination(folder / "labels", label_name).write_text(
+        "".join(f"{line}\n" for line in lines), encoding="utf-8"
+    )
 
 
 @task(name="export-yolo", cache_policy=NO_CACHE)
-def export_yolo_task(layout: OutputLayout, class_names: list[str]) -> Path:
+def export_yolo_task(
+    layout: OutputLayout, class_names: list[str], splits: Splits | None = None
+) -> Path:
     """Prefect task for ``write_yolo`` (no cache: its result is files on disk)."""
-    return write_yolo(layout, class_names)
+    return write_yolo(layout, class_names, splits)

@@ -5,11 +5,9 @@ task, a few images ahead of the model on background threads. A file that cannot 
 decoded becomes a skipped ImageRecord with a reason the user can act on; it never stops
 the run.
 
-A file is judged by its first bytes before it is read whole: one that no image format
-recognises, or one over ``AUTOLABEL_MAX_IMAGE_BYTES`` (512 MiB by default), is skipped
-without being read, so a 3 GB file named ``x.jpg`` costs a few bytes of I/O, not 3 GB
-of memory. PIL's decompression-bomb pixel limit applies on top, before pixels are
-allocated.
+A file is judged by its first bytes before it is read whole (``tasks.image_files``:
+unrecognised format, over the size cap); PIL's decompression-bomb pixel limit applies
+on top, before pixels are allocated.
 """
 
 from __future__ import annotations
@@ -18,8 +16,6 @@ import hashlib
 import io
 import os
 import stat
-import struct
-import zlib
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,26 +24,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from tasks.image_files import file_problem, png_checksum_problem, unidentified_reason
 from tasks.labels import ImageRecord
 
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 )
-MAX_IMAGE_BYTES_ENV = "AUTOLABEL_MAX_IMAGE_BYTES"
-DEFAULT_MAX_IMAGE_BYTES = 512 * 1024**2
-_HEAD_BYTES = 64  # enough for every signature below
 _EXIF_ORIENTATION = 0x0112
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# Leading bytes of the formats we accept, to tell "corrupt PNG" from "not an image".
-_SIGNATURES = (
-    (_PNG_SIGNATURE, "PNG"),
-    (b"\xff\xd8\xff", "JPEG"),
-    (b"GIF87a", "GIF"),
-    (b"GIF89a", "GIF"),
-    (b"II*\x00", "TIFF"),
-    (b"MM\x00*", "TIFF"),
-    (b"BM", "BMP"),
-)
 
 
 @dataclass(frozen=True)
@@ -129,41 +112,6 @@ def _printable(name: str) -> str:
     return os.fsencode(name).decode("utf-8", errors="backslashreplace")
 
 
-def file_content_id(path: str | Path) -> str | None:
-    """The image id a file would get (SHA-256 of its bytes); None if it cannot be read.
-
-    Lets a caller know which images a chunk holds before decoding it (for example to
-    check a credit budget), with the same definition of identity as ``decode_image``.
-    """
-    path = Path(path)
-    try:
-        info = path.stat()
-        if not stat.S_ISREG(info.st_mode) or info.st_size > max_image_bytes():
-            return None  # skipped when decoded, never charged: not worth reading
-        digest = hashlib.sha256()
-        with path.open("rb") as file:
-            while block := file.read(1 << 20):
-                digest.update(block)
-    except (OSError, ValueError):
-        return None
-    return digest.hexdigest()
-
-
-def file_stamp(uri: str) -> str:
-    """What tells a changed file from an unchanged one without reading it: size and
-    modification time of a local file, ``"remote"`` for a URI (its bytes are not here
-    to stat), ``"missing"`` if it cannot be stat'ed. Chunk keys and the preview key
-    hash it, so both notice the same edits.
-    """
-    if "://" in uri:
-        return "remote"
-    try:
-        info = Path(uri).stat()
-    except OSError:
-        return "missing"
-    return f"{info.st_size}:{info.st_mtime_ns}"
-
-
 def decode_image(ref: ImageRef) -> DecodedImage | ImageRecord:
     """Read and decode one image; a skipped ImageRecord with a reason if it is unusable.
 
@@ -199,7 +147,7 @@ def decode_image(ref: ImageRef) -> DecodedImage | ImageRecord:
         return skipped(f"cannot read file: {error.strerror or error}")
     if not data:
         return skipped("empty file (0 bytes)")
-    reason = _png_checksum_problem(data)
+    reason = png_checksum_problem(data)
     if reason:
         return skipped(reason)
     try:
@@ -209,7 +157,7 @@ def decode_image(ref: ImageRef) -> DecodedImage | ImageRecord:
     except _TooLarge as error:
         return skipped(str(error))
     except UnidentifiedImageError:
-        return skipped(_unidentified_reason(data))
+        return skipped(unidentified_reason(data))
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         return skipped(f"corrupt or truncated image: {error}")
     except Exception as error:  # noqa: BLE001 - a decoder bug must not stop the run
@@ -223,64 +171,6 @@ def decode_image(ref: ImageRef) -> DecodedImage | ImageRecord:
         orientation=orientation,
     )
     return DecodedImage(record, image)
-
-
-def max_image_bytes() -> int:
-    """The largest file read as an image: ``AUTOLABEL_MAX_IMAGE_BYTES``, else 512 MiB.
-
-    A value that is not a positive whole number of bytes is ignored (the default
-    applies): a typo must not make every image "too large".
-    """
-    value = os.environ.get(MAX_IMAGE_BYTES_ENV, "").strip().replace("_", "")
-    try:
-        limit = int(value)
-    except ValueError:
-        return DEFAULT_MAX_IMAGE_BYTES
-    return limit if limit > 0 else DEFAULT_MAX_IMAGE_BYTES
-
-
-def file_problem(path: str | Path, size: int) -> str | None:
-    """Why a regular file of ``size`` bytes is not worth reading whole, else None.
-
-    Only its first bytes are read (and, for a format without a signature listed
-    here, the header PIL parses when it opens a file lazily): an empty file, a file
-    no image format recognises, or one over ``max_image_bytes()``.
-
-    Raises:
-        OSError: If the file cannot be opened or read.
-    """
-    if size == 0:
-        return "empty file (0 bytes)"
-    with Path(path).open("rb") as file:
-        head = file.read(_HEAD_BYTES)
-        if not head:
-            return "empty file (0 bytes)"
-        if _sniff_format(head) is None and not _pil_recognises(file):
-            return "not an image (unrecognised format)"
-    return size_problem(size)
-
-
-def size_problem(size: int) -> str | None:
-    """Why a file of ``size`` bytes is not read as an image (over the cap), if so."""
-    limit = max_image_bytes()
-    if size > limit:
-        return (
-            f"file too large: {size / 2**20:.1f} MiB ({size} bytes), over the limit "
-            f"of {limit} bytes ({MAX_IMAGE_BYTES_ENV} raises it)"
-        )
-    return None
-
-
-def _pil_recognises(file) -> bool:
-    """Whether PIL identifies an open file's format from its header (lazy open)."""
-    file.seek(0)
-    try:
-        with Image.open(file):
-            return True
-    except UnidentifiedImageError:
-        return False
-    except Exception:  # noqa: BLE001 - recognised but odd: decoding says what is wrong
-        return True
 
 
 class _TooLarge(ValueError):
@@ -345,47 +235,6 @@ def _high_depth_to_rgb(image: Image.Image) -> Image.Image:
     return Image.fromarray(scaled.clip(0, 255).astype(np.uint8), mode="L").convert(
         "RGB"
     )
-
-
-def _png_checksum_problem(data: bytes) -> str | None:
-    """A reason if a PNG chunk's CRC does not match its bytes (as libpng refuses it).
-
-    PIL checks the CRCs of header chunks only: a flipped bit in image data would
-    otherwise decode into wrong pixels without a word.
-    """
-    if not data.startswith(_PNG_SIGNATURE):
-        return None
-    position = len(_PNG_SIGNATURE)
-    while position + 8 <= len(data):
-        length, kind = struct.unpack(">I4s", data[position : position + 8])
-        end = position + 8 + length
-        if end + 4 > len(data):
-            return None  # truncated: the decoder reports it
-        (stored,) = struct.unpack(">I", data[end : end + 4])
-        if zlib.crc32(data[position + 4 : end]) != stored:
-            name = kind.decode("latin-1")
-            return f"corrupt PNG: bad checksum (CRC) in its {name!r} chunk"
-        if kind == b"IEND":
-            return None
-        position = end + 4
-    return None
-
-
-def _unidentified_reason(data: bytes) -> str:
-    """Why PIL found no format: a known format's signature means a corrupt file."""
-    fmt = _sniff_format(data)
-    if fmt is None:
-        return "not an image (unrecognised format)"
-    return f"corrupt {fmt} file: its header cannot be read"
-
-
-def _sniff_format(data: bytes) -> str | None:
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "WebP"
-    for signature, fmt in _SIGNATURES:
-        if data.startswith(signature):
-            return fmt
-    return None
 
 
 def decode_with_prefetch(

@@ -27,7 +27,8 @@ from model_loaders.cache import get_model
 from model_loaders.ontology import Ontology
 from tasks import progress
 from tasks.credits import CreditAccount
-from tasks.images import DecodedImage, ImageRef, decode_with_prefetch, file_stamp
+from tasks.image_files import file_stamp
+from tasks.images import DecodedImage, ImageRef, decode_with_prefetch
 from tasks.labels import (
     IMAGE_SCHEMA,
     LABEL_SCHEMA,

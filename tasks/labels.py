@@ -97,9 +97,12 @@ class OutputLayout:
         self.root = Path(root)
         self.labels_dir = self.root / "labels"
         self.images_dir = self.root / "images"
-        self.coco_json = self.root / "coco" / "annotations.json"
-        self.coco_images_dir = self.root / "coco" / "images"
+        # Exports in Roboflow's layouts: one folder per split (train/, valid/, test/).
+        self.coco_dir = self.root / "coco"
         self.yolo_dir = self.root / "yolo"
+        self.voc_dir = self.root / "voc"
+        # Each exported image's file name and split (exports flatten and rename).
+        self.export_names = self.root / "export_names.parquet"
         self.classification_dir = self.root / "classification"
         self.class_folders_dir = self.classification_dir / "folders"
         self.class_table_csv = self.classification_dir / "labels.csv"

@@ -29,7 +29,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
-from tasks.images import ImageRef, SourceError, file_stamp
+from tasks.image_files import file_stamp
+from tasks.images import ImageRef, SourceError
 from tasks.label import predict_labels
 from tasks.labels import (
     IMAGE_SCHEMA,

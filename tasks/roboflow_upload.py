@@ -18,9 +18,11 @@ from prefect.cache_policies import NO_CACHE
 
 from clients.roboflow import RetryPolicy, RoboflowClient, RoboflowTarget
 from tasks.export_coco import coco_dict
-from tasks.export_images import ExportImage, images_to_export, local_source
+from tasks.export_files import local_source
+from tasks.export_images import ExportImage, images_to_export
 from tasks.labels import OutputLayout, read_images, read_labels
 from tasks.masks import mask_outlines, rle_to_mask
+from tasks.splits import ROBOFLOW_FOLDERS, Splits
 
 
 @dataclass
@@ -73,10 +75,7 @@ def image_annotation(image: ExportImage, class_names: list[str]) -> dict[str, st
     """One image's labels as the single-image COCO file Roboflow's upload API parses:
     boxes, and masks as polygons (the same COCO the export writes)."""
     coco = coco_dict(
-        [image],
-        class_names,
-        "polygon",
-        file_name=lambda exported: Path(exported.relative_path).name,
+        [image], class_names, "polygon", file_names=[Path(image.relative_path).name]
     )
     for annotation in coco["annotations"]:
         annotation["segmentation"] = _polygons_only(annotation.get("segmentation"))
@@ -99,6 +98,7 @@ def upload_to_roboflow(
     batch_name: str,
     tags: list[str],
     split: str = "train",
+    splits: Splits | None = None,
     api_key: str | None = None,
     attempts: int = 5,
     backoff_seconds: float = 1.0,
@@ -108,6 +108,8 @@ def upload_to_roboflow(
     Images already recorded in the upload ledger are skipped, and so is a second file
     with the same content; an image whose upload worked but whose annotation did not
     gets only its annotation on the next run. One image failing never stops the others.
+    With ``splits``, each image goes to its own split (``train``, ``valid`` or
+    ``test``, as in the exports) instead of ``split``.
     """
     destination = RoboflowTarget.parse(target)
     client = RoboflowClient.resolve(
@@ -133,15 +135,20 @@ def upload_to_roboflow(
             if annotated:
                 summary.skipped += 1
                 continue
+            image_split = (
+                ROBOFLOW_FOLDERS[splits.split_of(image_id)] if splits else split
+            )
             try:
                 if roboflow_id is None:
                     roboflow_id = client.call(
-                        lambda image=image: project.upload_image(
-                            str(local_source(image.source_uri, layout.root)),
-                            split=split,
-                            batch_name=batch_name,
-                            tag_names=tags,
-                        )[0]["id"],
+                        lambda image=image, image_split=image_split: (
+                            project.upload_image(
+                                str(local_source(image.source_uri, layout.root)),
+                                split=image_split,
+                                batch_name=batch_name,
+                                tag_names=tags,
+                            )[0]["id"]
+                        ),
                         what=f"upload {image.relative_path}",
                     )
                     ledger.record(destination.project, image_id, roboflow_id, False)

@@ -19,7 +19,8 @@ from pathlib import Path, PurePosixPath
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.images import IMAGE_SUFFIXES, ImageRef, SourceError, size_problem
+from tasks.image_files import size_problem
+from tasks.images import IMAGE_SUFFIXES, ImageRef, SourceError
 from tasks.out_lock import LOCK_NAME
 from tasks.video import VIDEO_SUFFIXES
 

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.credits.ledger import ChargeResult, CreditLedger
 from tasks.credits.rates import CreditRates, TaskKind
-from tasks.images import file_content_id
+from tasks.image_files import file_content_id
 
 BudgetScope = Literal["run", "dataset"]
 

@@ -33,6 +33,8 @@ def no_model_load(monkeypatch):
         (["--class", "cat", "--nms", "maybe"], "--nms 'maybe'"),
         (["--class", "cat", "--prompt-mode", "each"], "--prompt-mode 'each'"),
         ([], "no classes"),
+        (["--class", "cat", "--split", "train=0.5"], "add up to 0.5"),
+        (["--class", "cat", "--split", "train=0.8,dev=0.2"], "expected train=F"),
     ],
 )
 def test_invalid_options_exit_2_before_any_model_loads(
@@ -74,8 +76,13 @@ def test_label_writes_every_output_and_exit_3_when_files_were_skipped(
     assert result.exit_code == 3, result.output
     assert "Labeled 4 of 5 images" in result.output
     assert "broken.jpg" in result.output
-    for path in ("coco/annotations.json", "yolo/data.yaml", "report.md"):
+    for path in (
+        "coco/train/_annotations.coco.json",
+        "yolo/data.yaml",
+        "report.md",
+    ):
         assert (out / path).is_file(), path
+    assert len(list((out / "voc" / "train").glob("*.xml"))) == 4  # one per image
     assert list((out / "labels").glob("chunk-*.parquet"))
 
     (sample_photos / "broken.jpg").unlink()

@@ -12,6 +12,11 @@ import typer.main
 from cli.main import app
 
 FLAGS = {
+    "evaluate": {
+        "--iou",
+        "--map",
+        "--truth",
+    },
     "approve": {
         "--approved-by",
         "--description",
@@ -38,6 +43,7 @@ FLAGS = {
         "--dtype",
         "--fps",
         "--map",
+        "--mask-threshold",
         "--max-credits",
         "--model",
         "--nms",
@@ -51,6 +57,7 @@ FLAGS = {
         "--s3-endpoint-url",
         "--sam-checkpoint",
         "--sam-model-type",
+        "--split",
         "--task",
         "--threshold",
         "--torchvision-arch",
@@ -72,6 +79,7 @@ FLAGS = {
         "--fps",
         "--map",
         "--max-attempts",
+        "--mask-threshold",
         "--max-credits",
         "--model",
         "--nms",
@@ -89,6 +97,7 @@ FLAGS = {
         "--shard-timeout",
         "--shards",
         "--stale-after",
+        "--split",
         "--task",
         "--threshold",
         "--torchvision-arch",
@@ -114,6 +123,7 @@ FLAGS = {
         "--from",
         "--images",
         "--map",
+        "--mask-threshold",
         "--model",
         "--nms",
         "--nms-iou",
@@ -147,6 +157,7 @@ FLAGS = {
         "--fps",
         "--images",
         "--map",
+        "--mask-threshold",
         "--max-credits",
         "--model",
         "--nms",
@@ -163,6 +174,7 @@ FLAGS = {
         "--sam-model-type",
         "--sample",
         "--seed",
+        "--split",
         "--task",
         "--threshold",
         "--timeout",
@@ -225,5 +237,5 @@ def test_every_labeling_command_takes_the_same_option_groups(name):
     """label, run and label-sharded label a batch: same classes, model, credit,
     output and source options."""
     shared = _command_flags()["label"] - {"--out", "--help"}
-    assert len(shared) == 29
+    assert len(shared) == 31
     assert shared <= _command_flags()[name]

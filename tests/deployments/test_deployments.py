@@ -327,7 +327,7 @@ def test_a_sharded_batch_survives_a_dying_worker(
     }
     assert written == all_keys
     labels = read_labels(layout)
-    coco = json.loads((out / "coco" / "annotations.json").read_text())
+    coco = json.loads((out / "coco" / "train" / "_annotations.coco.json").read_text())
     assert (len(coco["images"]), len(coco["annotations"])) == (8, len(labels))
     # The chunk B finished before dying was reused, not labeled again.
     reused = images[images["run_id"] == killed_run]

@@ -31,7 +31,7 @@ def test_export_upload_re_exports_with_the_approved_classes(
         out,
         ApprovedSettings(settings=settings, approved_by="me", approved_at=now_utc()),
     )
-    (out / "coco" / "annotations.json").unlink()
+    (out / "coco" / "train" / "_annotations.coco.json").unlink()
 
     def no_model(spec):
         raise AssertionError("exporting must not load a model")
@@ -39,7 +39,7 @@ def test_export_upload_re_exports_with_the_approved_classes(
     monkeypatch.setattr("tasks.label.get_model", no_model)
     summary = export_upload(out=str(out))
 
-    coco = json.loads((out / "coco" / "annotations.json").read_text())
+    coco = json.loads((out / "coco" / "train" / "_annotations.coco.json").read_text())
     assert [c["name"] for c in coco["categories"]] == ["person", "cup"]
     assert len(coco["annotations"]) == labeled.labels == summary.labels
     assert summary.credits_used is None  # nothing metered

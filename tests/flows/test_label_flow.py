@@ -15,6 +15,7 @@ from pycocotools.coco import COCO
 from flows.label import label_images
 from model_loaders.ontology import Ontology
 from model_loaders.protocol import ModelSpec
+from tasks.export_coco import coco_annotations_path
 from tasks.labels import OutputLayout, read_images, read_labels
 from tasks.settings import LabelSettings
 from tasks.thresholds import Thresholds
@@ -77,7 +78,9 @@ def test_a_folder_is_labeled_and_every_export_agrees(
     assert len(cups) > 0 and (cups["prompt"] == "a coffee cup").all()
 
     # COCO: pycocotools reads it; boxes equal the Parquet table's.
-    coco = COCO(str(layout.coco_json))
+    coco_json = coco_annotations_path(layout)  # no split asked: all in train
+    coco = COCO(str(coco_json))
+    coco.info()
     assert len(coco.getImgIds()) == 4
     assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == [
         "person",
@@ -86,9 +89,9 @@ def test_a_folder_is_labeled_and_every_export_agrees(
     ]
     assert len(coco.getAnnIds()) == len(labels)
     for image in coco.loadImgs(coco.getImgIds()):
-        rows = labels[
-            labels["source_uri"].str.endswith(image["file_name"][len("images/") :])
-        ]
+        relative_path = image["file_name"].replace("__", "/")  # flat names
+        rows = labels[labels["source_uri"].str.endswith("/" + relative_path)]
+        assert len(rows) == len(coco.getAnnIds(imgIds=image["id"]))
         anns = coco.loadAnns(coco.getAnnIds(imgIds=image["id"]))
         coco_boxes = sorted(
             (a["category_id"] - 1, *np.round(a["bbox"], 3)) for a in anns
@@ -104,20 +107,23 @@ def test_a_folder_is_labeled_and_every_export_agrees(
 
     # supervision reads COCO and YOLO back with the same boxes.
     from_coco = sv.DetectionDataset.from_coco(
-        images_directory_path=str(layout.coco_json.parent),
-        annotations_path=str(layout.coco_json),
+        images_directory_path=str(coco_json.parent),
+        annotations_path=str(coco_json),
     )
     assert from_coco.classes == ["person", "cup", "rocket"]
     assert sum(len(d) for _, _, d in from_coco) == len(labels)
     data_yaml = layout.yolo_dir / "data.yaml"
-    assert yaml.safe_load(data_yaml.read_text())["names"] == ["person", "cup", "rocket"]
+    names = yaml.safe_load(data_yaml.read_text())["names"]
+    assert names == {0: "person", 1: "cup", 2: "rocket"}
     classes, from_yolo = read_yolo_tree(data_yaml)
     assert classes == ["person", "cup", "rocket"]
-    # The labeled images, more/rocket.jpg included: the loop checks each one.
+    # The labeled images, more/rocket.jpg (flat: more__rocket.jpg) included, over the
+    # train and valid folders: the loop checks each one.
     assert sorted(from_yolo) == ["astronaut.jpg", "chelsea.jpg", "coffee.jpg",
-                                 "more/rocket.jpg"]  # fmt: skip
-    for relative_path, detections in from_yolo.items():
-        rows = labels[labels["source_uri"].str.endswith("/" + relative_path)]
+                                 "more__rocket.jpg"]  # fmt: skip
+    source_of = pd.read_parquet(layout.export_names).set_index("export_name")
+    for name, detections in from_yolo.items():
+        rows = labels[labels["source_uri"] == source_of.loc[name, "source_uri"]]
         expected = rows[["x_min", "y_min", "x_max", "y_max"]].to_numpy()
         got = detections.xyxy[np.lexsort(detections.xyxy.T[::-1])]
         expected = expected[np.lexsort(expected.T[::-1])]
@@ -240,4 +246,4 @@ def test_shards_labeled_separately_then_finished_equal_one_run(
         .sort_values(columns)
         .reset_index(drop=True),
     )
-    assert (sharded / "coco" / "annotations.json").is_file()
+    assert coco_annotations_path(OutputLayout(sharded)).is_file()

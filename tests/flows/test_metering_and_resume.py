@@ -46,7 +46,7 @@ def test_a_budget_stops_the_run_before_labeling_more_and_keeps_what_it_did(
     )
     assert "left 0.01" in stopped.output
     assert len(read_images(OutputLayout(out))) == 2  # the first chunk is kept
-    assert (out / "coco" / "annotations.json").is_file()  # and exported
+    assert (out / "coco" / "train" / "_annotations.coco.json").is_file()  # and exported
     assert "Stopped by the budget" in (out / "report.md").read_text()
     ledger = CreditLedger(out / "credits.sqlite")
     assert ledger.used() == pytest.approx(0.02)

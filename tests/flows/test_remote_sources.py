@@ -72,16 +72,16 @@ def test_an_s3_prefix_with_a_video_is_labeled_and_exported_back_to_s3(
     ]
     keys = {o["Key"] for o in bucket.list_objects_v2(Bucket="labels")["Contents"]}
     assert {
-        "run1/coco/annotations.json",
+        "run1/coco/train/_annotations.coco.json",
         "run1/report.md",
         "run1/yolo/data.yaml",
     } <= keys
-    assert "run1/coco/images/clip_t000001.000s.jpg" in keys
+    assert "run1/coco/train/clip_t000001.000s.jpg" in keys
     assert not [k for k in keys if "/.cache/" in k]  # source images stay local
     coco = json.loads(
-        bucket.get_object(Bucket="labels", Key="run1/coco/annotations.json")[
-            "Body"
-        ].read()
+        bucket.get_object(
+            Bucket="labels", Key="run1/coco/train/_annotations.coco.json"
+        )["Body"].read()
     )
     assert len(coco["images"]) == 5
 

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from cli.main import app
 from model_loaders import cache
 from tasks.export_classification import write_class_table
+from tasks.export_coco import coco_annotations_path
 from tasks.labels import OutputLayout, read_labels
 from tasks.preview import load_record, read_candidates
 from tasks.settings import LabelSettings
@@ -83,7 +84,7 @@ def test_grounded_sam_previews_waits_for_approval_and_labels_masks(
     assert candidates["mask"].notna().all()  # the preview keeps masks too
     labels = read_labels(layout)
     assert len(labels) > 0 and labels["mask"].notna().all()
-    coco = COCO(str(layout.coco_json))  # the flow's own COCO export
+    coco = COCO(str(coco_annotations_path(layout)))  # the flow's own COCO export
     assert len(coco.anns) == len(labels)
     assert all("segmentation" in ann for ann in coco.anns.values())
 

@@ -4,6 +4,7 @@ and settings saved by earlier versions (every option flat on the spec) still loa
 from __future__ import annotations
 
 import importlib
+import json
 
 import pytest
 
@@ -92,3 +93,32 @@ def test_settings_saved_flat_by_earlier_versions_still_load():
     }
     again = LabelSettings.model_validate_json(settings.model_dump_json())
     assert again == settings and again.fingerprint() == settings.fingerprint()
+
+
+@pytest.mark.parametrize(
+    ("config", "task", "backend"),
+    [
+        ({"model_type": "sam3", "architectures": ["Sam3Model"]}, "segment", "sam3"),
+        ({"model_type": "sam3"}, "detect", "sam3"),
+        ({"model_type": "detr", "architectures": ["DetrForObjectDetection"]}, "detect",
+         "trained"),
+        ({"model_type": "rt_detr_v2",
+          "architectures": ["RTDetrV2ForObjectDetection"]}, "detect", "trained"),
+        ({"model_type": "grounding-dino"}, "detect", "grounding_dino"),
+        ({"model_type": "grounding-dino"}, "segment", "grounded_sam"),
+        (None, "detect", "grounding_dino"),  # no config.json: the task decides
+    ],
+)  # fmt: skip
+def test_the_backend_follows_the_model_folder(tmp_path, config, task, backend):
+    """`--model DIR` without `--backend`: the folder's config.json decides."""
+    if config is not None:
+        (tmp_path / "config.json").write_text(json.dumps(config))
+    assert ModelSpec(model=str(tmp_path), task=task).backend == backend
+
+
+def test_a_detector_folder_cannot_segment(tmp_path):
+    (tmp_path / "config.json").write_text(
+        json.dumps({"architectures": ["DetrForObjectDetection"]})
+    )
+    with pytest.raises(ValueError, match="backend trained cannot do task segment"):
+        ModelSpec(model=str(tmp_path), task="segment")

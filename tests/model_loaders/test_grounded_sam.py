@@ -211,7 +211,6 @@ def test_a_file_that_is_not_a_state_dict_is_refused_clearly(tmp_path) -> None:
         ({"task": "classify-multi"}, "clip"),
         ({"task": "segment", "backend": "grounding_dino"}, ValueError),
         ({"task": "detect", "backend": "clip"}, ValueError),
-        ({"task": "segment", "backend": "my_own"}, "my_own"),  # unknown: not checked
     ],
 )
 def test_spec_backend_follows_the_task(fields: dict, expected) -> None:

@@ -4,7 +4,7 @@ by hand so that every expected value can be worked out on paper.
 A helper module, not a test module: ``write_output_folder`` is the detection folder the
 image, COCO and YOLO export tests share; ``write_shard`` and ``detections_of`` are the
 pieces every export test's folder is made of; ``read_yolo_tree`` reads a YOLO export
-back.
+back, split by split.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import supervision as sv
+import yaml
 from PIL import Image
 
 from tasks.labels import (
@@ -53,28 +54,31 @@ def detections_of(
 
 
 def read_yolo_tree(data_yaml: Path) -> tuple[list[str], dict[str, sv.Detections]]:
-    """A YOLO export read back by supervision: its class names (the same in every
-    folder) and each image's boxes by relative path.
+    """A YOLO export read back by supervision, one split of data.yaml at a time: its
+    class names (the same in every split) and each image's boxes by file name.
 
-    from_yolo lists only the files directly inside images_directory_path and looks
-    labels up by bare stem in annotations_directory_path, so it cannot read a nested
-    tree (Ultralytics can). Each sub-folder is read as its own dataset instead.
+    Asserts that from_yolo reads every file of each split's images folder (it lists
+    only the files directly inside) and that no name is in two splits.
     """
-    images_dir = data_yaml.parent / "images"
-    labels_dir = data_yaml.parent / "labels"
+    data = yaml.safe_load(data_yaml.read_text())
     classes: list[str] | None = None
     found: dict[str, sv.Detections] = {}
-    for folder in [images_dir, *(p for p in images_dir.rglob("*") if p.is_dir())]:
+    for split in ("train", "val", "test"):
+        if split not in data:
+            continue
+        images_dir = data_yaml.parent / data[split]
         dataset = sv.DetectionDataset.from_yolo(
-            images_directory_path=str(folder),
-            annotations_directory_path=str(labels_dir / folder.relative_to(images_dir)),
+            images_directory_path=str(images_dir),
+            annotations_directory_path=str(images_dir.parent / "labels"),
             data_yaml_path=str(data_yaml),
         )
         assert classes in (None, dataset.classes), (classes, dataset.classes)
         classes = dataset.classes
+        assert len(dataset.image_paths) == len(list(images_dir.iterdir())), split
         for image_path in dataset.image_paths:
-            relative_path = Path(image_path).relative_to(images_dir).as_posix()
-            found[relative_path] = dataset.annotations[image_path]
+            name = Path(image_path).name
+            assert name not in found, (name, split)
+            found[name] = dataset.annotations[image_path]
     return classes or [], found
 
 

@@ -7,11 +7,19 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image, ImageOps
 
-from tasks import export_images
-from tasks.export_images import image_destination, local_source, materialize_image
+from tasks import export_files
+from tasks.export_files import (
+    image_destination,
+    local_source,
+    materialize_image,
+    swapped_in_folder,
+)
+from tasks.export_images import images_to_export
+from tasks.export_names import flat_export_names, write_export_names
 from tests.tasks.export_folders import (
     EXIF_ORIENTATION,
     SOURCE_IMAGES,
@@ -71,7 +79,7 @@ def test_link_falls_back_to_a_byte_copy_across_filesystems(
     def cross_device_link(source: Path, target: Path) -> None:
         raise OSError(errno.EXDEV, "Invalid cross-device link")
 
-    monkeypatch.setattr(export_images.os, "link", cross_device_link)
+    monkeypatch.setattr(export_files.os, "link", cross_device_link)
     destination = tmp_path / "export" / "x.jpg"
 
     materialize_image(plain_jpeg, destination, orientation=1)
@@ -142,3 +150,72 @@ def test_remote_images_are_exported_from_the_labeling_cache(tmp_path: Path) -> N
     cached.parent.mkdir(parents=True)
     cached.write_bytes(b"jpeg")
     assert local_source("s3://bucket/x.jpg", tmp_path) == cached
+
+
+@pytest.mark.parametrize(
+    ("relative_paths", "expected"),
+    [
+        (["a/x.jpg", "b/x.jpg"], ["a__x.jpg", "b__x.jpg"]),
+        (["a/b/c,d.png"], ["a__b__c_d.png"]),
+        # One stem once flat: the second gets the hash of its relative path
+        # (sha256("a__x.png") starts 3939497c).
+        (["a/x.jpg", "a__x.png"], ["a__x.jpg", "a__x-3939497c.png"]),
+        (["X.jpg", "x.png"], ["X.jpg", "x-3910c650.png"]),  # case-insensitive
+    ],
+)
+def test_flat_export_names(relative_paths: list[str], expected: list[str]) -> None:
+    assert flat_export_names(relative_paths) == expected
+
+
+def test_export_names_table_is_written_once_per_image(tmp_path: Path) -> None:
+    from tasks.labels import OutputLayout, read_images, read_labels
+    from tasks.splits import Splits
+    from tests.tasks.export_folders import CLASS_NAMES, write_output_folder
+
+    layout = write_output_folder(tmp_path)
+    images = images_to_export(
+        read_images(layout), read_labels(layout), class_names=CLASS_NAMES, flatten=True
+    )
+    splits = Splits(train=0.5, val=0.5)
+
+    path = write_export_names(layout, images, splits)
+
+    assert path == OutputLayout(layout.root).export_names
+    table = pd.read_parquet(path)
+    assert table.to_dict("records") == [
+        {
+            "image_id": image.image_id,
+            "relative_path": image.relative_path,
+            "source_uri": image.source_uri,
+            "split": splits.split_of(image.image_id),
+            "export_name": image.export_path,
+        }
+        for image in images
+    ]
+    assert len(table) == len(SOURCE_IMAGES) == 4
+    assert table["image_id"].str.len().min() == 16  # content hashes, never empty
+
+
+def test_swapped_in_folder_replaces_the_folder_only_when_done(tmp_path: Path) -> None:
+    target = tmp_path / "yolo"
+    (target / "old").mkdir(parents=True)
+    (target / "old" / "stale.txt").write_text("stale")
+    leftover = tmp_path / ".yolo-deadbeef.tmp"  # from a crashed export
+    leftover.mkdir()
+
+    with (
+        pytest.raises(RuntimeError, match="crash"),
+        swapped_in_folder(target) as fresh,
+    ):
+        assert not leftover.exists()
+        (fresh / "half.txt").write_text("half")
+        raise RuntimeError("crash")
+    assert [p.name for p in tmp_path.iterdir()] == ["yolo"]
+    assert (target / "old" / "stale.txt").read_text() == "stale"
+
+    with swapped_in_folder(target) as fresh:
+        assert fresh.parent == tmp_path and fresh.name.startswith(".yolo-")
+        (fresh / "new.txt").write_text("new")
+
+    assert [p.name for p in tmp_path.iterdir()] == ["yolo"]
+    assert [p.name for p in target.iterdir()] == ["new.txt"]

@@ -16,7 +16,7 @@ from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from tasks.export_coco import labels_to_coco, write_coco
+from tasks.export_coco import coco_annotations_path, labels_to_coco, write_coco
 from tasks.export_yolo import labels_to_yolo_lines, write_yolo
 from tasks.labels import (
     ImageRecord,
@@ -114,16 +114,82 @@ def layout(tmp_path: Path) -> OutputLayout:
     return write_segmentation_folder(tmp_path)
 
 
+def _coco_file(layout: OutputLayout, **options) -> Path:
+    """The train COCO file of a fresh export (the only split by default)."""
+    assert write_coco(layout, CLASS_NAMES, **options) == layout.coco_dir
+    return coco_annotations_path(layout)
+
+
+# A mask reaching past its detector box (SAM grew the object), and an empty mask.
+BEYOND_BOX_WH = (40, 30)
+BEYOND_BOX_XYXY = [10.0, 10.0, 20.0, 20.0]
+BEYOND_BOX_MASK_XYXY = [2.0, 5.0, 36.0, 26.0]  # pixel edges of the mask below
+EMPTY_MASK_XYXY = [1.0, 2.0, 9.0, 12.0]
+
+
+def write_mask_beyond_box_folder(root: Path) -> OutputLayout:
+    """One image ``m.png`` with a cat whose mask extends beyond its detector box and a
+    dog with an empty mask (its box the detector's)."""
+    width, height = BEYOND_BOX_WH
+    path = root / "source" / "m.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (width, height), (40, 60, 80)).save(path)
+    masks = np.zeros((2, height, width), dtype=bool)
+    masks[0, 5:26, 2:36] = True
+    masks[0, 5:8, 2:5] = False  # not a rectangle: area is the pixel count
+    record = ImageRecord(
+        source_uri=str(path),
+        relative_path="m.png",
+        image_id="m",
+        width=width,
+        height=height,
+    )
+    detections = detections_of(
+        xyxy=np.array([BEYOND_BOX_XYXY, EMPTY_MASK_XYXY], dtype=np.float32),
+        mask=masks,
+        confidence=np.array([0.9, 0.4], dtype=np.float32),
+        class_id=np.array([0, 1]),
+        class_names=["cat", "dog"],
+    )
+    layout = OutputLayout(root / "out")
+    frame = detections_to_frame(detections, record, model="gsam", run_id="r")
+    write_shard(layout, "one", frame, [record], "r")
+    return layout
+
+
+def test_coco_bbox_is_the_mask_extent_and_the_table_keeps_the_detector_box(
+    tmp_path: Path,
+) -> None:
+    layout = write_mask_beyond_box_folder(tmp_path)
+
+    coco = COCO(str(_coco_file(layout)))
+
+    anns = sorted(coco.anns.values(), key=lambda a: -a["score"])
+    assert len(anns) == 2
+    beyond, empty = anns
+    x, y, w, h = beyond["bbox"]
+    assert [x, y, x + w, y + h] == BEYOND_BOX_MASK_XYXY
+    assert beyond["area"] == 21 * 34 - 9  # the mask's pixels, not the box's
+    x, y, w, h = empty["bbox"]
+    assert [x, y, x + w, y + h] == EMPTY_MASK_XYXY  # the detector's box
+    assert empty["area"] == 0
+    table = read_labels(layout).sort_values("confidence", ascending=False)
+    assert table[["x_min", "y_min", "x_max", "y_max"]].to_numpy().tolist() == [
+        BEYOND_BOX_XYXY,
+        EMPTY_MASK_XYXY,
+    ]
+
+
 @pytest.mark.parametrize("mask_format", ["rle", "polygon"])
 def test_coco_masks_round_trip_through_pycocotools(layout, mask_format: str) -> None:
-    path = write_coco(layout, CLASS_NAMES, mask_format=mask_format)
+    path = _coco_file(layout, mask_format=mask_format)
 
     coco = COCO(str(path))
 
     assert len(coco.anns) == 5 and len(coco.imgs) == len(IMAGES)
     for image in coco.imgs.values():
         anns = coco.loadAnns(coco.getAnnIds(imgIds=image["id"]))
-        expected = expected_masks(image["file_name"].removeprefix("images/"))
+        expected = expected_masks(image["file_name"])
         assert [a["category_id"] - 1 for a in anns] == [c for c, _ in expected]
         for ann, (_, mask) in zip(anns, expected, strict=True):
             np.testing.assert_array_equal(coco.annToMask(ann).astype(bool), mask)
@@ -134,7 +200,7 @@ def test_coco_masks_round_trip_through_pycocotools(layout, mask_format: str) -> 
 
 
 def test_rle_segmentations_are_the_stored_rle(layout) -> None:
-    coco = json.loads(write_coco(layout, CLASS_NAMES).read_text())
+    coco = json.loads(_coco_file(layout).read_text())
     stored = read_labels(layout).sort_values("confidence", ascending=False)
 
     segmentations = {
@@ -150,9 +216,7 @@ def test_rle_segmentations_are_the_stored_rle(layout) -> None:
 def test_polygons_keep_holes_and_parts_and_fall_back_to_rle_only_when_needed(
     layout,
 ) -> None:
-    coco = json.loads(
-        write_coco(layout, CLASS_NAMES, mask_format="polygon").read_text()
-    )
+    coco = json.loads(_coco_file(layout, mask_format="polygon").read_text())
 
     kinds = [type(a["segmentation"]).__name__ for a in coco["annotations"]]
 
@@ -164,7 +228,7 @@ def test_polygons_keep_holes_and_parts_and_fall_back_to_rle_only_when_needed(
 
 
 def test_cocoeval_segm_of_the_file_against_itself_is_perfect(layout) -> None:
-    coco_dict = json.loads(write_coco(layout, CLASS_NAMES).read_text())
+    coco_dict = json.loads(_coco_file(layout).read_text())
     # An empty mask matches nothing (IoU of two empty masks is 0): evaluate the others.
     coco_dict["annotations"] = [a for a in coco_dict["annotations"] if a["area"] > 0]
     ground_truth = COCO()
@@ -181,7 +245,7 @@ def test_cocoeval_segm_of_the_file_against_itself_is_perfect(layout) -> None:
 
 
 def test_supervision_reads_back_the_masks(layout) -> None:
-    path = write_coco(layout, CLASS_NAMES)
+    path = _coco_file(layout)
 
     dataset = sv.DetectionDataset.from_coco(
         images_directory_path=str(path.parent),
@@ -217,10 +281,10 @@ def test_detection_tables_still_export_without_segmentation(tmp_path: Path) -> N
 
 def test_yolo_writes_one_polygon_line_per_label(layout) -> None:
     data_yaml = write_yolo(layout, CLASS_NAMES)
-    labels_dir = data_yaml.parent / "labels"
 
-    lines = {
-        path.stem: path.read_text().splitlines() for path in labels_dir.glob("*.txt")
+    lines = {  # every split folder's labels (train/, valid/)
+        path.stem: path.read_text().splitlines()
+        for path in data_yaml.parent.glob("*/labels/*.txt")
     }
 
     assert {k: len(v) for k, v in lines.items()} == {"x": 2, "y": 3, "empty": 0}
@@ -237,18 +301,21 @@ def test_yolo_writes_one_polygon_line_per_label(layout) -> None:
 def test_supervision_reads_back_yolo_polygons_close_to_the_masks(layout) -> None:
     data_yaml = write_yolo(layout, CLASS_NAMES)
 
-    dataset = sv.DetectionDataset.from_yolo(
-        images_directory_path=str(data_yaml.parent / "images"),
-        annotations_directory_path=str(data_yaml.parent / "labels"),
-        data_yaml_path=str(data_yaml),
-        force_masks=True,
-    )
+    annotations: dict[str, sv.Detections] = {}
+    for split_dir in sorted(p for p in data_yaml.parent.iterdir() if p.is_dir()):
+        dataset = sv.DetectionDataset.from_yolo(
+            images_directory_path=str(split_dir / "images"),
+            annotations_directory_path=str(split_dir / "labels"),
+            data_yaml_path=str(data_yaml),
+            force_masks=True,
+        )
+        annotations.update(dataset.annotations)
 
-    assert sorted(Path(p).name for p in dataset.annotations) == sorted(
+    assert sorted(Path(p).name for p in annotations) == sorted(
         image.name for image in IMAGES
     )
     compared = 0
-    for image_path, detections in dataset.annotations.items():
+    for image_path, detections in annotations.items():
         expected = expected_masks(Path(image_path).name)
         assert detections.class_id.tolist() == [c for c, _ in expected]
         if not expected:

@@ -19,6 +19,7 @@ from tasks.export_classification import (
     export_roboflow_classification_task,
 )
 from tasks.export_coco import export_coco_task, write_coco
+from tasks.export_voc import export_voc_task, write_voc
 from tasks.export_yolo import export_yolo_task, write_yolo
 from tasks.labels import OutputLayout
 from tests.tasks.export_folders import (
@@ -44,20 +45,34 @@ def _classification_folder(root: Path) -> OutputLayout:
     return write_classification_folder(root, SINGLE_LABEL)
 
 
+def _coco_images(split_dir: Path) -> list[dict]:
+    return json.loads((split_dir / "_annotations.coco.json").read_text())["images"]
+
+
 EXPORT_TASKS = {
     "export-coco": ExportTask(
         export_coco_task,
         write_output_folder,
         CLASS_NAMES,
-        lambda layout: layout.coco_json,
-        lambda path: len(json.loads(path.read_text())["images"]) == 4,
+        lambda layout: layout.coco_dir,
+        lambda path: len(_coco_images(path / "train")) == 4,
+    ),
+    "export-voc": ExportTask(
+        export_voc_task,
+        write_output_folder,
+        CLASS_NAMES,
+        lambda layout: layout.voc_dir,
+        lambda path: "<object>" not in (path / "train" / "empty.xml").read_text(),
     ),
     "export-yolo": ExportTask(
         export_yolo_task,
         write_output_folder,
         CLASS_NAMES,
         lambda layout: layout.yolo_dir / "data.yaml",
-        lambda path: (path.parent / "labels" / "empty.txt").read_text() == "",
+        # empty.png has no boxes: an empty label file, in its split's folder.
+        lambda path: (
+            [p.read_text() for p in path.parent.glob("*/labels/empty.txt")] == [""]
+        ),
     ),
     "export-class-table": ExportTask(
         export_class_table_task,
@@ -71,7 +86,7 @@ EXPORT_TASKS = {
         _classification_folder,
         CLASSIFICATION_NAMES,
         lambda layout: layout.class_folders_dir,
-        lambda path: (path / "cat" / "a" / "x.jpg").is_file(),
+        lambda path: (path / "train" / "cat" / "a__x.jpg").is_file(),
     ),
     "export-roboflow-classification": ExportTask(
         export_roboflow_classification_task,
@@ -121,7 +136,8 @@ def test_the_export_task_writes_again_when_called_again_with_the_same_inputs(
 
 
 WRITERS: dict[str, tuple[Callable[..., Path], Callable[[OutputLayout], Path]]] = {
-    "coco": (write_coco, lambda layout: layout.coco_json.parent),
+    "coco": (write_coco, lambda layout: layout.coco_dir),
+    "voc": (write_voc, lambda layout: layout.voc_dir),
     "yolo": (write_yolo, lambda layout: layout.yolo_dir),
 }
 

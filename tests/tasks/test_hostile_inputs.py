@@ -25,14 +25,10 @@ from model_loaders.batching import UnusableImagesError
 from model_loaders.ontology import Ontology
 from model_loaders.protocol import ModelSpec
 from tasks.credits import CreditLedger, resolve_ledger_path
-from tasks.export_images import MAX_EXPORT_NAME_BYTES, unique_export_names
-from tasks.images import (
-    DecodedImage,
-    ImageRef,
-    decode_image,
-    file_content_id,
-    max_image_bytes,
-)
+from tasks.export_coco import coco_annotations_path
+from tasks.export_names import MAX_EXPORT_NAME_BYTES, unique_export_names
+from tasks.image_files import file_content_id, max_image_bytes
+from tasks.images import DecodedImage, ImageRef, decode_image
 from tasks.label import predict_usable
 from tasks.labels import OutputLayout, read_images, read_labels
 from tasks.settings import LabelSettings
@@ -132,7 +128,8 @@ def test_bad_files_and_names_are_skipped_or_renamed_and_the_run_finishes(
 
     # COCO opens, one image entry per labeled image, names unique and short.
     labels = read_labels(layout)
-    coco = COCO(str(layout.coco_json))
+    coco_json = coco_annotations_path(layout)  # no split asked: all in train
+    coco = COCO(str(coco_json))
     entries = coco.loadImgs(coco.getImgIds())
     assert len(entries) == len(GOOD)
     assert len(coco.getAnnIds()) == len(labels)
@@ -140,8 +137,9 @@ def test_bad_files_and_names_are_skipped_or_renamed_and_the_run_finishes(
     assert len(set(names)) == len(GOOD)
     assert max(len(Path(n).name.encode()) for n in names) <= MAX_EXPORT_NAME_BYTES
     for name in names:
-        assert (layout.coco_json.parent / name).is_file(), name
-    assert {"images/x.jpeg", "images/x.bmp"} <= set(names)  # no clash in COCO
+        assert "/" not in name and (coco_json.parent / name).is_file(), name
+    x_suffix = hashlib.sha256(b"x.jpeg").hexdigest()[:8]
+    assert {f"x-{x_suffix}.jpeg", "x.bmp"} <= set(names)  # one stem, two names
 
     # YOLO opens with supervision, one entry per labeled image, each with its boxes.
     classes, from_yolo = read_yolo_tree(layout.yolo_dir / "data.yaml")

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
+from tasks.image_files import file_content_id
 from tasks.images import (
     DecodedImage,
     ImageRef,
@@ -28,7 +29,6 @@ from tasks.images import (
     decode_image,
     decode_with_prefetch,
     discover_images,
-    file_content_id,
 )
 from tasks.labels import (
     IMAGE_SCHEMA,

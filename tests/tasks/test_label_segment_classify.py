@@ -16,7 +16,7 @@ from tasks.export_classification import (
     write_class_table,
     write_roboflow_classification,
 )
-from tasks.export_coco import write_coco
+from tasks.export_coco import coco_annotations_path, write_coco
 from tasks.export_yolo import write_yolo
 from tasks.labels import read_images, read_labels
 from tasks.masks import rle_area, rle_to_mask
@@ -38,21 +38,22 @@ def test_segment_labels_carry_masks_that_coco_and_yolo_export(
     for row in labels.itertuples():
         rle = json.loads(row.mask)
         assert rle["size"] == [row.height, row.width]
-    coco = COCO(str(write_coco(layout, ONTOLOGY.class_names)))
+    write_coco(layout, ONTOLOGY.class_names)
+    coco = COCO(str(coco_annotations_path(layout)))
     assert len(coco.anns) == len(labels)
     stored = {
         (row.source_uri.rsplit("/", 1)[1], round(row.confidence, 6)): row.mask
         for row in labels.itertuples()
     }
     for ann in coco.anns.values():
-        name = coco.imgs[ann["image_id"]]["file_name"].rsplit("/", 1)[1]
+        name = coco.imgs[ann["image_id"]]["file_name"]
         rle = json.loads(stored[(name, round(ann["score"], 6))])
         np.testing.assert_array_equal(
             coco.annToMask(ann).astype(bool), rle_to_mask(rle)
         )
         assert ann["area"] == rle_area(rle)
-    yolo = write_yolo(layout, ONTOLOGY.class_names).parent / "labels"
-    lines = sum(len(p.read_text().splitlines()) for p in yolo.rglob("*.txt"))
+    yolo = write_yolo(layout, ONTOLOGY.class_names).parent
+    lines = sum(len(p.read_text().splitlines()) for p in yolo.glob("*/labels/*.txt"))
     assert lines == len(labels)
 
 
