@@ -22,4 +22,4 @@ status=0
   --model "$MODEL" --out out || status=$?
 # Exit code 3 only says that some images were skipped (see out/report.md).
 [ "$status" -eq 0 ] || [ "$status" -eq 3 ] || exit "$status"
-echo "done: out/coco/annotations.json, out/yolo/, out/labels/, out/report.md"
+echo "done: out/coco/train/_annotations.coco.json, out/yolo/data.yaml, out/voc/, out/labels/, out/report.md"

@@ -4,7 +4,9 @@ server) per test session."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -12,6 +14,7 @@ from pathlib import Path
 # results and the harness database must not leak between sessions) and no analytics (no
 # network here).
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="autolabel-prefect-home-")
+atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], ignore_errors=True)
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
