@@ -76,7 +76,7 @@ def label(
         exit_on(SourceError, RoboflowAccessError, code=EXIT_FAILED),
         exit_on(QualityCheckFailed, code=EXIT_QUALITY),
     ):
-        warm_model_or_exit(settings.model)
+        warm_model_or_exit(settings)
         with progress_bar("Labeling"):
             summary = label_images(
                 source=source,

@@ -135,7 +135,7 @@ def preview(
     preflight_or_exit(source=source, out=out)
     check_sample(source, out, reach, sample, seed, picked)
     with out_lock_or_exit(out, "autolabel preview"):
-        warm_model_or_exit(settings.model)
+        warm_model_or_exit(settings)
 
         from flows.preview import preview as preview_flow
 

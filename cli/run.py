@@ -112,7 +112,7 @@ def run(
     if not reuse_approved:
         check_sample(source, out, sources.options(), sample, seed, split_images(images))
     with out_lock_or_exit(out, "autolabel run"):
-        warm_model_or_exit(settings.model)
+        warm_model_or_exit(settings)
 
         from flows.autolabel import autolabel
         from tasks import approval

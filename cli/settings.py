@@ -10,7 +10,7 @@ from pathlib import Path
 
 from cli.options import ClassChoices, CreditChoices, ModelChoices, OutputChoices
 from cli.output import EXIT_FAILED, EXIT_USAGE, console, exit_on, fail, shown
-from model_loaders.protocol import ModelLoadError, ModelSpec
+from model_loaders.protocol import ModelLoadError
 from tasks.credits import CreditAccount
 from tasks.settings import (
     LabelSettings,
@@ -78,18 +78,26 @@ def account_or_exit(
     return account
 
 
-def warm_model_or_exit(spec: ModelSpec) -> None:
+def warm_model_or_exit(settings: LabelSettings) -> None:
     """Load the model into this process's cache before the flow starts.
 
     The flow's tasks run in this process and reuse it; a model that cannot be loaded
-    fails here with one line instead of a task traceback.
+    fails here with one line instead of a task traceback. A backend that can tell
+    from its tokenizer alone that a description is too long (``check_ontology``)
+    says so before the weights load (exit 2).
     """
+    from model_loaders.backends import backend_class
     from model_loaders.cache import get_model
 
+    spec = settings.model
     with (
         console.status(f"Loading {shown(spec.model)} ..."),
         exit_on(ModelLoadError, code=EXIT_FAILED),
     ):
+        check = getattr(backend_class(spec.backend), "check_ontology", None)
+        if check is not None:
+            with exit_on(ValueError, code=EXIT_USAGE):
+                check(spec, settings.ontology)
         get_model(spec)
 
 

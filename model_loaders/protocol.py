@@ -166,7 +166,12 @@ class ModelLoadError(RuntimeError):
 
 
 class LabelingModel(Protocol):
-    """What the labeling tasks need from a backend."""
+    """What the labeling tasks need from a backend.
+
+    A backend may also offer ``check_ontology(spec, ontology)``, a classmethod that
+    refuses (ValueError) an ontology it cannot prompt, reading only what is cheap
+    (a tokenizer): the command line calls it before the weights load.
+    """
 
     @classmethod
     def load(cls, spec: ModelSpec) -> LabelingModel:

@@ -88,6 +88,29 @@ class Sam3Backend:
             ) from error
         return cls(model.to(device).eval(), processor, spec, device)
 
+    @classmethod
+    def check_ontology(cls, spec: ModelSpec, ontology: Ontology) -> None:
+        """Refuse descriptions too long for SAM 3 before the weights load: only the
+        processor's tokenizer and the config are read.
+
+        Raises:
+            PromptTooLongError: The first description over the text length.
+            ModelLoadError: If the processor or config cannot be read.
+        """
+        from transformers import Sam3Config, Sam3Processor
+
+        check_model_reachable(spec.model, what="SAM 3")
+        try:
+            processor = Sam3Processor.from_pretrained(spec.model)
+            config = Sam3Config.from_pretrained(spec.model)
+        except Exception as error:  # as in load(): one line
+            raise ModelLoadError(
+                f"cannot load SAM 3 {spec.model!r}: {type(error).__name__}"
+            ) from error
+        max_text_len = int(config.text_config.max_position_embeddings)
+        for prompt, _ in ontology.prompts():
+            _tokens_within(processor, prompt, max_text_len)
+
     def prompts_for(self, ontology: Ontology) -> PromptEmbeddings:
         """The ontology's text embeddings, computed once per ontology.
 
@@ -103,13 +126,7 @@ class Sam3Backend:
         pairs = ontology.prompts()
         ids, masks = [], []
         for prompt, _ in pairs:
-            tokens = self.processor(text=prompt, return_tensors="pt")
-            length = int(tokens["input_ids"].shape[1])
-            if length > self.max_text_len:
-                raise PromptTooLongError(
-                    f"the description {prompt!r} is {length} tokens long; SAM 3 reads "
-                    f"at most {self.max_text_len} per prompt: shorten it"
-                )
+            tokens = _tokens_within(self.processor, prompt, self.max_text_len)
             ids.append(tokens["input_ids"])
             masks.append(tokens["attention_mask"])
         input_ids = torch.cat(ids).to(self.device)
@@ -287,3 +304,15 @@ class Sam3Backend:
                 "prompt": np.array([], dtype=str),
             },
         )
+
+
+def _tokens_within(processor, prompt: str, max_text_len: int) -> dict:
+    """``prompt`` tokenized; a PromptTooLongError if SAM 3 cannot read it whole."""
+    tokens = processor(text=prompt, return_tensors="pt")
+    length = int(tokens["input_ids"].shape[1])
+    if length > max_text_len:
+        raise PromptTooLongError(
+            f"the description {prompt!r} is {length} tokens long; SAM 3 reads "
+            f"at most {max_text_len} per prompt: shorten it"
+        )
+    return tokens

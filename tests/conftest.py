@@ -54,6 +54,15 @@ def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> str:
     return f"local-dir:{folder}"
 
 
+@pytest.fixture(scope="session")
+def tiny_sam3(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A tiny random SAM 3 whose scores spread (score_scale) so a floor keeps some."""
+    from model_loaders.random_init_sam3 import save_random_sam3
+
+    folder = tmp_path_factory.mktemp("tiny-sam3")
+    return str(save_random_sam3(folder, "tiny", score_scale=100.0))
+
+
 @pytest.fixture
 def sample_photos(tmp_path: Path) -> Path:
     """A folder of four real photos of different sizes and aspect ratios, new for each

@@ -119,3 +119,19 @@ def test_a_second_run_on_one_out_is_refused_in_one_line(no_model_load, tmp_path)
     errors = [line for line in result.output.splitlines() if "error:" in line]
     assert len(errors) == 1 and f"pid {holder.pid}" in errors[0], result.output
     assert "autolabel label" in errors[0] and "Traceback" not in result.output
+
+
+def test_a_description_too_long_for_sam3_is_refused_before_loading(
+    no_model_load, tiny_sam3, tmp_path
+):
+    photos = tmp_path / "photos"
+    write_sample_photos(photos)
+    long = "cat: " + " ".join(["a very small striped cat sitting"] * 10)
+    result = runner.invoke(
+        app,
+        ["label", str(photos), "--out", str(tmp_path / "out"), "--model", tiny_sam3,
+         "--task", "segment", "--class", long, "--class", "dog"],
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "tokens long; SAM 3 reads at most" in errors[0]

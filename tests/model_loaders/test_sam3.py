@@ -17,7 +17,6 @@ from model_loaders.backends import Sam3Options, backend_class
 from model_loaders.grounding_dino_prompts import PromptTooLongError
 from model_loaders.ontology import Ontology
 from model_loaders.protocol import ModelLoadError, ModelSpec
-from model_loaders.random_init_sam3 import save_random_sam3
 from model_loaders.sam3 import Sam3Backend
 
 # Three classes, one with two descriptions: four prompts per image.
@@ -25,12 +24,6 @@ ONTOLOGY = Ontology.from_class_options(["person", "cat: cat; kitten", "rocket"])
 # The tiny model's scores (score_scale 100) spread over ~0.05-0.41: this floor keeps
 # about a third of the 20 queries per prompt.
 FLOOR = 0.27
-
-
-@pytest.fixture(scope="module")
-def tiny_sam3(tmp_path_factory: pytest.TempPathFactory) -> str:
-    folder = tmp_path_factory.mktemp("tiny-sam3")
-    return str(save_random_sam3(folder, "tiny", score_scale=100.0))
 
 
 @pytest.fixture(scope="module")
