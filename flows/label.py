@@ -126,6 +126,7 @@ def finish_run(
             settings.ontology.class_names,
             batch_name=f"autolabel {run_id}",
             tags=[f"model:{settings.model.model}", f"run:{run_id}"],
+            splits=splits,
         )
     if credits is not None:
         record_credits_task(credits, run_id, charged_runs or [])

@@ -27,6 +27,7 @@ from tasks.roboflow_upload import (
     upload_to_roboflow,
 )
 from tasks.settings import LabelSettings
+from tasks.splits import ROBOFLOW_FOLDERS, Splits
 from tasks.thresholds import Thresholds
 
 API_KEY = "testkey-do-not-leak-42"
@@ -105,6 +106,30 @@ def test_every_image_arrives_once_with_its_boxes(stub, labeled_out):
         assert sorted(a["bbox"][0] for a in coco["annotations"]) == pytest.approx(
             sorted(expected["x_min"])
         )
+
+
+def test_each_image_goes_to_its_own_split(stub, labeled_out):
+    manifest = read_images(OutputLayout(labeled_out))
+    # A seed under which these few images land in both splits.
+    splits = next(
+        candidate
+        for seed in range(100)
+        if len(
+            {(candidate := Splits.parse("train=0.5,val=0.5", seed=seed)).split_of(i)
+             for i in manifest["image_id"]}
+        ) == 2
+    )  # fmt: skip
+    summary = _upload(labeled_out, splits=splits)
+    assert summary.uploaded == len(stub.images) == 4
+    expected = {
+        name: ROBOFLOW_FOLDERS[splits.split_of(image_id)].encode()
+        for name, image_id in zip(
+            manifest["relative_path"], manifest["image_id"], strict=True
+        )
+    }
+    got = {f["name"].decode(): f["split"] for f in stub.images.values()}
+    assert len(got) == 4 and all(expected[name] == split for name, split in got.items())
+    assert {b"train", b"valid"} <= set(got.values())  # both splits occur
 
 
 def test_retries_through_429_5xx_and_dropped_connections_then_a_rerun_uploads_nothing(
