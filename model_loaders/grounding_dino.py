@@ -20,7 +20,6 @@ import supervision as sv
 import torch
 
 from model_loaders.batching import PreparedImage, prepare_images, same_shape_batches
-from model_loaders.device import resolve_device, resolve_dtype
 from model_loaders.grounding_dino_prompts import (
     PromptText,
     build_joint_texts,
@@ -28,9 +27,9 @@ from model_loaders.grounding_dino_prompts import (
     phrase_scores,
     phrase_token_mask,
 )
-from model_loaders.hub import check_model_reachable
+from model_loaders.hub import load_pretrained
 from model_loaders.ontology import Ontology
-from model_loaders.protocol import Images, ModelLoadError, ModelSpec, Predictions
+from model_loaders.protocol import Images, ModelSpec, Predictions
 
 
 class GroundingDinoModel:
@@ -50,22 +49,17 @@ class GroundingDinoModel:
         """Load processor and weights from a Hugging Face id or a local directory."""
         from transformers import AutoProcessor, GroundingDinoForObjectDetection
 
-        device = resolve_device(spec.device)
-        dtype = resolve_dtype(spec.dtype, device)
-        check_model_reachable(spec.model, what="Grounding DINO")
-        try:
-            processor = AutoProcessor.from_pretrained(spec.model)
-            model = GroundingDinoForObjectDetection.from_pretrained(
-                spec.model, dtype=dtype
-            )
-        except (
-            Exception
-        ) as error:  # transformers raises OSError, ValueError, HTTP errors...
-            raise ModelLoadError(
-                f"cannot load Grounding DINO {spec.model!r}: {type(error).__name__}: "
-                f"{str(error).splitlines()[0] if str(error) else 'no details'}"
-            ) from error
-        return cls(model.to(device).eval(), processor, spec, device)
+        processor, model, device = load_pretrained(
+            spec,
+            what="Grounding DINO",
+            load=lambda dtype: (
+                AutoProcessor.from_pretrained(spec.model),
+                GroundingDinoForObjectDetection.from_pretrained(
+                    spec.model, dtype=dtype
+                ),
+            ),
+        )
+        return cls(model, processor, spec, device)
 
     def texts_for(self, ontology: Ontology) -> list[PromptText]:
         """The prompt texts for an ontology in this model's prompt mode (built once)."""

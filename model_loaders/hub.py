@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
-from model_loaders.protocol import ModelLoadError
+from model_loaders.protocol import ModelLoadError, ModelSpec
 
 
 def check_model_reachable(model: str, *, what: str) -> None:
@@ -51,3 +53,29 @@ def _hub_resolves() -> bool:
     except OSError:
         return False
     return True
+
+
+def load_pretrained(
+    spec: ModelSpec, *, what: str, load: Callable[[Any], tuple[Any, Any]]
+) -> tuple[Any, Any, Any]:
+    """``(processor, model, device)`` of a Hugging Face id or folder, the model on
+    the spec's device and dtype, in eval mode.
+
+    ``load(dtype)`` returns the processor and the model; anything it raises
+    (transformers raises OSError, ValueError, HTTP errors, config errors...) becomes
+    one ModelLoadError line naming ``what`` and the model.
+    """
+    from model_loaders.device import resolve_device, resolve_dtype
+
+    device = resolve_device(spec.device)
+    dtype = resolve_dtype(spec.dtype, device)
+    check_model_reachable(spec.model, what=what)
+    try:
+        processor, model = load(dtype)
+    except Exception as error:
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise ModelLoadError(
+            f"cannot load {what} {spec.model!r}: {type(error).__name__}: "
+            f"{detail or 'no details'}"
+        ) from error
+    return processor, model.to(device).eval(), device

@@ -39,9 +39,8 @@ import supervision as sv
 import torch
 
 from model_loaders.batching import PreparedImage, prepare_images, same_shape_batches
-from model_loaders.device import resolve_device, resolve_dtype
 from model_loaders.grounding_dino_prompts import PromptTooLongError
-from model_loaders.hub import check_model_reachable
+from model_loaders.hub import check_model_reachable, load_pretrained
 from model_loaders.ontology import Ontology
 from model_loaders.protocol import Images, ModelLoadError, ModelSpec, Predictions
 
@@ -74,19 +73,15 @@ class Sam3Backend:
         """Load processor and weights from a Hugging Face id or a local directory."""
         from transformers import Sam3Model, Sam3Processor
 
-        device = resolve_device(spec.device)
-        dtype = resolve_dtype(spec.dtype, device)
-        check_model_reachable(spec.model, what="SAM 3")
-        try:
-            processor = Sam3Processor.from_pretrained(spec.model)
-            model = Sam3Model.from_pretrained(spec.model, dtype=dtype)
-        except Exception as error:  # OSError, ValueError, HTTP errors, bad configs...
-            detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
-            raise ModelLoadError(
-                f"cannot load SAM 3 {spec.model!r}: {type(error).__name__}: "
-                f"{detail or 'no details'}"
-            ) from error
-        return cls(model.to(device).eval(), processor, spec, device)
+        processor, model, device = load_pretrained(
+            spec,
+            what="SAM 3",
+            load=lambda dtype: (
+                Sam3Processor.from_pretrained(spec.model),
+                Sam3Model.from_pretrained(spec.model, dtype=dtype),
+            ),
+        )
+        return cls(model, processor, spec, device)
 
     @classmethod
     def check_ontology(cls, spec: ModelSpec, ontology: Ontology) -> None:
