@@ -20,10 +20,8 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
-import json
 import os
 import pstats
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -81,16 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     common.put_repo_on_path()
     common.quiet_libraries()
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    with tempfile.TemporaryDirectory(prefix="gdino-bench-") as scratch:
-        report = run_benchmark(args, Path(scratch))
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        print(f"\nwrote {args.json}")
-    return 0
+    return common.run_in_scratch(args, run_benchmark, prefix="gdino-bench-")
 
 
 def run_benchmark(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:

@@ -23,10 +23,8 @@ model's of the same architecture.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -87,14 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         print("--device cuda: no CUDA device here", file=sys.stderr)
         return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    with tempfile.TemporaryDirectory(prefix="sam3-bench-") as scratch:
-        report = run_benchmark(args, Path(scratch))
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        print(f"\nwrote {args.json}")
-    return 0
+    return common.run_in_scratch(args, run_benchmark, prefix="sam3-bench-")
 
 
 def run_benchmark(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:

@@ -13,8 +13,13 @@ so their ratios compare across machines.
 
 from __future__ import annotations
 
+import argparse
+import json
 import sys
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,3 +39,23 @@ def quiet_libraries() -> None:
 
     logging.set_verbosity_error()
     logging.disable_progress_bar()
+
+
+def run_in_scratch(
+    args: argparse.Namespace,
+    run_benchmark: Callable[[argparse.Namespace, Path], dict[str, Any]],
+    *,
+    prefix: str,
+) -> int:
+    """Run a benchmark in a temporary folder on ``args.threads`` torch threads and
+    write its report to ``args.json`` when asked; the scripts' shared ``main`` tail."""
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory(prefix=prefix) as scratch:
+        report = run_benchmark(args, Path(scratch))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        print(f"\nwrote {args.json}")
+    return 0
