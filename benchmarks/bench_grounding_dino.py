@@ -13,6 +13,10 @@ model's.
 
     .venv/bin/python benchmarks/bench_grounding_dino.py            # mid model, ~5 min
     .venv/bin/python benchmarks/bench_grounding_dino.py --profile  # + cProfile of (b)
+    .venv/bin/python benchmarks/bench_grounding_dino.py --mixed-sizes  # see below
+
+``--mixed-sizes`` times the pipeline instead on a folder of 7 image sizes (both
+orientations) against the same files sorted by size (``gdino_bench_mixed``).
 """
 
 from __future__ import annotations
@@ -68,6 +72,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument(
+        "--mixed-sizes",
+        action="store_true",
+        help="time the pipeline on a folder of 7 sizes (both orientations) vs the "
+        "same files sorted by size, and with the old grouping (gdino_bench_mixed)",
+    )
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="after timing, cProfile one more (b) run and print the top entries",
@@ -89,6 +99,8 @@ def run_benchmark(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     from model_loaders.protocol import ModelSpec
     from tasks.settings import LabelSettings
 
+    if args.mixed_sizes:
+        return run_mixed_sizes(args, scratch)
     model_dir, build_s = _model_dir(args, scratch)
     classes = class_names(args.classes)
     images, source = sample_images(args.images, parse_size(args.image_size))
@@ -163,6 +175,61 @@ def run_benchmark(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     print_cpu_report(env, config, measurements, ratio_text)
     if args.profile:
         print("\n" + _profile_pipeline(scratch / "photos", settings, scratch))
+    return {
+        "environment": env,
+        "config": config,
+        "results": [m.as_dict() for m in measurements.values()],
+        "ratios": ratios,
+    }
+
+
+def run_mixed_sizes(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
+    """``--mixed-sizes``: (s), (m), (o) of ``gdino_bench_mixed``, interleaved."""
+    from gdino_bench_mixed import (
+        MIXED_MODE_NAMES,
+        mixed_modes,
+        mixed_report,
+        write_mixed_folders,
+    )
+    from gdino_bench_timing import MODE_NAMES
+
+    from model_loaders.cache import get_model
+    from model_loaders.ontology import Ontology
+    from model_loaders.protocol import ModelSpec
+    from tasks.settings import LabelSettings
+
+    model_dir, build_s = _model_dir(args, scratch)
+    mixed, by_size, sizes = write_mixed_folders(
+        args.images, parse_size(args.image_size), scratch
+    )
+    spec = ModelSpec(
+        model=str(model_dir), device=args.device, batch_size=args.batch_size
+    )
+    settings = LabelSettings(
+        ontology=Ontology.from_class_options(class_names(args.classes)), model=spec
+    )
+    backend = get_model(spec)
+    forwards: dict[str, int] = {}
+    modes = mixed_modes(mixed, by_size, settings, scratch, args.images, forwards)
+    modes["m"][1]()  # warm-up: allocator, caches, lazy imports
+    MODE_NAMES.update(MIXED_MODE_NAMES)
+    env = environment(backend.device)
+    measurements = time_modes(
+        modes, repeats=args.repeats, sync=device_sync(backend.device)
+    )
+    env["load_average_after"] = os.getloadavg()
+    ratios, text = mixed_report(measurements, forwards)
+    config = {
+        "size": args.size,
+        "images": args.images,
+        "sizes_wh": [list(size) for size in sizes],
+        "batch_size": args.batch_size,
+        "chunk_size": settings.chunk_size,
+        "classes": args.classes,
+        "repeats": args.repeats,
+        "build_random_model_s": round(build_s, 2),
+    }
+    print(f"\n{env}\n{config}\n\n{text}")
     return {
         "environment": env,
         "config": config,

@@ -34,6 +34,8 @@ from cli.settings import (
     batch_settings,
     out_lock_or_exit,
 )
+from tasks.credits import is_database_url
+from tasks.s3 import is_s3, staging_folder
 
 
 def notify_upload(
@@ -113,8 +115,12 @@ def label_sharded(
         typer.Argument(help="Folder every worker reads at the same path, or a URI."),
     ],
     out: Annotated[
-        Path, typer.Option(help="Output folder every worker writes (shared).")
-    ] = Path("out"),
+        str,
+        typer.Option(
+            help="Output folder every worker writes (shared), or s3://bucket/prefix "
+            "(no shared disk: shards put their results there)."
+        ),
+    ] = "out",
     shards: Annotated[int, typer.Option(min=1, help="Shard runs to fan out.")] = 4,
     deployment: Annotated[
         str, typer.Option(help="The label-images deployment the shards run as.")
@@ -143,31 +149,40 @@ def label_sharded(
 
     This process plans and merges; the shards run as the label-images deployment on
     `prefect worker start --pool ...` workers, which must see SOURCE and --out at the
-    same paths.
+    same paths, or reach them as s3:// URIs (then no disk is shared; give them a
+    --credits-ledger postgresql://... too).
     """
-    settings = batch_settings(source, str(out), classes, model, output, credits)
+    settings = batch_settings(source, out, classes, model, output, credits)
     if not _api_url():
         fail("set PREFECT_API_URL to the server your workers poll")
-    out = out.resolve()
-    source = _worker_path(source)
+    out, source = _worker_path(out), _worker_path(source)
+    local_out = staging_folder(out) if is_s3(out) else Path(out)
+    _check_s3_out_or_exit(out, sources.options().s3_endpoint_url)
     account = account_or_exit(
         credits,
-        out=out,
+        out=local_out,
         source=source,
         settings=settings,
         upload_to=output.upload_to,
     )
+    if is_s3(out) and not is_database_url(account.ledger_path):
+        console.print(
+            f"Note: the credit ledger {shown(account.ledger_path)} is a file on this "
+            "machine; workers on other machines need --credits-ledger "
+            "postgresql://... (or AUTOLABEL_CREDITS_LEDGER).",
+            markup=False,
+        )
 
     from flows.label_sharded import label_sharded as label_sharded_flow
     from tasks.shards import ShardsFailed
 
     with (
-        out_lock_or_exit(out, "autolabel label-sharded"),
+        out_lock_or_exit(local_out, "autolabel label-sharded"),
         exit_on(ShardsFailed, ValueError, code=EXIT_FAILED),
     ):
         summary = label_sharded_flow(
             source=source,
-            out=str(out),
+            out=out,
             settings=settings,
             shards=shards,
             deployment=deployment,
@@ -181,7 +196,18 @@ def label_sharded(
             stale_after_s=stale_after,
             poll_interval_s=poll_interval,
         )
-    raise typer.Exit(report_run(summary, str(out)))
+    raise typer.Exit(report_run(summary, out))
+
+
+def _check_s3_out_or_exit(out: str, endpoint_url: str | None) -> None:
+    """An s3:// output's bucket must be there and take our credentials: one line
+    and exit 1 (2 for a malformed URI) before anything starts."""
+    from tasks.preflight import PreflightError, check_s3_out
+
+    try:
+        check_s3_out(out, endpoint_url)
+    except PreflightError as error:
+        fail(error, EXIT_USAGE if error.usage else EXIT_FAILED)
 
 
 def _worker_path(value: str) -> str:

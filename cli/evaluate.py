@@ -20,7 +20,10 @@ def evaluate(
         str,
         typer.Option(
             help="Human labels: a COCO JSON file (or a folder of them, e.g. a "
-            "Roboflow COCO export) or a YOLO folder with data.yaml."
+            "Roboflow COCO export), a YOLO folder with data.yaml, "
+            "roboflow://WORKSPACE/PROJECT/VERSION (downloaded as COCO); for "
+            "classification, class folders (<class>/<image>, per split or not), "
+            "Roboflow's _classes.csv or a CSV of image,class[,class...]."
         ),
     ],
     map_: Annotated[
@@ -54,11 +57,16 @@ def evaluate(
             out=out, truth=truth, class_map=list(map_ or []), iou=iou
         )
     overall = evaluation.overall
+    if evaluation.accuracy_images:
+        scores = f"accuracy {_number(evaluation.accuracy)}, " + (
+            f"AP {_number(overall.ap)}, " if evaluation.task == "classify-multi" else ""
+        )
+    else:
+        scores = f"AP@0.5 {_number(overall.ap50)}, AP@[.5:.95] {_number(overall.ap)}, "
     console.print(
         f"Evaluated {evaluation.images} image(s), {len(evaluation.per_class)} "
-        f"class(es): precision {_number(overall.precision)}, recall "
-        f"{_number(overall.recall)}, F1 {_number(overall.f1)}, AP@0.5 "
-        f"{_number(overall.ap50)}, AP@[.5:.95] {_number(overall.ap)}. "
+        f"class(es): {scores}precision {_number(overall.precision)}, recall "
+        f"{_number(overall.recall)}, F1 {_number(overall.f1)}. "
         f"Report: {shown(evaluation_dir(out))}/evaluation.md"
     )
     unmatched = len(evaluation.unmatched_truth_images)

@@ -1,8 +1,8 @@
 """The ``autolabel`` command line: each command starts a flow with a progress bar.
 
 Commands live one job a module (``cli.label``, ``cli.preview``, ``cli.run``,
-``cli.deploy``, ``cli.ui``) and share their options through ``cli.options``; exit
-codes are listed in ``cli.output``.
+``cli.deploy``, ``cli.ui``, ``cli.evaluate``, ``cli.train``) and share their options
+through ``cli.options``; exit codes are listed in ``cli.output``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from cli import deploy, evaluate, label, preview, run, ui
+from cli import deploy, evaluate, label, preview, run, train, ui
 from cli.output import EXIT_FAILED, debugging, print_error
 
 app = typer.Typer(
@@ -50,6 +50,7 @@ app.command("notify-upload")(deploy.notify_upload)
 app.command("label-sharded")(deploy.label_sharded)
 app.command()(ui.ui)
 app.command()(evaluate.evaluate)
+app.command()(train.train)
 
 
 def console_script() -> None:

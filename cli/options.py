@@ -51,16 +51,21 @@ OntologyOption = Annotated[
 ]
 ThresholdOption = Annotated[
     list[str] | None,
-    typer.Option(help="0.35 (every class) or name=0.5 (one class). Repeatable."),
+    typer.Option(
+        help="0.35 (every class), name=0.5 (one class), or auto: each class at its "
+        "F1-optimal threshold on human labels of the preview sample (--truth). "
+        "Repeatable."
+    ),
 ]
 ModelOption = Annotated[
     str | None,
     typer.Option(
-        help="Grounding DINO: Hugging Face id or folder (default "
-        "IDEA-Research/grounding-dino-tiny); CLIP: open_clip name (ViT-B-32), hf-hub: "
-        "or local-dir:; your own model: a Hugging Face detector folder (--backend "
-        "trained), a torchvision state dict (--torchvision-arch) or "
-        "roboflow://WORKSPACE/PROJECT/VERSION."
+        help="A Hugging Face id or folder; the backend follows the model: Grounding "
+        "DINO (default IDEA-Research/grounding-dino-tiny), MM Grounding DINO / LLMDet, "
+        "OWLv2 (google/owlv2-base-patch16-ensemble), SAM 3 (facebook/sam3), a "
+        "detector or classifier trained on your classes; CLIP: open_clip name "
+        "(ViT-B-32), hf-hub: or local-dir:; a torchvision state dict "
+        "(--torchvision-arch) or roboflow://WORKSPACE/PROJECT/VERSION."
     ),
 ]
 DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
@@ -84,9 +89,11 @@ DatasetOption = Annotated[
     typer.Option(help="Dataset the credits are booked to (default: the source)."),
 ]
 LedgerOption = Annotated[
-    Path | None,
+    str | None,
     typer.Option(
-        "--credits-ledger", help="SQLite credit ledger (default: OUT/credits.sqlite)."
+        "--credits-ledger",
+        help="Credit ledger: an SQLite file (default: OUT/credits.sqlite, or "
+        "$AUTOLABEL_CREDITS_LEDGER) or postgresql://user@host:port/db.",
     ),
 ]
 RatesOption = Annotated[
@@ -157,9 +164,10 @@ class ModelChoices:
     backend: Annotated[
         str | None,
         typer.Option(
-            help="grounding_dino, grounded_sam, sam3, clip, trained (Hugging Face "
-            "detector folder), torchvision or roboflow; default: from --task and "
-            "--model (a model folder's config.json names SAM 3 or a trained detector)."
+            help="grounding_dino, mm_grounding_dino, owlv2, grounded_sam, sam3, clip, "
+            "trained (Hugging Face detector folder), trained_classifier, torchvision "
+            "or roboflow; default: from --model (its config.json, or a Hub id's "
+            "name), else from --task."
         ),
     ] = None
     device: DeviceOption = "auto"

@@ -31,6 +31,7 @@ from cli.output import (
     usage,
 )
 from cli.settings import out_lock_or_exit, preflight_or_exit, warm_model_or_exit
+from model_loaders.model_family import ModelLoadError
 from tasks.images import SourceError
 from tasks.preview import DEFAULT_SAMPLE_SIZE, PreviewError
 from tasks.settings import (
@@ -57,6 +58,23 @@ ImagesOption = Annotated[
         "--images", help="Preview these images instead: a.jpg,b/c.jpg (relative)."
     ),
 ]
+
+TruthOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Human labels of (some of) the sample images: a COCO JSON file (or a "
+        "folder of them) or a YOLO folder with data.yaml. Shows each class's "
+        "precision/recall/F1 and its F1-optimal threshold; --threshold auto uses it."
+    ),
+]
+TruthMapOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--truth-map",
+        help="THEIR_CLASS=OUR_CLASS: a --truth class named otherwise. Repeatable.",
+    ),
+]
+AUTO = "auto"
 
 # Options left out of ``preview`` keep the --from preview's values.
 PreviewClassChoices = inherited(ClassChoices)
@@ -88,6 +106,8 @@ def preview(
     seed: SeedOption = 0,
     images: ImagesOption = None,
     dataset: DatasetOption = None,
+    truth: TruthOption = None,
+    truth_map: TruthMapOption = None,
     *,
     classes: PreviewClassChoices,
     model: PreviewModelChoices,
@@ -99,12 +119,22 @@ def preview(
     (shown)/(total) per class. Options left out keep the --from preview's values.
     """
     given = model.spec_fields(dataset)
+    auto = split_auto(classes)
+    check_truth_options(truth, truth_map)
     stored = None
     if from_ is not None:
         if source is not None:
             usage("give SOURCE or --from OUT, not both")
         if not classes.given:
-            _refilter_or_refuse(from_, classes, given, sources)
+            _refilter_or_refuse(
+                from_,
+                classes,
+                given,
+                sources,
+                truth=truth,
+                truth_map=truth_map,
+                auto=auto,
+            )
             return
         if images:
             usage("--from re-runs the stored sample: drop --images")
@@ -115,7 +145,10 @@ def preview(
     given["dataset"] = labeled_dataset(dataset, source)
     # Defaults: the stored preview's, else LabelSettings' own.
     base = stored.settings if stored else LabelSettings.model_construct()
-    with exit_on(SettingsError, code=EXIT_USAGE):
+    with (
+        exit_on(ModelLoadError, code=EXIT_FAILED),
+        exit_on(SettingsError, code=EXIT_USAGE),
+    ):
         settings = build_settings(
             classes=classes.classes or [],
             ontology_file=classes.ontology,
@@ -126,6 +159,10 @@ def preview(
         )
     if stored:
         settings = _keep_stored_thresholds(settings, stored.settings, classes.threshold)
+    if auto and truth is None and not (stored and stored.truth):
+        usage("--threshold auto needs human labels: give --truth PATH")
+    if truth is not None:
+        check_truth(truth, truth_map, settings.ontology.class_names)
     picked = split_images(images)
     kept_sources = stored.sources if stored else SourceOptions()
     reach = SourceOptions(
@@ -148,7 +185,11 @@ def preview(
                 seed=seed,
                 images=picked,
                 sources=reach,
+                truth=truth,
+                truth_map=truth_map,
             )
+        if auto:
+            summary = show_auto_thresholds(out)
     print_preview(summary)
     raise typer.Exit(EXIT_SKIPPED if summary.skipped else 0)
 
@@ -171,6 +212,7 @@ def print_preview(summary) -> None:
         f"candidates: {shown(root / 'candidates.parquet')}; "
         f"summary: {shown(root / 'summary.md')}",
     )
+    print_truth(summary)
     for path, reason in summary.skipped:
         console.print(f"[yellow]skipped[/yellow] {shown(f'{path}: {reason}')}")
     if summary.below_floor:
@@ -179,6 +221,98 @@ def print_preview(summary) -> None:
             f"{shown(', '.join(summary.below_floor))}: counts may be too low; run "
             "the preview on SOURCE again to see candidates under the floor"
         )
+
+
+def print_truth(summary) -> None:
+    """Per class P/R/F1 on the sample's labeled images, and the F1-optimal threshold."""
+    if not summary.truth:
+        return
+    from tasks.preview_report import number
+
+    table = Table(
+        "class", "threshold", "precision", "recall", "F1", "F1-optimal threshold",
+        title=f"Against {shown(summary.truth_source)} (the sample's labeled images)",
+    )  # fmt: skip
+    for name, score in summary.truth.items():
+        best = (
+            f"{score.suggested:g} (F1 {number(score.suggested_f1)})"
+            if score.from_truth
+            else f"keeps {score.threshold:g}: {shown(score.reason)}"
+        )
+        table.add_row(
+            shown(name), f"{score.threshold:g}", number(score.precision),
+            number(score.recall), number(score.f1), best,
+        )  # fmt: skip
+    console.print(table)
+
+
+def split_auto(classes: ClassChoices) -> bool:
+    """Take ``--threshold auto`` out of the threshold options; whether it was given."""
+    options = classes.threshold or []
+    auto = any(option.strip().lower() == AUTO for option in options)
+    classes.threshold = [o for o in options if o.strip().lower() != AUTO] or None
+    return auto
+
+
+def check_truth_options(truth: str | None, truth_map: list[str] | None) -> None:
+    """Refuse a bad --truth-map, or one without --truth, before any model loads."""
+    from tasks.truth import MapError, parse_map_options
+
+    if truth_map and truth is None:
+        usage("--truth-map maps the classes of --truth: give --truth PATH too")
+    with exit_on(MapError, code=EXIT_USAGE):
+        parse_map_options(truth_map or [])
+
+
+def check_truth(truth: str, truth_map: list[str] | None, classes: list[str]) -> None:
+    """Read the truth and check --truth-map against its classes and ours, before the
+    model loads: one line, exit 1 (unreadable) or 2 (a bad map)."""
+    import pandas as pd
+
+    from tasks.truth import MapError, TruthError, match_truth, parse_map_options
+    from tasks.truth import read_truth as read
+
+    with exit_on(TruthError, code=EXIT_FAILED):
+        ground = read(truth)
+    nothing = pd.DataFrame(
+        columns=["image_id", "relative_path", "width", "height", "skipped_reason"]
+    )
+    with exit_on(MapError, code=EXIT_USAGE):
+        match_truth(
+            ground,
+            nothing,
+            our_classes=classes,
+            class_map=parse_map_options(truth_map or []),
+        )
+
+
+def show_auto_thresholds(out: Path):
+    """Show the preview at each class's F1-optimal threshold; say which classes kept
+    theirs. No model call."""
+    from tasks.preview import load_record
+    from tasks.preview_report import show_preview
+    from tasks.preview_truth import auto_thresholds
+
+    with exit_on(PreviewError, code=EXIT_USAGE):
+        tuned, choices = auto_thresholds(out, load_record(out).settings)
+    summary = show_preview(str(out), tuned)
+    report_auto(choices)
+    return summary
+
+
+def report_auto(choices) -> None:
+    """One line per class: tuned from the truth, or kept (and why)."""
+    for name, tuned in choices.items():
+        if tuned.from_truth:
+            console.print(
+                f"--threshold auto: {shown(name)} = {tuned.threshold:g} "
+                f"(F1 {tuned.score.f1:.3f} on {tuned.score.truth} labeled instances)"
+            )
+        else:
+            console.print(
+                f"[yellow]--threshold auto: {shown(name)} keeps "
+                f"{tuned.threshold:g}[/yellow]: {shown(tuned.reason)}"
+            )
 
 
 def merge_thresholds(stored: Thresholds, options: list[str]) -> Thresholds:
@@ -220,7 +354,14 @@ def check_sample(
 
 
 def _refilter_or_refuse(
-    out: Path, classes: ClassChoices, given: dict, sources: SourceChoices
+    out: Path,
+    classes: ClassChoices,
+    given: dict,
+    sources: SourceChoices,
+    *,
+    truth: str | None = None,
+    truth_map: list[str] | None = None,
+    auto: bool = False,
 ) -> None:
     """``--from`` without classes: the stored candidates at new thresholds, or a
     refusal of options that would need the model."""
@@ -237,7 +378,16 @@ def _refilter_or_refuse(
         )
     from tasks.preview import load_record
     from tasks.preview_report import show_preview
+    from tasks.truth import MapError, TruthError
 
+    if truth is not None:
+        from tasks.preview_truth import attach_truth
+
+        with (
+            exit_on(PreviewError, MapError, code=EXIT_USAGE),
+            exit_on(TruthError, code=EXIT_FAILED),
+        ):
+            attach_truth(out, truth, truth_map)
     with exit_on(PreviewError, ThresholdError, SettingsError, code=EXIT_USAGE):
         stored = load_record(out).settings
         thresholds = merge_thresholds(stored.thresholds, classes.threshold or [])
@@ -246,6 +396,8 @@ def _refilter_or_refuse(
         summary = show_preview(
             str(out), thresholds, nms=classes.nms, nms_iou=classes.nms_iou
         )
+    if auto:
+        summary = show_auto_thresholds(out)
     print_preview(summary)
     raise typer.Exit(EXIT_SKIPPED if summary.skipped else 0)
 

@@ -21,7 +21,6 @@ from cli.options import (
     OutputChoices,
     SourceArgument,
     SourceChoices,
-    ThresholdOption,
     with_groups,
 )
 from cli.output import (
@@ -42,7 +41,13 @@ from cli.preview import (
     OutOption,
     SampleOption,
     SeedOption,
+    TruthMapOption,
+    TruthOption,
     check_sample,
+    check_truth,
+    check_truth_options,
+    report_auto,
+    split_auto,
     split_images,
 )
 from cli.settings import (
@@ -81,6 +86,8 @@ def run(
     timeout: Annotated[
         int, typer.Option(min=1, help="Seconds to wait for approval.")
     ] = 3600,
+    truth: TruthOption = None,
+    truth_map: TruthMapOption = None,
     *,
     classes: ClassChoices,
     model: ModelChoices,
@@ -93,8 +100,12 @@ def run(
     While it waits it prints the flow run id and the `autolabel approve` command to
     type in another shell (or resume the run in the Prefect UI).
     """
+    auto = split_auto(classes)
+    check_truth_options(truth, truth_map)
+    if auto and truth is None:
+        usage("--threshold auto needs human labels: give --truth PATH")
     if reuse_approved:
-        if classes.classes or classes.ontology or classes.threshold:
+        if classes.classes or classes.ontology or classes.threshold or auto:
             usage(
                 "--reuse-approved labels with the classes and thresholds of "
                 f"{out}/approved.json: drop --class/--ontology/--threshold"
@@ -111,8 +122,15 @@ def run(
     )
     if not reuse_approved:
         check_sample(source, out, sources.options(), sample, seed, split_images(images))
+        if truth is not None:
+            check_truth(truth, truth_map, settings.ontology.class_names)
     with out_lock_or_exit(out, "autolabel run"):
         warm_model_or_exit(settings)
+        if truth is not None and not reuse_approved:
+            settings = _preview_with_truth(
+                source, out, settings, sample, seed, images, sources, truth,
+                truth_map, auto,
+            )  # fmt: skip
 
         from flows.autolabel import autolabel
         from tasks import approval
@@ -152,7 +170,14 @@ def run(
 
 def approve(
     run_id: Annotated[str, typer.Argument(help="The flow run id `run` printed.")],
-    threshold: ThresholdOption = None,
+    threshold: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="0.35 (every class), name=0.5 (one class), or auto: each class at "
+            "its F1-optimal threshold on the preview's human labels (--truth). "
+            "Repeatable."
+        ),
+    ] = None,
     description: Annotated[
         list[str] | None,
         typer.Option(
@@ -173,14 +198,18 @@ def approve(
     """Approve a waiting run's thresholds (the others keep their current value)."""
     from tasks.approval import ApprovalError, run_input_from_options, whoami
 
+    auto = any(o.strip().lower() == "auto" for o in threshold or [])
+    threshold = [o for o in threshold or [] if o.strip().lower() != "auto"]
     with exit_on(ThresholdError, code=EXIT_USAGE):
-        for option in threshold or []:
+        for option in threshold:
             parse_threshold_options([option])
     try:
         flow_run_id = UUID(run_id)
     except ValueError:
         usage(f"{run_id!r} is not a flow run id (a UUID, as `autolabel run` printed)")
     schema = _paused_form(flow_run_id)
+    if auto:
+        threshold = _suggested_options(flow_run_id) + threshold
     decision = "revise" if revise or description else "approve"
     with exit_on(ApprovalError, code=EXIT_USAGE):
         run_input = run_input_from_options(
@@ -206,6 +235,34 @@ def approve(
     )
 
 
+def _preview_with_truth(
+    source, out, settings, sample, seed, images, sources, truth, truth_map, auto
+) -> LabelSettings:
+    """The preview with the sample's human labels attached (the flow's own preview
+    then comes from its cache and keeps them); with ``--threshold auto`` the settings
+    get each class's F1-optimal threshold."""
+    from flows.preview import preview as preview_flow
+    from tasks.preview_truth import auto_thresholds
+
+    with console.status("Running the preview on the sample ..."):
+        preview_flow(
+            source=source,
+            out=str(out),
+            settings=settings,
+            sample_size=sample,
+            seed=seed,
+            images=split_images(images),
+            sources=sources.options(),
+            truth=truth,
+            truth_map=truth_map,
+        )
+    if not auto:
+        return settings
+    tuned, choices = auto_thresholds(out, settings)
+    report_auto(choices)
+    return settings.model_copy(update={"thresholds": tuned})
+
+
 def _approved_settings(
     out: Path, model: ModelChoices, output: OutputChoices
 ) -> LabelSettings:
@@ -226,6 +283,25 @@ def _approved_settings(
         batch_size=model.batch_size,
         chunk_size=output.chunk_size,
     )
+
+
+def _suggested_options(flow_run_id: UUID) -> list[str]:
+    """``--threshold auto`` for a waiting run: each class's F1-optimal threshold on
+    the human labels of its preview (``name=value`` options, exact values); a class
+    with nothing to tune on keeps its threshold, and the output says so."""
+    from prefect import get_client
+
+    from tasks.preview import PreviewError, load_record
+    from tasks.preview_truth import auto_thresholds
+
+    with get_client(sync_client=True) as client:
+        out = (client.read_flow_run(flow_run_id).parameters or {}).get("out")
+    if not out:
+        fail(f"run {flow_run_id} names no output folder: give the thresholds")
+    with exit_on(PreviewError, code=EXIT_USAGE):
+        _, choices = auto_thresholds(out, load_record(out).settings)
+    report_auto(choices)
+    return [f"{name}={choice.threshold!r}" for name, choice in choices.items()]
 
 
 def _paused_form(flow_run_id: UUID) -> dict:

@@ -33,9 +33,13 @@ def batch_settings(
     credits: CreditChoices,
 ) -> LabelSettings:
     """The settings of a labeling batch, every option checked (exit 2 on the first
-    bad one) before anything heavy is loaded."""
+    bad one) before anything heavy is loaded. A --model folder that is no model any
+    backend knows is one line naming what was found, exit 1 (``model_family``)."""
     dataset = labeled_dataset(credits.dataset, output.upload_to, source)
-    with exit_on(SettingsError, SplitError, code=EXIT_USAGE):
+    with (
+        exit_on(ModelLoadError, code=EXIT_FAILED),
+        exit_on(SettingsError, SplitError, code=EXIT_USAGE),
+    ):
         choice("--quality", output.quality)
         output.splits()
         settings = build_settings(

@@ -23,11 +23,15 @@ importing a model loader stays light.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import time
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -194,6 +198,54 @@ class RoboflowClient:
             error=RoboflowAccessError,
         )
 
+    def download_version(
+        self,
+        target: RoboflowTarget,
+        version: int,
+        *,
+        model_format: str,
+        location: Path,
+    ) -> Path:
+        """Download version ``version`` of ``target``'s project as ``model_format``
+        (e.g. ``coco``) and unzip it into ``location``; returns ``location``.
+
+        A version still being generated is refused at once: the SDK's ``download``
+        would poll it forever. The SDK's progress bars are kept off the console.
+        """
+        project = self.open_project(target)
+        what = f"download version {version} of {target}"
+        found = self.call(
+            lambda: project.version(version), what=what, error=RoboflowAccessError
+        )
+        if self.call(lambda: self._generating(target, version), what=what):
+            raise RoboflowRequestError(
+                f"cannot {what}: it is still being generated on Roboflow; try again "
+                "when it is ready",
+                reason="still being generated",
+            )
+        quiet = io.StringIO()
+        with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+            self.call(
+                lambda: found.download(
+                    model_format, location=str(location), overwrite=True
+                ),
+                what=what,
+            )
+        return location
+
+    def _generating(self, target: RoboflowTarget, version: int) -> bool:
+        """The SDK's own test (``Version.__check_if_generating``), asked once."""
+        from roboflow.adapters import rfapi
+
+        info = rfapi.get_version(
+            api_key=self._api_key,
+            workspace_url=target.workspace,
+            project_url=target.project,
+            version=str(version),
+            nocache=True,
+        ).get("version", {})
+        return bool(info.get("generating") or info.get("images", 0) == 0)
+
     def describe(self, error: Exception) -> str:
         """Why ``error`` happened, safe to show: for per-item failure reports."""
         if isinstance(error, RoboflowError):
@@ -262,6 +314,10 @@ def _classify(failure: BaseException, secret: str) -> _Failure:
         return _Failure(f"{type(failure).__name__} (network)", retryable=True)
     if isinstance(failure, requests.RequestException):
         return _Failure(type(failure).__name__, retryable=False)
+    if isinstance(failure, zipfile.BadZipFile):  # the SDK saves an error page as
+        return _Failure(  # a version's zip: its download checks no status
+            "the download is not a zip file (an error answer?)", retryable=True
+        )
     text = redact(str(failure), secret)
     status = getattr(failure, "status_code", None)  # the SDK's RoboflowError family
     if isinstance(status, int):

@@ -1,4 +1,5 @@
-"""Measure an output folder's labels against human labels (COCO or YOLO truth).
+"""Measure an output folder's labels against human labels (COCO, YOLO, a Roboflow
+version, or classification truth: class folders or a CSV).
 
 Reads the truth, evaluates the labels at the approved thresholds and writes
 ``OUT/evaluation/`` (metrics.json, evaluation.md, PR curves) plus the markdown as an
@@ -16,8 +17,10 @@ from tasks.truth import parse_map_options
 
 @flow(
     name="evaluate-labels",
-    description="Precision, recall, F1 and COCO AP of an output folder's labels "
-    "against human labels (COCO JSON or YOLO folder); writes OUT/evaluation/.",
+    description="Precision, recall, F1 and COCO AP (classification: accuracy, "
+    "P/R/F1, multi-label AP) of an output folder's labels against human labels "
+    "(COCO JSON, YOLO folder, roboflow:// version, class folders or CSV); writes "
+    "OUT/evaluation/.",
 )
 def evaluate_labels(
     out: str,
@@ -29,8 +32,9 @@ def evaluate_labels(
 
     Args:
         out: A local output folder holding labels (labels/, images/).
-        truth: A COCO JSON file, a folder of COCO JSON files, or a YOLO folder
-            (data.yaml).
+        truth: A COCO JSON file, a folder of COCO JSON files, a YOLO folder
+            (data.yaml), roboflow://WORKSPACE/PROJECT/VERSION; or classification
+            truth: class folders, Roboflow's _classes.csv, a CSV image,class[,...].
         class_map: THEIR_CLASS=OUR_CLASS entries for truth classes named otherwise.
         iou: The IoU at which a label counts as finding a truth box (P/R/F1).
     """

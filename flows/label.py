@@ -3,6 +3,7 @@ report."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 from prefect import flow
@@ -29,9 +30,11 @@ from tasks.label import (
 from tasks.labels import OutputLayout
 from tasks.quality import enforce_quality_policy, quality_check_task
 from tasks.report import RunOutcome, RunSummary, write_report_task
+from tasks.review_queue import review_queue_task
 from tasks.roboflow_upload import upload_to_roboflow_task
 from tasks.s3 import is_s3, staging_folder, upload_outputs_task
 from tasks.settings import LabelSettings
+from tasks.shard_store import pull_shards_task, push_shards_task
 from tasks.sources import SourceOptions
 from tasks.splits import Splits
 
@@ -68,16 +71,20 @@ def label_images(
             not replaced (new uploads, scheduled scans).
         shard: (index, count): label only every count-th chunk from index, for a parent
             flow that fans a batch out to several workers; the parent then exports and
-            reports, so a shard run returns None.
+            reports, so a shard run returns None. With an s3:// ``out`` the shard
+            works in its own scratch folder and puts each chunk's shards under the
+            prefix as soon as they are written: no shared disk needed.
         splits: Train/val/test fractions for the exports (by image content hash);
             empty: everything in train, plus a val split where a format needs one.
     """
     run_id = flow_run.get_id() or "local"
-    destination, out = out, str(staging_folder(out)) if is_s3(out) else out
+    destination, out = out, str(staging_folder(out, shard)) if is_s3(out) else out
     chunks = plan_chunks_task(source, settings, out, sources, selection=selection)
     if shard is not None:
         index, count = shard
-        _label_chunks(chunks[index::count], settings, out, run_id, credits, sources)
+        _label_shard(
+            chunks[index::count], settings, out, destination, run_id, credits, sources
+        )
         return None
     if selection is None or not selection.incremental:
         prune_stale_shards_task(out, chunks)
@@ -110,7 +117,8 @@ def finish_run(
     charged_runs: list[str] | None = None,
     splits: Splits | None = None,
 ) -> RunSummary:
-    """Everything after labeling: exports, quality checks, upload, credits, report.
+    """Everything after labeling: exports, quality checks, review queue, upload,
+    credits, report.
 
     Part of ``label_images``; also called by a parent flow once its shards are done
     (``charged_runs``: the shard runs, whose charges the report counts as the run's).
@@ -118,6 +126,7 @@ def finish_run(
     layout = OutputLayout(out)
     _export(layout, settings, splits or Splits())
     checks = quality_check_task(out, settings, policy=quality)
+    review_queue_task(out, settings)  # before the upload: it tags queued images
     uploaded = None
     if upload_to:
         uploaded = upload_to_roboflow_task(
@@ -156,6 +165,37 @@ def _export(layout: OutputLayout, settings: LabelSettings, splits: Splits) -> No
         export_voc_task(layout, names, splits)
 
 
+def _label_shard(
+    chunks: list[Chunk],
+    settings: LabelSettings,
+    out: str,
+    destination: str,
+    run_id: str,
+    credits: CreditAccount | None,
+    sources: SourceOptions | None,
+) -> None:
+    """A shard run's chunks. With an s3:// output (``out`` is then this run's own
+    scratch folder): the chunks another run finished are pulled first (reused, not
+    labeled again) and each chunk's shards are pushed as soon as they are written
+    (see ``tasks.shard_store``); the parent merges them."""
+    if destination == out:
+        _label_chunks(chunks, settings, out, run_id, credits, sources)
+        return
+    endpoint = (sources or SourceOptions()).s3_endpoint_url
+    pull_shards_task(destination, out, [chunk.key for chunk in chunks], endpoint)
+    _label_chunks(
+        chunks,
+        settings,
+        out,
+        run_id,
+        credits,
+        sources,
+        after_chunk=lambda chunk: push_shards_task(
+            out, destination, chunk.key, endpoint
+        ),
+    )
+
+
 def _label_chunks(
     chunks: list[Chunk],
     settings: LabelSettings,
@@ -163,6 +203,8 @@ def _label_chunks(
     run_id: str,
     credits: CreditAccount | None,
     sources: SourceOptions | None,
+    *,
+    after_chunk: Callable[[Chunk], object] | None = None,
 ) -> str | None:
     """Label chunk after chunk, showing progress in the Prefect UI; stop at the budget.
 
@@ -184,6 +226,8 @@ def _label_chunks(
             return str(result)
         if isinstance(result, BaseException):
             raise result
+        if after_chunk is not None:
+            after_chunk(chunk)
         done += result.images
         update_progress_artifact(artifact_id, progress=100.0 * done / max(total, 1))
     return None

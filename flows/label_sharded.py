@@ -2,7 +2,9 @@
 
 The parent plans the chunks, starts ``shards`` runs of the ``label-images`` deployment
 on the work pool (see ``tasks.shards`` for how lost runs are found and started again),
-and once every shard is done exports, checks and reports once (``finish_run``).
+and once every shard is done exports, checks and reports once (``finish_run``). The
+output is a folder every worker sees, or an s3:// prefix that the shards put their
+chunk shards under and the parent pulls them from (``tasks.shard_store``).
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ from flows.label import finish_run
 from tasks.credits import CreditAccount
 from tasks.label import ImageSelection, plan_chunks_task, prune_stale_shards_task
 from tasks.report import RunSummary
-from tasks.s3 import is_s3
+from tasks.s3 import is_s3, staging_folder
 from tasks.settings import LabelSettings
+from tasks.shard_store import prune_remote_shards_task, pull_shards_task
 from tasks.shards import (
     DEFAULT_SHARD_DEPLOYMENT,
     ShardPolicy,
     check_merged_task,
+    fetch_source_images_task,
     run_shards_task,
     shard_parameters,
     shared_budget_task,
@@ -57,7 +61,9 @@ def label_sharded(
     Args:
         source: Folder of images (searched recursively) every worker can read at the
             same path, or s3://bucket/prefix, or roboflow://workspace/project.
-        out: Output folder every worker can write at the same path (a shared volume).
+        out: Output folder every worker can write at the same path (a shared volume),
+            or s3://bucket/prefix: no shared disk, each shard puts its chunk shards
+            there and this run merges them.
         settings: Classes and their descriptions, model, thresholds, NMS, chunk size
             (a shard labels whole chunks: use at least as many chunks as shards).
         shards: How many runs to split the batch into (at most one per chunk).
@@ -78,21 +84,26 @@ def label_sharded(
     """
     if shards < 1 or max_attempts < 1:
         raise ValueError("shards and max_attempts must be at least 1")
-    if is_s3(out):
-        raise ValueError(
-            f"{out}: sharded runs write to a folder shared by the workers; S3 "
-            "output needs shard runs that upload their chunk shards "
-            "(see deployments/README.md)"
-        )
     run_id = str(flow_run.get_id() or "local")
+    endpoint = (sources or SourceOptions()).s3_endpoint_url
+    # An s3:// output: the shards put their chunk shards under the prefix; this run
+    # works in a local staging folder and uploads the outputs at the end.
+    destination, out = out, str(staging_folder(out)) if is_s3(out) else out
+    remote = destination != out
+    if remote:  # what earlier runs labeled, for only_new and for reuse
+        pull_shards_task(destination, out, None, endpoint)
     chunks = plan_chunks_task(source, settings, out, sources, selection=selection)
     if selection is None or not selection.incremental:
         prune_stale_shards_task(out, chunks)
+        if remote:
+            prune_remote_shards_task(
+                destination, out, [chunk.key for chunk in chunks], endpoint
+            )
     account = shared_budget_task(credits)
     count = min(shards, len(chunks))
     parameters = shard_parameters(
         source=source,
-        out=out,
+        out=destination,
         settings=settings,
         chunks=chunks,
         count=count,
@@ -105,12 +116,15 @@ def label_sharded(
     records = (
         run_shards_task(deployment, parameters, count, policy, run_id) if count else []
     )
+    if remote:
+        pull_shards_task(destination, out, [chunk.key for chunk in chunks], endpoint)
     budget_stop = check_merged_task(out, chunks, account)
+    fetch_source_images_task(out, chunks, sources)  # for the exports
     return finish_run(
         out,
         settings,
         run_id,
-        destination=out,
+        destination=destination,
         credits=account,
         quality=quality,
         sources=sources,

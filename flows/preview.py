@@ -7,6 +7,7 @@ from prefect.runtime import flow_run
 
 from tasks.preview import DEFAULT_SAMPLE_SIZE, plan_sample_task, run_preview_task
 from tasks.preview_report import PreviewSummary, show_preview_task
+from tasks.preview_truth import attach_truth_task
 from tasks.settings import LabelSettings
 from tasks.sources import SourceOptions
 
@@ -24,6 +25,8 @@ def preview(
     seed: int = 0,
     images: list[str] | None = None,
     sources: SourceOptions | None = None,
+    truth: str | None = None,
+    truth_map: list[str] | None = None,
 ) -> PreviewSummary:
     """Label a sample of ``source`` at a low floor; show it at ``settings``' thresholds.
 
@@ -36,6 +39,9 @@ def preview(
         seed: Seed of the random sample (the same seed gives the same sample).
         images: Relative paths of images to use instead of a random sample.
         sources: How to reach the source (S3 endpoint, video frames per second).
+        truth: Human labels (COCO JSON, YOLO folder): the preview then shows each
+            class's precision/recall/F1 on the sample's labeled images.
+        truth_map: THEIR_CLASS=OUR_CLASS for truth classes named otherwise.
     """
     run_id = flow_run.get_id() or "local"
     refs = plan_sample_task(
@@ -51,4 +57,6 @@ def preview(
         sample_size=len(refs),
         options=sources,
     )
+    if truth is not None:
+        attach_truth_task(out, truth, truth_map)
     return show_preview_task(out, settings.thresholds)

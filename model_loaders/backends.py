@@ -12,9 +12,7 @@ everything else from the row.
 from __future__ import annotations
 
 import importlib
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -31,6 +29,8 @@ DEFAULT_CLIP_MODEL = "ViT-B-32"
 DEFAULT_CLIP_PRETRAINED = "laion2b_s34b_b79k"
 DEFAULT_PROMPT_TEMPLATE = "a photo of a {}"
 DEFAULT_SAM3 = "facebook/sam3"
+DEFAULT_OWLV2 = "google/owlv2-base-patch16-ensemble"
+DEFAULT_MM_GROUNDING_DINO = "openmmlab-community/mm_grounding_dino_tiny_o365v1_goldg"
 
 SamModelType = Literal["vit_b", "vit_l", "vit_h", "vit_tiny", "vit_mid"]
 
@@ -181,6 +181,18 @@ BACKENDS: dict[str, Backend] = {
         Sam3Options,
         DEFAULT_SAM3,
     ),
+    "mm_grounding_dino": Backend(
+        "model_loaders.grounding_dino:MMGroundingDinoModel",
+        frozenset({"detect"}),
+        GroundingDinoOptions,
+        DEFAULT_MM_GROUNDING_DINO,
+    ),
+    "owlv2": Backend(
+        "model_loaders.owlv2:Owlv2Backend",
+        frozenset({"detect"}),
+        BackendOptions,
+        DEFAULT_OWLV2,
+    ),
     "clip": Backend(
         "model_loaders.clip:ClipModel",
         CLASSIFICATION_TASKS,
@@ -191,6 +203,12 @@ BACKENDS: dict[str, Backend] = {
     "trained": Backend(
         "model_loaders.trained:TrainedDetector",
         frozenset({"detect"}),
+        TrainedOptions,
+        credit_kind="trained",
+    ),
+    "trained_classifier": Backend(
+        "model_loaders.trained_classifier:TrainedClassifier",
+        CLASSIFICATION_TASKS,
         TrainedOptions,
         credit_kind="trained",
     ),
@@ -249,29 +267,28 @@ def backend_class(name: str) -> type[LabelingModel]:
     return getattr(importlib.import_module(module_name), class_name)
 
 
-def backend_for_folder(model: str | None) -> str | None:
-    """The backend a local model folder's ``config.json`` names, if it names one.
+def backend_for_model(model: str | None, task: str) -> str | None:
+    """The backend that does ``task`` with ``model``, from what the model is (see
+    ``model_loaders.model_family``); None when nothing tells (the task decides).
 
-    ``model_type`` sam3 is SAM 3; any other architecture ending in ForObjectDetection
-    (DETR, RT-DETR, D-FINE, ...) is a detector trained on the user's classes. Grounding
-    DINO folders, folders without a config and Hub ids give None: the task decides.
-    Only config.json is read (no transformers import), so a spec stays cheap to build.
+    Raises:
+        UnknownModelError: A local folder that is no model any backend knows (exit 1).
+        ValueError: A known model asked for a task it cannot do (exit 2).
     """
-    if not model or "://" in model:
+    from model_loaders.model_family import model_family
+
+    family = model_family(model, trained=_trained_backends())
+    if family is None:
         return None
-    config_file = Path(model).expanduser() / "config.json"
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(config, dict):
-        return None
-    model_type = str(config.get("model_type", ""))
-    if model_type.startswith("sam3"):
-        return "sam3"
-    if model_type in ("grounding-dino", "mm-grounding-dino"):
-        return None
-    architectures = config.get("architectures") or []
-    if any(str(a).endswith("ForObjectDetection") for a in architectures):
-        return "trained"
-    return None
+    return family.backend_for(task, str(model))
+
+
+def _trained_backends() -> dict[str, str]:
+    """Task -> the backend running the user's own Hugging Face models for it: the
+    ``trained`` row (and a classifier row, where one does classification)."""
+    found: dict[str, str] = {}
+    for name in ("trained", "trained_classifier"):
+        backend = BACKENDS.get(name)
+        for task in backend.tasks if backend else ():
+            found.setdefault(task, name)
+    return found

@@ -2,7 +2,9 @@
 
 Padding an image to share a batch with a bigger one changes DETR-family outputs (the
 padded area takes part in attention), so a label would depend on which images happened
-to share a batch. These helpers batch only images of the same resized shape.
+to share a batch. These helpers batch only images of the same resized shape, and
+``size_sorted_groups`` brings images of one size together before they reach a backend,
+so a folder of mixed sizes still fills its batches.
 
 An image the processor cannot prepare (a 10000x10 strip resizes to a height of 0) must
 not fail the images it was batched with: each image is prepared on its own, and the
@@ -15,7 +17,7 @@ from __future__ import annotations
 import functools
 import os
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
@@ -120,3 +122,49 @@ def same_shape_batches(
         for group in buckets.values()
         for start in range(0, len(group), batch_size)
     ]
+
+
+def size_sorted_groups(
+    items: Iterable[T],
+    *,
+    size_of: Callable[[T], Hashable],
+    batch_size: int,
+    group_size: int,
+    max_held: int,
+) -> Iterator[list[T]]:
+    """Regroup a stream so that items of one size travel together, for ``predict``.
+
+    A backend batches only images of one resized shape (no padding), so a window of a
+    folder of mixed sizes (phones in both orientations, several cameras) ran as many
+    small batches. Here each size has a bucket; a bucket that reaches ``batch_size``
+    is ready, and ready batches are yielded together once they hold ``group_size``
+    items (one ``predict`` call of several full batches). At most ``max_held`` items
+    wait: when that many are held, the fullest bucket goes early with whatever is
+    ready. At the end of the stream the rest goes as one group (the backend merges
+    sizes that resize to one shape). Items of one size keep their order.
+
+    Only which images share a call changes, never an image's label: backends do not
+    pad, so an image's labels do not depend on its batch mates.
+    """
+    if batch_size < 1 or group_size < 1 or max_held < 1:
+        raise ValueError("batch_size, group_size and max_held must be at least 1")
+    buckets: dict[Hashable, list[T]] = {}
+    ready: list[T] = []
+    held = 0
+    for item in items:
+        key = size_of(item)
+        bucket = buckets.setdefault(key, [])
+        bucket.append(item)
+        held += 1
+        if len(bucket) >= batch_size:
+            ready.extend(buckets.pop(key))
+        if len(ready) < group_size and held >= max_held and buckets:
+            fullest = max(buckets, key=lambda k: len(buckets[k]))
+            ready.extend(buckets.pop(fullest))
+        if len(ready) >= group_size or held >= max_held:
+            yield ready
+            held -= len(ready)
+            ready = []
+    rest = ready + [item for bucket in buckets.values() for item in bucket]
+    if rest:
+        yield rest

@@ -1,4 +1,5 @@
-"""Grounding DINO (transformers) as a labeling backend.
+"""Grounding DINO (transformers) as a labeling backend; MM Grounding DINO and LLMDet,
+the same architecture retrained, through the same code (``MMGroundingDinoModel``).
 
 What makes it fast and correct:
 - one forward pass covers all classes (joint prompt), split into several texts only when
@@ -35,6 +36,10 @@ from model_loaders.protocol import Images, ModelSpec, Predictions
 class GroundingDinoModel:
     """Zero-shot detection with Grounding DINO; see the module docstring."""
 
+    # What is loaded: the transformers class, and the model's name in messages.
+    model_class = "GroundingDinoForObjectDetection"
+    what = "Grounding DINO"
+
     def __init__(self, model, processor, spec: ModelSpec, device: torch.device) -> None:
         self.model = model
         self.processor = processor
@@ -47,16 +52,15 @@ class GroundingDinoModel:
     @classmethod
     def load(cls, spec: ModelSpec) -> GroundingDinoModel:
         """Load processor and weights from a Hugging Face id or a local directory."""
-        from transformers import AutoProcessor, GroundingDinoForObjectDetection
+        import transformers
 
+        model_class = getattr(transformers, cls.model_class)
         processor, model, device = load_pretrained(
             spec,
-            what="Grounding DINO",
+            what=cls.what,
             load=lambda dtype: (
-                AutoProcessor.from_pretrained(spec.model),
-                GroundingDinoForObjectDetection.from_pretrained(
-                    spec.model, dtype=dtype
-                ),
+                transformers.AutoProcessor.from_pretrained(spec.model),
+                model_class.from_pretrained(spec.model, dtype=dtype),
             ),
         )
         return cls(model, processor, spec, device)
@@ -92,7 +96,7 @@ class GroundingDinoModel:
             )
             for (image, _), image_detections in zip(batch, detections, strict=True):
                 per_image[image.index].append(image_detections)
-        return [sv.Detections.merge(parts) for parts in per_image]
+        return [_merged(parts) for parts in per_image]
 
     def _batches(
         self, prepared: list[PreparedImage], n_texts: int
@@ -166,3 +170,24 @@ class GroundingDinoModel:
         return len(
             self.processor.tokenizer(piece, add_special_tokens=False)["input_ids"]
         )
+
+
+def _merged(parts: list[sv.Detections]) -> sv.Detections:
+    """One image's detections of every text; an empty result still names its
+    ``class_name`` and ``prompt`` columns (merging empty parts drops them)."""
+    merged = sv.Detections.merge(parts)
+    if len(merged) == 0:
+        merged.data = {
+            "class_name": np.array([], dtype=str),
+            "prompt": np.array([], dtype=str),
+        }
+    return merged
+
+
+class MMGroundingDinoModel(GroundingDinoModel):
+    """MM Grounding DINO and LLMDet (``MMGroundingDinoForObjectDetection``): Grounding
+    DINO's architecture and prompts, retrained by OpenMMLab on more data; everything
+    above holds as is (same processor, tokenizer, token limit and outputs)."""
+
+    model_class = "MMGroundingDinoForObjectDetection"
+    what = "MM Grounding DINO"

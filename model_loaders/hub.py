@@ -36,12 +36,9 @@ def check_model_reachable(model: str, *, what: str) -> None:
 
 
 def _in_local_cache(model: str) -> bool:
-    from huggingface_hub import try_to_load_from_cache
+    from model_loaders.model_family import cached_config
 
-    try:
-        return isinstance(try_to_load_from_cache(model, "config.json"), str)
-    except ValueError:  # not a valid repo id
-        return False
+    return cached_config(model) is not None
 
 
 def _hub_resolves() -> bool:
@@ -79,3 +76,15 @@ def load_pretrained(
             f"{detail or 'no details'}"
         ) from error
     return processor, model.to(device).eval(), device
+
+
+def load_light(spec: ModelSpec, *, what: str, load: Callable[[], Any]) -> Any:
+    """What a check before the weights load reads (a tokenizer, a config): ``load()``'s
+    result, or one ModelLoadError line naming ``what`` and the model."""
+    check_model_reachable(spec.model, what=what)
+    try:
+        return load()
+    except Exception as error:  # as in load_pretrained: one line
+        raise ModelLoadError(
+            f"cannot load {what} {spec.model!r}: {type(error).__name__}"
+        ) from error

@@ -37,9 +37,14 @@ from model_loaders.backends import (
     BackendOptions,
     GroundingDinoOptions,
     Task,
-    backend_for_folder,
+    backend_for_model,
     backend_for_task,
     backend_info,
+)
+from model_loaders.model_family import (
+    ModelLoadError,
+    UnknownModelError,
+    open_clip_name,
 )
 from model_loaders.ontology import Ontology
 
@@ -54,6 +59,7 @@ __all__ = [
     "ModelSpec",
     "Predictions",
     "Task",
+    "UnknownModelError",
 ]
 
 # What a backend is given and what it returns: one Detections per image.
@@ -66,8 +72,10 @@ class ModelSpec(BaseModel):
 
     ``backend`` follows ``model`` and ``task`` unless it is given: a roboflow:// model
     is the Roboflow-hosted backend, a torchvision ``architecture`` the torchvision
-    backend, else the task's foundation model (``ModelSpec(task="segment")`` is a
-    Grounded SAM spec). A backend given explicitly must be able to do the task.
+    backend, a model whose kind is known (``model_loaders.model_family``: OWLv2,
+    SAM 3, an open_clip folder, a trained detector...) its backend, else the task's
+    foundation model (``ModelSpec(task="segment")`` is a Grounded SAM spec). A
+    backend given explicitly must be able to do the task.
     ``model`` defaults to the backend's (see ``model_loaders.backends``); a CLIP
     ViT-B-32 without ``pretrained`` gets the laion2b_s34b_b79k weights.
 
@@ -136,6 +144,8 @@ class ModelSpec(BaseModel):
                     f"backend {data['backend']} needs a model: give --model"
                 )
             data["model"] = backend.default_model
+        if data["backend"] == "clip":  # a plain open_clip folder works as local-dir:
+            data["model"] = open_clip_name(str(data["model"]))
         if data["model"] == DEFAULT_CLIP_MODEL and given.get("pretrained") is None:
             given["pretrained"] = DEFAULT_CLIP_PRETRAINED
         fields = backend.options.model_fields
@@ -152,17 +162,20 @@ class ModelSpec(BaseModel):
 
 def _default_backend(model: str | None, architecture: str | None, task: str) -> str:
     """The backend ``model`` and ``task`` imply: a Roboflow-hosted model, a
-    torchvision state dict, what a model folder's config names (SAM 3, a trained
-    detector), or the task's foundation model."""
+    torchvision state dict, what the model is (``model_loaders.model_family``: a
+    folder's or cached Hub id's config, else the id's name), or the task's
+    foundation model.
+
+    Raises:
+        UnknownModelError: A folder that fits no backend (not wrapped by pydantic:
+            the command line exits 1 on it, as on any model that cannot load).
+        ValueError: A known model asked for a task it cannot do.
+    """
     if model and model.startswith("roboflow://"):
         return "roboflow"
     if architecture is not None:
         return "torchvision"
-    return backend_for_folder(model) or backend_for_task(task)
-
-
-class ModelLoadError(RuntimeError):
-    """A model that cannot be loaded; its message is one line: which, and what to do."""
+    return backend_for_model(model, task) or backend_for_task(task)
 
 
 class LabelingModel(Protocol):

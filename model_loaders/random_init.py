@@ -148,13 +148,14 @@ _SMALL_SIZES: dict[str, _SmallSize] = {
 }
 
 
-def _small_config(size: _SmallSize, vocab_size: int) -> Any:
-    """The GroundingDinoConfig of a small architecture."""
-    from transformers import BertConfig, GroundingDinoConfig, SwinConfig
+def _small_config(size: _SmallSize, vocab_size: int, config_class: Any) -> Any:
+    """The ``config_class`` (GroundingDinoConfig, MMGroundingDinoConfig) of a small
+    architecture."""
+    from transformers import BertConfig, SwinConfig
 
     embed_dim, depths, swin_heads = size.swin
     hidden, layers, bert_heads, intermediate = size.bert
-    return GroundingDinoConfig(
+    return config_class(
         backbone_config=SwinConfig(
             embed_dim=embed_dim,
             depths=depths,
@@ -172,19 +173,32 @@ def _small_config(size: _SmallSize, vocab_size: int) -> Any:
     )
 
 
+Variant = Literal["grounding-dino", "mm-grounding-dino"]
+# The config and model classes of each variant (the same architecture, retrained).
+_VARIANTS = {
+    "grounding-dino": ("GroundingDinoConfig", "GroundingDinoForObjectDetection"),
+    "mm-grounding-dino": ("MMGroundingDinoConfig", "MMGroundingDinoForObjectDetection"),
+}
+
+
 def save_random_grounding_dino(
-    path: str | Path, size: Size = "tiny", seed: int = 0
+    path: str | Path,
+    size: Size = "tiny",
+    seed: int = 0,
+    variant: Variant = "grounding-dino",
 ) -> Path:
-    """Build a randomly initialised Grounding DINO of ``size`` and save model +
-    processor."""
+    """Build a randomly initialised Grounding DINO (or MM Grounding DINO, as
+    ``variant``) of ``size`` and save model + processor."""
     import torch
+    import transformers
     from transformers import (
         BertTokenizerFast,
-        GroundingDinoConfig,
-        GroundingDinoForObjectDetection,
         GroundingDinoImageProcessor,
         GroundingDinoProcessor,
     )
+
+    config_name, model_name = _VARIANTS[variant]
+    config_class = getattr(transformers, config_name)
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -193,16 +207,16 @@ def save_random_grounding_dino(
     tokenizer = BertTokenizerFast.from_pretrained(path, do_lower_case=True)
 
     if size == "full":
-        config = GroundingDinoConfig()
+        config = config_class()
         config.text_config.vocab_size = max(config.text_config.vocab_size, len(vocab))
         image_size = {"shortest_edge": 800, "longest_edge": 1333}
     else:
         small = _SMALL_SIZES[size]
-        config = _small_config(small, len(vocab))
+        config = _small_config(small, len(vocab), config_class)
         image_size = {"shortest_edge": small.edges[0], "longest_edge": small.edges[1]}
 
     torch.manual_seed(seed)
-    model = GroundingDinoForObjectDetection(config).eval()
+    model = getattr(transformers, model_name)(config).eval()
     processor = GroundingDinoProcessor(
         image_processor=GroundingDinoImageProcessor(size=image_size),
         tokenizer=tokenizer,
@@ -220,8 +234,13 @@ def main() -> None:
     parser.add_argument("directory")
     parser.add_argument("--size", choices=("tiny", "mid", "full"), default="tiny")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--variant", choices=tuple(_VARIANTS), default="grounding-dino")
     args = parser.parse_args()
-    print(save_random_grounding_dino(args.directory, size=args.size, seed=args.seed))
+    print(
+        save_random_grounding_dino(
+            args.directory, size=args.size, seed=args.seed, variant=args.variant
+        )
+    )
 
 
 if __name__ == "__main__":

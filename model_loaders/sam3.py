@@ -40,9 +40,9 @@ import torch
 
 from model_loaders.batching import PreparedImage, prepare_images, same_shape_batches
 from model_loaders.grounding_dino_prompts import PromptTooLongError
-from model_loaders.hub import check_model_reachable, load_pretrained
+from model_loaders.hub import load_light, load_pretrained
 from model_loaders.ontology import Ontology
-from model_loaders.protocol import Images, ModelLoadError, ModelSpec, Predictions
+from model_loaders.protocol import Images, ModelSpec, Predictions
 
 
 @dataclass(frozen=True)
@@ -94,14 +94,14 @@ class Sam3Backend:
         """
         from transformers import Sam3Config, Sam3Processor
 
-        check_model_reachable(spec.model, what="SAM 3")
-        try:
-            processor = Sam3Processor.from_pretrained(spec.model)
-            config = Sam3Config.from_pretrained(spec.model)
-        except Exception as error:  # as in load(): one line
-            raise ModelLoadError(
-                f"cannot load SAM 3 {spec.model!r}: {type(error).__name__}"
-            ) from error
+        processor, config = load_light(
+            spec,
+            what="SAM 3",
+            load=lambda: (
+                Sam3Processor.from_pretrained(spec.model),
+                Sam3Config.from_pretrained(spec.model),
+            ),
+        )
         max_text_len = int(config.text_config.max_position_embeddings)
         for prompt, _ in ontology.prompts():
             _tokens_within(processor, prompt, max_text_len)

@@ -25,14 +25,20 @@ import torch
 
 from model_loaders.batching import PreparedImage, prepare_images, same_shape_batches
 from model_loaders.class_mapping import ClassMapper, ClassMapping, parse_class_map
-from model_loaders.device import resolve_device, resolve_dtype
-from model_loaders.hub import check_model_reachable
+from model_loaders.hub import load_pretrained
 from model_loaders.ontology import Ontology
 from model_loaders.protocol import Images, ModelLoadError, ModelSpec, Predictions
 
 
 class TrainedDetector:
-    """A closed-set Hugging Face object detector; see the module docstring."""
+    """A closed-set Hugging Face object detector; see the module docstring.
+
+    The trained classifier (``trained_classifier.py``) shares its loading, class
+    mapping and batching, and differs in its auto class and its forward pass.
+    """
+
+    auto_model_class = "AutoModelForObjectDetection"
+    what = "object detector"
 
     def __init__(
         self,
@@ -51,9 +57,7 @@ class TrainedDetector:
         self.mapper = ClassMapper(self.class_names, class_map, model=spec.model)
 
     @classmethod
-    def load(
-        cls, spec: ModelSpec, *, class_map: Sequence[str] | None = None
-    ) -> TrainedDetector:
+    def load(cls, spec: ModelSpec, *, class_map: Sequence[str] | None = None):
         """Load processor and weights from a local folder or a Hugging Face id.
 
         Args:
@@ -61,32 +65,35 @@ class TrainedDetector:
             class_map: ``--map model_name=class`` options; by default the spec's
                 ``class_map`` field when it has one.
         """
-        from transformers import AutoImageProcessor, AutoModelForObjectDetection
+        import transformers
+        from transformers import AutoImageProcessor
 
+        auto_model = getattr(transformers, cls.auto_model_class)
         pairs = parse_class_map(
             getattr(spec.options, "class_map", ()) if class_map is None else class_map
         )
-        device = resolve_device(spec.device)
-        dtype = resolve_dtype(spec.dtype, device)
-        check_model_reachable(spec.model, what="object detector")
-        try:
+
+        def load(dtype):
             processor = AutoImageProcessor.from_pretrained(
                 spec.model, trust_remote_code=False
             )
-            model = AutoModelForObjectDetection.from_pretrained(
+            model = auto_model.from_pretrained(
                 spec.model, dtype=dtype, weights_only=True, trust_remote_code=False
             )
-        except Exception as error:  # OSError, ValueError (wrong model type), ...
-            raise ModelLoadError(
-                f"cannot load object detector {spec.model!r}: {type(error).__name__}: "
-                f"{_first_line(error)}"
-            ) from error
+            return processor, model
+
+        processor, model, device = load_pretrained(spec, what=cls.what, load=load)
+        cls.check_processor(spec, processor)
+        return cls(model, processor, spec, device, pairs)
+
+    @classmethod
+    def check_processor(cls, spec: ModelSpec, processor) -> None:
+        """Refuse a processor that cannot turn this model's outputs into labels."""
         if not hasattr(processor, "post_process_object_detection"):
             raise ModelLoadError(
                 f"{spec.model!r}: its image processor {type(processor).__name__} "
                 "cannot post-process object detections"
             )
-        return cls(model.to(device).eval(), processor, spec, device, pairs)
 
     def class_mapping(self, ontology: Ontology) -> ClassMapping:
         """The model-class -> ontology mapping (validated; raises ClassMappingError)."""
@@ -146,8 +153,3 @@ def model_class_names(config) -> list[str]:
     id2label = {int(k): str(v) for k, v in (config.id2label or {}).items()}
     count = max(int(getattr(config, "num_labels", 0)), max(id2label, default=-1) + 1)
     return [id2label.get(i, f"LABEL_{i}") for i in range(count)]
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else "no details"

@@ -4,7 +4,8 @@ Routes: ``/`` (the page), ``/static/*`` (its script and style), and a small JSON
 page calls: ``GET /api/state`` (defaults, the stored preview, the current job), ``POST
 /api/preview`` (generate test results), ``GET /api/preview/images/{index}`` (a sample
 image, by position only), ``POST /api/label`` (approve and label), ``GET /api/job``
-(progress and the final report).
+(progress and the final report), ``GET /api/review/queue`` and
+``/api/review/thumbnails/{rank}`` (the batch's review queue, by rank only).
 
 Access: on a loopback address the page is open to this machine only (Host header
 checked, so another site cannot reach it through DNS rebinding). On any other address a
@@ -146,7 +147,19 @@ def create_app(
             "defaults": page_defaults or {},
             "preview": session.preview(),
             "job": job.as_dict() if job else None,
+            "queue": session.queue(),
         }
+
+    @app.get("/api/review/queue")
+    def review_queue() -> JSONResponse:
+        return JSONResponse(session.queue(), headers=_NO_STORE)
+
+    @app.get("/api/review/thumbnails/{rank}")
+    def review_thumbnail(rank: int) -> Response:
+        path = session.queue_thumbnail(rank)
+        if path is None:
+            return JSONResponse({"error": "no such thumbnail"}, status_code=404)
+        return FileResponse(path, media_type="image/jpeg", headers=_NO_STORE)
 
     @app.post("/api/preview")
     def generate(request: PreviewRequest) -> dict[str, Any]:

@@ -26,6 +26,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationError
 
 from model_loaders.backends import Task
+from model_loaders.model_family import ModelLoadError
+from review_ui.queue import queue_thumbnail, read_queue
 from tasks import progress, roboflow_source, s3
 from tasks.approval import whoami
 from tasks.credits import CreditAccount, CreditRates, format_credits
@@ -36,6 +38,7 @@ from tasks.preview import (
     PreviewLayout,
     load_record,
 )
+from tasks.preview_truth import truth_curves_payload
 from tasks.review import estimate_credits, review_payload
 from tasks.settings import (
     LabelSettings,
@@ -102,7 +105,7 @@ class RunDefaults:
     chunk_size: int = 128
     sources: SourceOptions = dataclasses.field(default_factory=SourceOptions)
     rates: CreditRates = dataclasses.field(default_factory=CreditRates)
-    ledger: Path | None = None
+    ledger: str | Path | None = None
     dataset: str | None = None
     max_credits: float | None = None
     # Folders (resolved) whose contents the page may use as a source; None: any.
@@ -181,12 +184,22 @@ class ReviewSession:
                 stamp = self._preview_stamp()
                 if self._payload is None or self._payload_stamp != stamp:
                     self._payload = review_payload(str(self.out))
+                    self._payload["truth"] = truth_curves_payload(str(self.out))
                     self._payload_stamp = stamp
             except PreviewError:
                 self._payload = None
         if self._payload is None:
             return None
         return {**self._payload, "estimate": self.estimate(self._payload["key"])}
+
+    def queue(self) -> list[dict[str, Any]]:
+        """The batch's review queue (``OUT/review/queue.csv``), first rows only;
+        empty before a batch wrote one."""
+        return read_queue(self.out)
+
+    def queue_thumbnail(self, rank: int) -> Path | None:
+        """The drawn thumbnail of the queue's row ``rank``, if one was drawn."""
+        return queue_thumbnail(self.out, rank)
 
     def estimate(self, key: str) -> dict[str, Any]:
         """What labeling the preview's whole source would cost (cached per preview);
@@ -205,11 +218,12 @@ class ReviewSession:
 
     def _preview_stamp(self) -> tuple[int, ...]:
         layout = PreviewLayout(self.out)
+        truth = layout.root / "truth.parquet"
         try:
             return tuple(
                 path.stat().st_mtime_ns
                 for path in (layout.record, layout.candidates, layout.manifest)
-            )
+            ) + ((truth.stat().st_mtime_ns,) if truth.exists() else ())
         except FileNotFoundError:
             raise PreviewError(f"no preview in {layout.root}") from None
 
@@ -346,5 +360,5 @@ def _request_error() -> Iterator[None]:
     """A choice the settings refuse is a request the page must correct (HTTP 400)."""
     try:
         yield
-    except (SettingsError, ValidationError) as error:
+    except (SettingsError, ValidationError, ModelLoadError) as error:
         raise RequestError(str(error)) from None

@@ -256,6 +256,48 @@ def whoami(how: str) -> str:
     return f"{user}@{socket.gethostname()} ({how})"
 
 
+class ThresholdFromTruth(BaseModel):
+    """One class's approved threshold measured on the sample's labeled images."""
+
+    threshold: float
+    from_truth: bool = Field(
+        description="The threshold is the class's F1-optimal one on the labeled "
+        "images (--threshold auto, Suggest thresholds, or the same number typed)."
+    )
+    precision: float | None
+    recall: float | None
+    f1: float | None
+    truth: int = Field(description="Labeled instances of the class.")
+    reason: str = Field("", description="Why F1 could not choose a threshold.")
+
+
+class ApprovedTruth(BaseModel):
+    """Which approved thresholds came from the human labels, and what they reached."""
+
+    source: str
+    classes: dict[str, ThresholdFromTruth]
+
+    @classmethod
+    def from_scores(cls, source: str, scores: dict) -> ApprovedTruth:
+        """From ``tasks.preview_truth.TruthScore`` per class, at the approved
+        thresholds."""
+        return cls(
+            source=source,
+            classes={
+                name: ThresholdFromTruth(
+                    threshold=score.threshold,
+                    from_truth=score.from_truth and score.threshold == score.suggested,
+                    precision=score.precision,
+                    recall=score.recall,
+                    f1=score.f1,
+                    truth=score.truth,
+                    reason=score.reason,
+                )
+                for name, score in scores.items()
+            },
+        )
+
+
 class ApprovedSettings(BaseModel):
     """Settings a person approved for a dataset; saved as ``OUT/approved.json``."""
 
@@ -267,6 +309,9 @@ class ApprovedSettings(BaseModel):
     sample_seed: int | None = None
     preview_counts: dict[str, tuple[int, int]] = Field(
         default_factory=dict, description="Per class (shown, total) when approved."
+    )
+    truth: ApprovedTruth | None = Field(
+        None, description="The sample's human labels, when the preview had them."
     )
 
 

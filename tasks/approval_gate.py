@@ -27,6 +27,7 @@ from tasks.approval import (
     ApprovalError,
     ApprovalRequest,
     ApprovedSettings,
+    ApprovedTruth,
     approval_form,
     decide,
     load_approved,
@@ -36,7 +37,7 @@ from tasks.approval import (
     whoami,
 )
 from tasks.markdown import markdown_cell, markdown_text
-from tasks.preview_report import PreviewSummary
+from tasks.preview_report import PreviewSummary, truth_markdown
 from tasks.settings import LabelSettings, with_every_threshold, with_runtime
 
 APPROVAL_ARTIFACT = "autolabel-approval"
@@ -167,6 +168,7 @@ def _instructions(
     for name, (shown, total) in request.counts.items():
         threshold = request.thresholds.get(name, 0.0)
         lines.append(f"| {markdown_cell(name)} | {threshold:g} | {shown}/{total} |")
+    lines += truth_markdown(summary)
     lines += [
         "",
         f"Test results: {summary.credits} credits. Without an answer within "
@@ -207,6 +209,9 @@ def save_approved_task(
         sample=summary.sample,
         sample_seed=sample_seed,
         preview_counts=summary.counts,
+        truth=ApprovedTruth.from_scores(summary.truth_source or "", summary.truth)
+        if summary.truth
+        else None,
     )
     save_approved(out, approved)
     return approved

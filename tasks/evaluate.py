@@ -4,7 +4,10 @@
 else every row, as labeled), pairs them with the truth (``tasks.truth.match_truth``)
 and computes, per class and overall, precision, recall and F1 at one IoU and AP@0.5
 and AP@[.5:.95] (``tasks.evaluation_metrics``; segm too when every label and truth box
-has a mask). ``tasks.evaluation_report`` writes the result to ``OUT/evaluation/``.
+has a mask). Classification labels against classification truth (class folders or a
+CSV, ``tasks.truth_classes``) get accuracy and per-class precision/recall/F1, and
+per-class AP when multi-label (``tasks.evaluation_classification``).
+``tasks.evaluation_report`` writes the result to ``OUT/evaluation/``.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from prefect.cache_policies import NO_CACHE
 
 from model_loaders.protocol import CLASSIFICATION_TASKS
 from tasks.approval import approved_path, load_approved
+from tasks.evaluation_classification import classification_metrics
 from tasks.evaluation_metrics import (
     ClassMetrics,
     coco_average_precision,
@@ -55,16 +59,30 @@ class Evaluation:
     outside_truth_boxes: int
     segm: str  # "evaluated" or why not
     pr_curves: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    task: str = "detect"  # detect, segment, classify, classify-multi
+    accuracy: float | None = None  # classification: images whose classes are right
+    accuracy_images: int = 0  # the images the accuracy counts
 
 
-def predictions_at_thresholds(
-    out: str | Path,
-) -> tuple[pd.DataFrame, dict[str, float] | None, str, list[str]]:
-    """The labels of ``out`` kept at its approved thresholds; the thresholds (None: all
-    rows, as labeled), where they came from, and every class the output knows.
+@dataclass
+class OutputLabels:
+    """An output folder's labels: every stored row, those kept at the thresholds, the
+    thresholds (None: every row, as labeled), where they came from, every class the
+    output knows, and its task (None without approved.json)."""
+
+    stored: pd.DataFrame
+    kept: pd.DataFrame
+    thresholds: dict[str, float] | None
+    thresholds_from: str
+    classes: list[str]
+    task: str | None
+
+
+def output_labels(out: str | Path) -> OutputLabels:
+    """The labels of ``out`` at its approved thresholds (see ``OutputLabels``).
 
     Raises:
-        EvaluationError: If ``out`` holds no label table, or is a classification run.
+        EvaluationError: If ``out`` holds no label table.
         ApprovalError: If its approved.json cannot be read.
     """
     layout = OutputLayout(out)
@@ -73,18 +91,40 @@ def predictions_at_thresholds(
     labels = read_labels(layout)
     classes = list(dict.fromkeys(labels["class_name"].tolist()))
     if not approved_path(out).is_file():
-        return labels, None, "as labeled (no approved.json: every label)", classes
+        source = "as labeled (no approved.json: every label)"
+        return OutputLabels(labels, labels, None, source, classes, None)
     settings = load_approved(out).settings
-    if settings.model.task in CLASSIFICATION_TASKS:
-        raise EvaluationError(
-            f"{approved_path(out)}: task {settings.model.task}: evaluating "
-            "classification labels is not supported yet"
-        )
     names = list(dict.fromkeys([*settings.ontology.class_names, *classes]))
     thresholds = settings.thresholds.for_classes(names)
     limits = labels["class_name"].map(thresholds).to_numpy(dtype=float)
     kept = labels[labels["confidence"].to_numpy() >= limits].reset_index(drop=True)
-    return kept, thresholds, str(approved_path(out)), names
+    source = str(approved_path(out))
+    return OutputLabels(labels, kept, thresholds, source, names, settings.model.task)
+
+
+def predictions_at_thresholds(
+    out: str | Path,
+) -> tuple[pd.DataFrame, dict[str, float] | None, str, list[str]]:
+    """The box labels of ``out`` kept at its approved thresholds; the thresholds
+    (None: all rows, as labeled), where they came from, and every class the output
+    knows.
+
+    Raises:
+        EvaluationError: If ``out`` holds no label table, or is a classification run.
+        ApprovalError: If its approved.json cannot be read.
+    """
+    found = _box_labels(out)
+    return found.kept, found.thresholds, found.thresholds_from, found.classes
+
+
+def _box_labels(out: str | Path) -> OutputLabels:
+    found = output_labels(out)
+    if found.task in CLASSIFICATION_TASKS:
+        raise EvaluationError(
+            f"{approved_path(out)}: task {found.task}: classification labels are "
+            "evaluated against classification truth (class folders or a CSV)"
+        )
+    return found
 
 
 def evaluate_output(
@@ -97,10 +137,14 @@ def evaluate_output(
     """Measure the labels of ``out`` against ``truth`` (see the module docstring).
 
     Raises:
-        EvaluationError, ApprovalError: ``out`` cannot be evaluated.
+        EvaluationError, ApprovalError: ``out`` cannot be evaluated (or not against
+            this kind of truth).
         MapError: ``class_map`` names an unknown class.
     """
-    labels, thresholds, source, our_classes = predictions_at_thresholds(out)
+    if truth.kind == "classes":
+        return evaluate_classification(out, truth, class_map=class_map)
+    found = _box_labels(out)
+    labels, our_classes = found.kept, found.classes
     manifest = read_images(OutputLayout(out))
     match = match_truth(truth, manifest, our_classes=our_classes, class_map=class_map)
     sizes = (
@@ -133,9 +177,88 @@ def evaluate_output(
     for name, metrics in [*per_class.items(), ("", overall)]:
         metrics.ap50, metrics.ap = ap.get(name, (None, None))
         metrics.ap50_segm, metrics.ap_segm = ap_segm.get(name, (None, None))
-    return _evaluation(
-        out, truth, match, iou, thresholds, source, per_class, overall, segm, curves
+    evaluation = _evaluation(
+        out,
+        truth,
+        match,
+        iou,
+        found.thresholds,
+        found.thresholds_from,
+        per_class,
+        overall,
+        segm,
+        curves,
     )
+    evaluation.task = found.task or "detect"
+    return evaluation
+
+
+def evaluate_classification(
+    out: str | Path,
+    truth: GroundTruth,
+    *,
+    class_map: dict[str, str] | None = None,
+) -> Evaluation:
+    """Classification labels of ``out`` against classification ``truth``: accuracy,
+    per-class P/R/F1, and per-class AP when multi-label (see
+    ``tasks.evaluation_classification``).
+
+    Raises:
+        EvaluationError: If ``out`` holds box labels (detect/segment).
+        ApprovalError: If its approved.json cannot be read.
+        MapError: ``class_map`` names an unknown class.
+    """
+    found = output_labels(out)
+    if found.task is not None and found.task not in CLASSIFICATION_TASKS:
+        raise EvaluationError(
+            f"{truth.source}: classification truth, but {out} holds {found.task} "
+            "labels: evaluate them against COCO or YOLO truth"
+        )
+    manifest = read_images(OutputLayout(out))
+    match = match_truth(truth, manifest, our_classes=found.classes, class_map=class_map)
+    multi_label = (
+        found.task == "classify-multi"
+        if found.task is not None
+        else truth.multi_label
+        or bool(found.kept.groupby("image_id").size().gt(1).any())
+    )
+    unknown = _images_with_unknown_classes(truth, match)
+    scores = classification_metrics(
+        found.kept,
+        found.stored,
+        match.boxes,
+        image_ids=match.image_ids,
+        classes=match.classes,
+        multi_label=multi_label,
+        accuracy_ids=[i for i in match.image_ids if i not in unknown],
+    )
+    evaluation = _evaluation(
+        out,
+        truth,
+        match,
+        0.0,
+        found.thresholds,
+        found.thresholds_from,
+        scores.per_class,
+        scores.overall,
+        "not evaluated: classification",
+        scores.curves,
+    )
+    evaluation.task = "classify-multi" if multi_label else "classify"
+    evaluation.accuracy = scores.accuracy
+    evaluation.accuracy_images = scores.accuracy_images
+    return evaluation
+
+
+def _images_with_unknown_classes(truth: GroundTruth, match: TruthMatch) -> set[str]:
+    """Labeled images one of whose truth classes matches no class of the labels:
+    their whole answer cannot be right, so the accuracy leaves them out."""
+    unknown_rows = truth.boxes[~truth.boxes["class_name"].isin(match.class_map)]
+    return {
+        match.image_of[index]
+        for index in set(unknown_rows["truth_image"])
+        if index in match.image_of
+    }
 
 
 def _segm_status(predictions: pd.DataFrame, truth: pd.DataFrame) -> str:

@@ -58,8 +58,8 @@ def count_matches(
             boxes = theirs.loc[theirs["image_id"] == image_id, BOX_COLUMNS].to_numpy()
             order = np.argsort(-rows["confidence"].to_numpy(), kind="mergesort")
             tp += _greedy_matches(rows[BOX_COLUMNS].to_numpy()[order], boxes, iou)
-        per_class[name] = _scores(len(theirs), len(ours), tp)
-    overall = _scores(
+        per_class[name] = scores_from_counts(len(theirs), len(ours), tp)
+    overall = scores_from_counts(
         sum(m.truth for m in per_class.values()),
         sum(m.labels for m in per_class.values()),
         sum(m.tp for m in per_class.values()),
@@ -92,7 +92,9 @@ def _greedy_matches(ordered: np.ndarray, truth: np.ndarray, iou: float) -> int:
     return matches
 
 
-def _scores(truth: int, labels: int, tp: int) -> ClassMetrics:
+def scores_from_counts(truth: int, labels: int, tp: int) -> ClassMetrics:
+    """Precision, recall and F1 of ``tp`` right labels among ``labels``, against
+    ``truth`` true instances (None where a denominator is 0)."""
     fp, fn = labels - tp, truth - tp
     return ClassMetrics(
         truth=truth,

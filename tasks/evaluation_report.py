@@ -19,6 +19,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from model_loaders.protocol import CLASSIFICATION_TASKS
 from tasks.evaluate import Evaluation
 from tasks.markdown import markdown_cell, markdown_code
 
@@ -60,7 +61,7 @@ def write_evaluation(out: str | Path, evaluation: Evaluation) -> list[Path]:
         draw_pr_curve(
             curve["recall"],
             curve["precision"],
-            title=f"{name}  AP@0.5 {_number(evaluation.per_class[name].ap50)}",
+            title=_curve_title(evaluation, name),
             path=path,
         )
         written.append(path)
@@ -69,6 +70,13 @@ def write_evaluation(out: str | Path, evaluation: Evaluation) -> list[Path]:
     report = folder / "evaluation.md"
     report.write_text(render_evaluation_markdown(evaluation), encoding="utf-8")
     return [metrics, report, *written]
+
+
+def _curve_title(evaluation: Evaluation, name: str) -> str:
+    metrics = evaluation.per_class[name]
+    if evaluation.task in CLASSIFICATION_TASKS:
+        return f"{name}  AP {_number(metrics.ap)}"
+    return f"{name}  AP@0.5 {_number(metrics.ap50)}"
 
 
 def draw_pr_curve(
@@ -103,37 +111,16 @@ def draw_pr_curve(
 def render_evaluation_markdown(evaluation: Evaluation) -> str:
     """evaluation.md: the scores per class, then everything not evaluated."""
     e = evaluation
-    segm = e.segm == "evaluated"
-    lines = [
-        "# Labels against human labels",
-        "",
-        f"- Output: {markdown_code(e.out)}",
-        f"- Truth: {markdown_code(e.truth)}",
-        f"- Thresholds: {markdown_cell(e.thresholds_from)}",
-        f"- Images evaluated: {e.images} (matched by content hash "
-        f"{e.matched_by['hash']}, path {e.matched_by['path']}, file name "
-        f"{e.matched_by['name']})",
-        f"- Precision, recall, F1 at IoU {e.iou:g}; AP by COCOeval (bbox"
-        f"{', segm' if segm else ''}); segmentation: {markdown_cell(e.segm)}",
-        "",
-        "| Class | Truth | Labels | TP | FP | FN | Precision | Recall | F1 "
-        "| AP@0.5 | AP@[.5:.95] |" + (" AP@0.5 segm | AP segm |" if segm else ""),
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-        + ("---:|---:|" if segm else ""),
-    ]
-    rows = [*((markdown_cell(n), m) for n, m in e.per_class.items())]
-    rows.append(("**all**", e.overall))
-    for name, m in rows:
-        cells = [m.truth, m.labels, m.tp, m.fp, m.fn]
-        cells += [_number(v) for v in (m.precision, m.recall, m.f1, m.ap50, m.ap)]
-        if segm:
-            cells += [_number(m.ap50_segm), _number(m.ap_segm)]
-        lines.append(f"| {name} | " + " | ".join(str(c) for c in cells) + " |")
+    if e.task in CLASSIFICATION_TASKS:
+        lines = _classification_lines(e)
+    else:
+        lines = _detection_lines(e)
     if e.pr_curves:
         files = curve_files(list(e.pr_curves))
+        at = "" if e.task in CLASSIFICATION_TASKS else " (IoU 0.5)"
         lines += [
             "",
-            "Precision-recall curves (IoU 0.5): "
+            f"Precision-recall curves{at}: "
             + ", ".join(markdown_code(f) for f in files.values()),
         ]
     lines += ["", "## Not evaluated", ""]
@@ -142,8 +129,9 @@ def render_evaluation_markdown(evaluation: Evaluation) -> str:
     lines += _listed(
         "Truth images of an image already matched", e.duplicate_truth_images
     )
+    what = "images" if e.task in CLASSIFICATION_TASKS else "boxes"
     lines += _listed(
-        "Truth classes matching no class of the labels (boxes)",
+        f"Truth classes matching no class of the labels ({what})",
         [f"{name} ({count})" for name, count in e.unknown_truth_classes.items()],
         paths=False,
     )
@@ -152,16 +140,79 @@ def render_evaluation_markdown(evaluation: Evaluation) -> str:
         e.classes_without_truth,
         paths=False,
     )
-    lines += _listed(
-        "Truth images of another size than the labeled one (boxes scaled)",
-        e.resized_truth_images,
-    )
+    if e.task not in CLASSIFICATION_TASKS:
+        lines += _listed(
+            "Truth images of another size than the labeled one (boxes scaled)",
+            e.resized_truth_images,
+        )
+        lines += [
+            f"- Truth boxes clipped to their image: {e.clipped_truth_boxes}",
+            "- Truth boxes wholly outside their image (dropped): "
+            f"{e.outside_truth_boxes}",
+        ]
+    return "\n".join([*lines, ""])
+
+
+def _classification_lines(e: Evaluation) -> list[str]:
+    multi = e.task == "classify-multi"
+    lines = _heading(e, "Classification labels against human labels")
+    lines[-1] += f"; {'multi-label' if multi else 'single-label'}"
     lines += [
-        f"- Truth boxes clipped to their image: {e.clipped_truth_boxes}",
-        f"- Truth boxes wholly outside their image (dropped): {e.outside_truth_boxes}",
+        f"- Accuracy ({'every class right' if multi else 'the right class'}): "
+        f"{_number(e.accuracy)} over {e.accuracy_images} image(s)",
         "",
+        "| Class | Truth | Labels | TP | FP | FN | Precision | Recall | F1 |"
+        + (" AP |" if multi else ""),
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if multi else ""),
     ]
-    return "\n".join(lines)
+    return lines + _metric_rows(
+        e, lambda m: [m.precision, m.recall, m.f1, *([m.ap] if multi else [])]
+    )
+
+
+def _detection_lines(e: Evaluation) -> list[str]:
+    segm = e.segm == "evaluated"
+    lines = _heading(e, "Labels against human labels")
+    lines += [
+        f"- Precision, recall, F1 at IoU {e.iou:g}; AP by COCOeval (bbox"
+        f"{', segm' if segm else ''}); segmentation: {markdown_cell(e.segm)}",
+        "",
+        "| Class | Truth | Labels | TP | FP | FN | Precision | Recall | F1 "
+        "| AP@0.5 | AP@[.5:.95] |" + (" AP@0.5 segm | AP segm |" if segm else ""),
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        + ("---:|---:|" if segm else ""),
+    ]
+    return lines + _metric_rows(
+        e,
+        lambda m: [
+            *(m.precision, m.recall, m.f1, m.ap50, m.ap),
+            *((m.ap50_segm, m.ap_segm) if segm else ()),
+        ],
+    )
+
+
+def _heading(e: Evaluation, title: str) -> list[str]:
+    return [
+        f"# {title}",
+        "",
+        f"- Output: {markdown_code(e.out)}",
+        f"- Truth: {markdown_code(e.truth)}",
+        f"- Thresholds: {markdown_cell(e.thresholds_from)}",
+        f"- Images evaluated: {e.images} (matched by content hash "
+        f"{e.matched_by['hash']}, path {e.matched_by['path']}, file name "
+        f"{e.matched_by['name']})",
+    ]
+
+
+def _metric_rows(e: Evaluation, scores) -> list[str]:
+    """A table row per class and one for all: the counts, then ``scores(metrics)``."""
+    rows = [*((markdown_cell(n), m) for n, m in e.per_class.items())]
+    rows.append(("**all**", e.overall))
+    lines = []
+    for name, m in rows:
+        cells = [m.truth, m.labels, m.tp, m.fp, m.fn, *map(_number, scores(m))]
+        lines.append(f"| {name} | " + " | ".join(str(c) for c in cells) + " |")
+    return lines
 
 
 def _listed(title: str, names: Sequence[str], *, paths: bool = True) -> list[str]:

@@ -40,8 +40,12 @@ import csv
 import io
 import json
 import logging
+import textwrap
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import TextIO
 
 import pandas as pd
 from prefect import task
@@ -53,9 +57,14 @@ from tasks.export_files import (
     swapped_in_folder,
     write_text_atomically,
 )
-from tasks.export_images import images_to_export
-from tasks.export_names import write_export_names
-from tasks.labels import OutputLayout, read_images, read_labels
+from tasks.export_images import (
+    ExportImage,
+    images_to_export,
+    iter_export_images,
+    plan_export,
+)
+from tasks.export_names import write_planned_export_names
+from tasks.labels import OutputLayout
 from tasks.splits import ROBOFLOW_FOLDERS, Splits
 
 logger = logging.getLogger(__name__)
@@ -90,29 +99,45 @@ def labels_to_classified_images(
         ValueError: For inconsistent tables (see ``images_to_export``) or an image with
             the same class twice.
     """
-    classified = []
-    for image in images_to_export(
-        images, labels, class_names=class_names, flatten=True
-    ):
-        names = image.labels["class_name"].astype(str).tolist()
-        if len(set(names)) != len(names):
-            raise ValueError(f"{image.relative_path} has a class twice: {names}")
-        scores = image.labels["confidence"].astype(float).tolist()
-        classified.append(
-            ClassifiedImage(
-                relative_path=image.relative_path,
-                source_uri=image.source_uri,
-                orientation=image.orientation,
-                classes=list(zip(names, scores, strict=True)),
-                export_path=image.export_path,
-                image_id=image.image_id,
-            )
+    return [
+        classified_image(image)
+        for image in images_to_export(
+            images, labels, class_names=class_names, flatten=True
         )
-    return classified
+    ]
+
+
+def iter_classified_images(
+    layout: OutputLayout, plan: pd.DataFrame, *, class_names: list[str]
+) -> Iterator[ClassifiedImage]:
+    """``labels_to_classified_images`` of an output folder, one chunk's labels at a
+    time (``plan``: ``plan_export(layout, flatten=True)``)."""
+    for image in iter_export_images(layout, plan, class_names=class_names):
+        yield classified_image(image)
+
+
+def classified_image(image: ExportImage) -> ClassifiedImage:
+    """One exported image's classes, best first.
+
+    Raises:
+        ValueError: If the image has the same class twice.
+    """
+    names = image.labels["class_name"].astype(str).tolist()
+    if len(set(names)) != len(names):
+        raise ValueError(f"{image.relative_path} has a class twice: {names}")
+    scores = image.labels["confidence"].astype(float).tolist()
+    return ClassifiedImage(
+        relative_path=image.relative_path,
+        source_uri=image.source_uri,
+        orientation=image.orientation,
+        classes=list(zip(names, scores, strict=True)),
+        export_path=image.export_path,
+        image_id=image.image_id,
+    )
 
 
 def classified_images_to_csv(
-    classified: list[ClassifiedImage],
+    classified: Iterable[ClassifiedImage],
     *,
     class_names: list[str],
     splits: Splits | None = None,
@@ -123,12 +148,31 @@ def classified_images_to_csv(
     ``classes`` joins the image's classes with ';', best first; each class column holds
     the class's score, empty where the image does not have the class.
     """
+    return "".join(
+        class_table_csv_lines(classified, class_names=class_names, splits=splits)
+    )
+
+
+def class_table_csv_lines(
+    classified: Iterable[ClassifiedImage],
+    *,
+    class_names: list[str],
+    splits: Splits | None = None,
+) -> Iterator[str]:
+    """``classified_images_to_csv`` line by line, for streaming to a file."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["image", "classes", *class_names, *(["split"] if splits else [])])
+
+    def line(row: list[str]) -> str:
+        buffer.seek(0)
+        buffer.truncate()
+        writer.writerow(row)
+        return buffer.getvalue()
+
+    yield line(["image", "classes", *class_names, *(["split"] if splits else [])])
     for image in classified:
         scores = dict(image.classes)
-        writer.writerow(
+        yield line(
             [
                 image.relative_path,
                 ";".join(name for name, _ in image.classes),
@@ -136,7 +180,6 @@ def classified_images_to_csv(
                 *([splits.split_of(image.image_id)] if splits else []),
             ]
         )
-    return buffer.getvalue()
 
 
 def classified_images_to_json(
@@ -161,6 +204,28 @@ def classified_images_to_json(
     }
 
 
+def class_table_json_chunks(
+    classified: Iterable[ClassifiedImage],
+    *,
+    class_names: list[str],
+    splits: Splits | None = None,
+) -> Iterator[str]:
+    """``json.dumps(classified_images_to_json(...), indent=1) + "\\n"`` piece by
+    piece, with each image's ``split`` when ``splits`` are given: the same text,
+    without holding every image."""
+    head = json.dumps({"classes": list(class_names)}, indent=1)
+    yield head[: -len("\n}")] + ',\n "images": ['
+    count = 0
+    for image in classified:
+        entry = classified_images_to_json([image], class_names=class_names)["images"][0]
+        if splits is not None:
+            entry["split"] = splits.split_of(image.image_id)
+        text = textwrap.indent(json.dumps(entry, indent=1), "  ")
+        yield ("," if count else "") + "\n" + text
+        count += 1
+    yield ("\n ]" if count else "]") + "\n}\n"
+
+
 def write_class_table(
     layout: OutputLayout, class_names: list[str], splits: Splits | None = None
 ) -> Path:
@@ -168,17 +233,21 @@ def write_class_table(
 
     With ``splits``, the CSV has a last column ``split`` (train, val or test) and each
     JSON image a ``split`` key (pass the splits the folder exports used:
-    ``splits.with_val()``).
+    ``splits.with_val()``). Streamed: one chunk's labels at a time, each file written
+    under a temporary name and renamed.
     """
-    classified = _classified(layout, class_names)
-    table = classified_images_to_json(classified, class_names=class_names)
-    if splits is not None:
-        for entry, image in zip(table["images"], classified, strict=True):
-            entry["split"] = splits.split_of(image.image_id)
-    write_text_atomically(layout.class_table_json, json.dumps(table, indent=1) + "\n")
+    plan = plan_export(layout, flatten=True)
+
+    def classified() -> Iterator[ClassifiedImage]:
+        return iter_classified_images(layout, plan, class_names=class_names)
+
+    write_text_atomically(
+        layout.class_table_json,
+        class_table_json_chunks(classified(), class_names=class_names, splits=splits),
+    )
     write_text_atomically(
         layout.class_table_csv,
-        classified_images_to_csv(classified, class_names=class_names, splits=splits),
+        class_table_csv_lines(classified(), class_names=class_names, splits=splits),
     )
     return layout.class_table_csv
 
@@ -200,25 +269,27 @@ def write_class_folders(
     """
     splits = (splits or Splits()).with_val()
     folders = [_folder_name(name) for name in class_names]
-    classified = _classified(layout, class_names)
-    for image in classified:
-        if len(image.classes) > 1:
-            raise ValueError(
-                f"{image.relative_path} has {len(image.classes)} classes: class "
-                "folders hold single-label classifications only"
-            )
-    groups = splits.group(classified, image_id=lambda image: image.image_id)
+    plan = plan_export(layout, flatten=True)
     with swapped_in_folder(layout.class_folders_dir) as root:
-        for split, images in groups.items():
+        for split in splits.names:
             for folder in folders:
                 (root / split / folder).mkdir(parents=True)
-            for image in images:
-                if image.classes:
-                    _place(layout, image, root / split / image.classes[0][0])
+        for image in iter_classified_images(layout, plan, class_names=class_names):
+            if len(image.classes) > 1:
+                raise ValueError(
+                    f"{image.relative_path} has {len(image.classes)} classes: class "
+                    "folders hold single-label classifications only"
+                )
+            split = splits.split_of(image.image_id)
+            if not (root / split).is_dir():
+                for folder in folders:
+                    (root / split / folder).mkdir(parents=True)
+            if image.classes:
+                _place(layout, image, root / split / image.classes[0][0])
         (root / CLASSES_TXT).write_text(
             "".join(f"{name}\n" for name in class_names), encoding="utf-8"
         )
-    write_export_names(layout, classified, splits)
+    write_planned_export_names(layout, plan, splits)
     return layout.class_folders_dir
 
 
@@ -245,40 +316,52 @@ def write_roboflow_classification(
     if multi_label and bad:
         raise ValueError(f"class names with ',' break Roboflow's _classes.csv: {bad}")
     folders = [] if multi_label else [_folder_name(name) for name in class_names]
-    classified = _classified(layout, class_names)
-    if not multi_label:
-        for image in classified:
-            if len(image.classes) > 1:
+    plan = plan_export(layout, flatten=True)
+    with (
+        swapped_in_folder(layout.roboflow_classification_dir) as root,
+        ExitStack() as files,
+    ):
+        csv_files: dict[str, TextIO] = {}
+
+        def folder_of(split: str) -> Path:
+            folder = root / ROBOFLOW_FOLDERS[split]
+            if not folder.is_dir():
+                folder.mkdir()
+                for name in folders:
+                    (folder / name).mkdir()
+                if multi_label:
+                    handle = (folder / ROBOFLOW_MULTI_LABEL_CSV).open(
+                        "w", encoding="utf-8"
+                    )
+                    csv_files[split] = files.enter_context(handle)
+                    csv_files[split].write(multi_label_csv([], class_names=class_names))
+            return folder
+
+        for split in splits.names:
+            folder_of(split)
+        for image in iter_classified_images(layout, plan, class_names=class_names):
+            if not multi_label and len(image.classes) > 1:
                 raise ValueError(
                     f"{image.relative_path} has {len(image.classes)} classes in a "
                     "single-label export"
                 )
-    uploadable = []
-    for image in classified:
-        if PurePosixPath(image.export_path).suffix.lower() in _ROBOFLOW_IMAGE_SUFFIXES:
-            uploadable.append(image)
-        else:
-            logger.warning(
-                "Roboflow's folder upload skips %s: left out", image.export_path
-            )
-    groups = splits.group(uploadable, image_id=lambda image: image.image_id)
-    with swapped_in_folder(layout.roboflow_classification_dir) as root:
-        for split, images in groups.items():
-            folder = root / ROBOFLOW_FOLDERS[split]
-            folder.mkdir()
-            if multi_label:
-                for image in images:
-                    _place(layout, image, folder)
-                (folder / ROBOFLOW_MULTI_LABEL_CSV).write_text(
-                    multi_label_csv(images, class_names=class_names), encoding="utf-8"
+            if PurePosixPath(image.export_path).suffix.lower() not in (
+                _ROBOFLOW_IMAGE_SUFFIXES
+            ):
+                logger.warning(
+                    "Roboflow's folder upload skips %s: left out", image.export_path
                 )
                 continue
-            for name in folders:
-                (folder / name).mkdir()
-            for image in images:
-                if image.classes:
-                    _place(layout, image, folder / image.classes[0][0])
-    write_export_names(layout, classified, splits)
+            split = splits.split_of(image.image_id)
+            folder = folder_of(split)
+            if multi_label:
+                _place(layout, image, folder)
+                csv_files[split].write(
+                    multi_label_csv([image], class_names=class_names).split("\n", 1)[1]
+                )
+            elif image.classes:
+                _place(layout, image, folder / image.classes[0][0])
+    write_planned_export_names(layout, plan, splits)
     return layout.roboflow_classification_dir
 
 
@@ -299,12 +382,6 @@ def multi_label_csv(
             )
         )
     return "\n".join(lines) + "\n"
-
-
-def _classified(layout: OutputLayout, class_names: list[str]) -> list[ClassifiedImage]:
-    return labels_to_classified_images(
-        read_images(layout), read_labels(layout), class_names=class_names
-    )
 
 
 def _folder_name(class_name: str) -> str:

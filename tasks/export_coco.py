@@ -38,7 +38,9 @@ model pointed at, so the annotation still counts as the label table's row.
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Literal
 
@@ -54,7 +56,12 @@ from tasks.export_files import (
     materialize_image,
     swapped_in_folder,
 )
-from tasks.export_images import ExportImage, images_to_export
+from tasks.export_images import (
+    ExportImage,
+    images_to_export,
+    iter_export_images,
+    plan_export,
+)
 from tasks.labels import OutputLayout, read_images, read_labels
 from tasks.masks import mask_to_coco_polygons, rle_area, rle_to_mask, rle_to_xyxy
 from tasks.splits import ROBOFLOW_FOLDERS, SplitName, Splits
@@ -120,31 +127,107 @@ def write_coco(
     One folder per split of ``splits.names`` (``train/``, ``valid/``, ``test/``; an
     empty split still gets its folder and file), each holding its images and
     ``_annotations.coco.json``. ``splits`` None: everything in train.
+
+    Written as it is read, one chunk's labels at a time (``iter_export_images``):
+    each split's file is streamed (``CocoFileWriter``), so memory does not grow with
+    the dataset; the file is the one ``coco_dict`` + ``json.dumps`` would write.
     """
-    split_of = split_export(layout, class_names, splits)
-    with swapped_in_folder(layout.coco_dir) as folder:
-        for split, members in split_of.items():
+    splits = splits or Splits()
+    plan = plan_export(layout, flatten=True)
+    with swapped_in_folder(layout.coco_dir) as folder, ExitStack() as files:
+
+        def writer_for(split: SplitName) -> CocoFileWriter:
             split_dir = folder / ROBOFLOW_FOLDERS[split]
             split_dir.mkdir(parents=True)
-            place_images(layout, split_dir, members)
-            coco = coco_dict(
-                members,
-                class_names,
-                mask_format,
-                file_names=[image.export_path for image in members],
+            return files.enter_context(
+                CocoFileWriter(split_dir / COCO_ANNOTATIONS, class_names, mask_format)
             )
-            (split_dir / COCO_ANNOTATIONS).write_text(
-                json.dumps(coco, separators=(",", ":"), allow_nan=False),
-                encoding="utf-8",
-            )
+
+        writers = {split: writer_for(split) for split in splits.names}
+        for image in iter_export_images(layout, plan, class_names=class_names):
+            split = splits.split_of(image.image_id)
+            if split not in writers:
+                writers[split] = writer_for(split)
+            writer = writers[split]
+            place_images(layout, writer.path.parent, [image])
+            writer.add(image, image.export_path)
     return layout.coco_dir
+
+
+class CocoFileWriter:
+    """One COCO file written image by image: ``images`` go straight to the file,
+    ``annotations`` to a side file appended at the end (JSON wants all images before
+    any annotation). Ids count from 1 in the order images are added, as in
+    ``coco_dict``; the bytes equal ``json.dumps(coco_dict(...), separators=(",",
+    ":"))`` of the same images. Use as a context manager: leaving the block without an
+    error finishes the file; an error leaves a partial file (export folders are
+    temporary until swapped in, see ``export_files.swapped_in_folder``)."""
+
+    def __init__(
+        self, path: Path, class_names: list[str], mask_format: MaskFormat
+    ) -> None:
+        self.path = path
+        self._class_names = class_names
+        self._mask_format = mask_format
+        self._images = 0
+        self._annotations = 0
+        self._side_path = path.with_name(f".{path.name}.annotations")
+
+    def __enter__(self) -> CocoFileWriter:
+        self._file = self.path.open("w", encoding="utf-8")
+        self._side = self._side_path.open("w+", encoding="utf-8")
+        head = coco_header()
+        self._file.write(
+            '{"info":'
+            + _dumps(head["info"])
+            + ',"licenses":'
+            + _dumps(head["licenses"])
+            + ',"images":['
+        )
+        return self
+
+    def add(self, image: ExportImage, file_name: str) -> None:
+        """Append one image (``file_name``: its name in the export) and its labels."""
+        entry, annotations = coco_entries(
+            image,
+            self._mask_format,
+            image_id=self._images + 1,
+            file_name=file_name,
+            first_annotation_id=self._annotations + 1,
+        )
+        self._file.write(("," if self._images else "") + _dumps(entry))
+        for annotation in annotations:
+            self._side.write(("," if self._annotations else "") + _dumps(annotation))
+            self._annotations += 1
+        self._images += 1
+
+    def __exit__(self, error_type, error, traceback) -> None:
+        try:
+            if error_type is None:
+                self._file.write('],"annotations":[')
+                self._side.seek(0)
+                shutil.copyfileobj(self._side, self._file)
+                categories = coco_categories(self._class_names)
+                self._file.write('],"categories":' + _dumps(categories) + "}")
+        finally:
+            self._side.close()
+            self._file.close()
+            self._side_path.unlink(missing_ok=True)
+
+
+def _dumps(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
 
 
 def split_export(
     layout: OutputLayout, class_names: list[str], splits: Splits | None
 ) -> dict[SplitName, list[ExportImage]]:
     """The images to export (flat names: ``ExportImage.export_path``), by split of
-    ``splits`` (None: all in train); an image's split follows from its content hash."""
+    ``splits`` (None: all in train); an image's split follows from its content hash.
+
+    Holds every image's labels: for small folders and tests. Exports stream
+    (``plan_export`` + ``iter_export_images``).
+    """
     exported = images_to_export(
         read_images(layout), read_labels(layout), class_names=class_names, flatten=True
     )
@@ -188,41 +271,25 @@ def coco_dict(
     for image_id, (image, name) in enumerate(
         zip(exported, file_names, strict=True), start=1
     ):
-        coco_images.append(
-            {
-                "id": image_id,
-                "license": LICENSE["id"],
-                "file_name": name,
-                "width": image.width,
-                "height": image.height,
-                "date_captured": EXPORT_DATE,
-            }
+        entry, image_annotations = coco_entries(
+            image,
+            mask_format,
+            image_id=image_id,
+            file_name=name,
+            first_annotation_id=len(annotations) + 1,
         )
-        xywh = sv.xyxy_to_xywh(export_xyxy(image.labels))
-        class_ids = image.labels["class_id"].to_numpy(dtype=int)
-        scores = image.labels["confidence"].to_numpy(dtype=np.float64)
-        masks = _mask_texts(image.labels)
-        for (x, y, w, h), class_id, score, mask in zip(
-            xywh.tolist(), class_ids.tolist(), scores.tolist(), masks, strict=True
-        ):
-            annotation = {
-                "id": len(annotations) + 1,
-                "image_id": image_id,
-                "category_id": class_id + 1,
-                "bbox": [x, y, w, h],
-                "area": w * h,
-                "iscrowd": 0,
-                "score": score,
-            }
-            if mask is not None:
-                rle = json.loads(mask)
-                annotation["segmentation"] = _segmentation(rle, mask_format)
-                annotation["area"] = rle_area(rle)
-            annotations.append(annotation)
-    categories = [
-        {"id": class_id + 1, "name": name, "supercategory": "none"}
-        for class_id, name in enumerate(class_names)
-    ]
+        coco_images.append(entry)
+        annotations.extend(image_annotations)
+    return {
+        **coco_header(),
+        "images": coco_images,
+        "annotations": annotations,
+        "categories": coco_categories(class_names),
+    }
+
+
+def coco_header() -> dict:
+    """The ``info`` and ``licenses`` of every COCO file we write."""
     return {
         "info": {
             "description": "Labeled by autolabel",
@@ -233,10 +300,58 @@ def coco_dict(
             "date_created": EXPORT_DATE,
         },
         "licenses": [dict(LICENSE)],
-        "images": coco_images,
-        "annotations": annotations,
-        "categories": categories,
     }
+
+
+def coco_categories(class_names: list[str]) -> list[dict]:
+    """COCO categories: id ``class_id + 1``, in class-id order."""
+    return [
+        {"id": class_id + 1, "name": name, "supercategory": "none"}
+        for class_id, name in enumerate(class_names)
+    ]
+
+
+def coco_entries(
+    image: ExportImage,
+    mask_format: MaskFormat,
+    *,
+    image_id: int,
+    file_name: str,
+    first_annotation_id: int,
+) -> tuple[dict, list[dict]]:
+    """One image's COCO ``images`` entry and its annotations, ids from
+    ``first_annotation_id`` (the part of a COCO file that grows with the dataset)."""
+    entry = {
+        "id": image_id,
+        "license": LICENSE["id"],
+        "file_name": file_name,
+        "width": image.width,
+        "height": image.height,
+        "date_captured": EXPORT_DATE,
+    }
+    annotations: list[dict] = []
+    xywh = sv.xyxy_to_xywh(export_xyxy(image.labels))
+    class_ids = image.labels["class_id"].to_numpy(dtype=int)
+    scores = image.labels["confidence"].to_numpy(dtype=np.float64)
+    masks = _mask_texts(image.labels)
+    for (x, y, w, h), class_id, score, mask in zip(
+        xywh.tolist(), class_ids.tolist(), scores.tolist(), masks, strict=True
+    ):
+        annotation = {
+            "id": first_annotation_id + len(annotations),
+            "image_id": image_id,
+            "category_id": class_id + 1,
+            "bbox": [x, y, w, h],
+            "area": w * h,
+            "iscrowd": 0,
+            "score": score,
+        }
+        if mask is not None:
+            rle = json.loads(mask)
+            annotation["segmentation"] = _segmentation(rle, mask_format)
+            annotation["area"] = rle_area(rle)
+        annotations.append(annotation)
+    return entry, annotations
 
 
 def _mask_texts(labels: pd.DataFrame) -> list[str | None]:

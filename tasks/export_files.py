@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
@@ -77,10 +77,21 @@ def materialize_image(
         _write_via_temporary(destination, lambda tmp: _save_upright(source_path, tmp))
 
 
-def write_text_atomically(path: Path, text: str) -> None:
-    """Write a text file via a temporary name, so readers never see half of it."""
+def write_text_atomically(path: Path, text: str | Iterable[str]) -> None:
+    """Write a text file via a temporary name, so readers never see half of it.
+
+    ``text`` may be pieces (a generator), written one by one: a file of every image
+    of a run need not be held whole.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_via_temporary(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    pieces = [text] if isinstance(text, str) else text
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", encoding="utf-8") as file:
+            for piece in pieces:
+                file.write(piece)
+
+    _write_via_temporary(path, write)
 
 
 @contextmanager

@@ -9,11 +9,28 @@ in the export folder is ``tasks.export_files``.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from tasks.export_names import ClashBy, flat_export_names, unique_export_names
+from tasks.export_names import (
+    ClashBy,
+    flat_export_names,
+    flat_export_names_of,
+    unique_export_names,
+)
+from tasks.labels import (
+    LABEL_SCHEMA,
+    OutputLayout,
+    manifest_table,
+    read_label_shard,
+    shard_keys,
+)
+from tasks.splits import Splits
 
 _LABEL_ORDER = ["confidence", "class_id", "x_min", "y_min", "x_max", "y_max"]
 
@@ -128,3 +145,163 @@ def _check_classes(labels: pd.DataFrame, class_names: list[str]) -> None:
         raise ValueError(
             f"labels' (class_id, class_name) {pairs[:5]} disagree with {class_names}"
         )
+
+
+# Streaming: the same images, labels and names as ``images_to_export``, read from the
+# output folder one chunk's shard at a time, so an export of 100,000 images holds one
+# row per image (the plan) and the labels of a few chunks, never the whole table.
+
+_PLAN_COLUMNS = [
+    "image_id",
+    "source_uri",
+    "relative_path",
+    "width",
+    "height",
+    "orientation",
+    "skipped_reason",
+]
+_SHARDS_CACHED = 4  # chunks whose labels are kept while walking the plan
+
+
+def plan_export(
+    layout: OutputLayout,
+    *,
+    clash_by: ClashBy = "name",
+    flatten: bool = False,
+    splits: Splits | None = None,
+) -> pd.DataFrame:
+    """The readable images of ``layout`` as ``images_to_export`` would list them, one
+    row each, without their labels: relative-path order, ``export_path`` (the same
+    rule), ``shard`` (the chunk holding its labels) and, with ``splits``, ``split``.
+
+    Strings are Arrow-backed: ~150 bytes an image, the only part of an export that
+    grows with the dataset. Skipped images are kept (``skipped_reason`` set) after the
+    readable ones, so labels can be checked against the whole manifest.
+
+    Raises:
+        ValueError: If two readable images share a relative path.
+    """
+    manifest = manifest_table(layout, _PLAN_COLUMNS)
+    # One copy of the manifest at most: order by index arrays, then take once.
+    readable_rows = pc.indices_nonzero(pc.is_null(manifest["skipped_reason"]))
+    paths = pc.take(manifest["relative_path"], readable_rows).combine_chunks()
+    by_path = pc.sort_indices(paths)  # stable, as ``images_to_export``'s sort
+    paths = pc.take(paths, by_path)
+    counts = pc.value_counts(paths)
+    duplicated = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
+    if len(duplicated):
+        raise ValueError(
+            f"images share a relative path: {sorted(duplicated.to_pylist())[:5]}"
+        )
+    if flatten:
+        names = flat_export_names_of(paths)
+    else:
+        names = pa.array(
+            unique_export_names(paths.to_pylist(), clash_by=clash_by), pa.string()
+        )
+    del paths, counts
+    skipped_rows = pc.indices_nonzero(pc.is_valid(manifest["skipped_reason"]))
+    order = pa.concat_arrays([pc.take(readable_rows, by_path), skipped_rows])
+    table = manifest.take(order)
+    del manifest
+    table = table.append_column(
+        "export_path",
+        pa.concat_arrays([names, pa.array([""] * len(skipped_rows), pa.string())]),
+    )
+    plan = table.to_pandas(types_mapper=_ARROW_STRINGS.get)
+    plan["shard"] = plan["shard"].astype("category")
+    if splits is not None:
+        plan["split"] = pd.Categorical(
+            [splits.split_of(i) for i in table["image_id"].to_pylist()]
+        )
+    return plan
+
+
+_ARROW_STRINGS = {pa.string(): pd.StringDtype("pyarrow")}
+
+
+def readable_plan(plan: pd.DataFrame) -> pd.DataFrame:
+    """The exported rows of a plan (its readable images, which come first), in
+    export order; a slice, not a copy."""
+    return plan.iloc[: int(plan["skipped_reason"].isna().sum())]
+
+
+def iter_export_images(
+    layout: OutputLayout, plan: pd.DataFrame, *, class_names: list[str]
+) -> Iterator[ExportImage]:
+    """The plan's readable images with their labels, in the plan's order.
+
+    Each chunk's labels are read when its first image comes up and kept for the few
+    chunks in use (runs label chunks in relative-path order, so each shard is read
+    once); labels are ordered and checked as in ``images_to_export``. A chunk none of
+    whose images is readable is still checked at the end, so a bad table raises here
+    as it does there (exports write into a temporary folder, so nothing half-written
+    is left).
+
+    Raises:
+        ValueError: As ``images_to_export``.
+    """
+    checker = _LabelChecker(plan, class_names)
+    cache: OrderedDict[str, dict] = OrderedDict()
+    empty = LABEL_SCHEMA.empty_table().to_pandas()
+    for row in readable_plan(plan).itertuples(index=False):
+        key = str(row.shard)
+        if key not in cache:
+            cache[key] = checker.grouped(read_label_shard(layout, key), key)
+            if len(cache) > _SHARDS_CACHED:
+                cache.popitem(last=False)
+        cache.move_to_end(key)
+        yield ExportImage(
+            relative_path=str(row.relative_path),
+            source_uri=str(row.source_uri),
+            width=int(row.width),
+            height=int(row.height),
+            orientation=int(row.orientation),
+            labels=cache[key].get((str(row.image_id), str(row.source_uri)), empty),
+            export_path=str(row.export_path),
+            image_id=str(row.image_id),
+        )
+    for key in shard_keys(layout):
+        if key not in checker.seen:
+            checker.grouped(read_label_shard(layout, key), key)
+
+
+class _LabelChecker:
+    """The checks of ``images_to_export`` on one chunk's labels at a time."""
+
+    def __init__(self, plan: pd.DataFrame, class_names: list[str]) -> None:
+        self._plan = plan
+        self._class_names = class_names
+        self._rows_of_shard = plan.groupby("shard", observed=True).indices
+        self._known: set[tuple[str, str]] | None = None
+        self.seen: set[str] = set()
+
+    def grouped(self, labels: pd.DataFrame, key: str) -> dict:
+        """``labels`` checked, ordered and grouped by (image_id, source_uri)."""
+        self.seen.add(key)
+        _check_classes(labels, self._class_names)
+        if labels.empty:
+            return {}
+        rows = self._plan.iloc[self._rows_of_shard.get(key, [])]
+        here = set(zip(rows["image_id"], rows["source_uri"], strict=True))
+        unknown = {
+            k
+            for k in zip(labels["image_id"], labels["source_uri"], strict=True)
+            if k not in here and k not in self._all_known()
+        }
+        if unknown:
+            raise ValueError(
+                "labels refer to images missing from the manifest: "
+                f"{sorted(unknown)[:5]}"
+            )
+        ordered = labels.sort_values(
+            _LABEL_ORDER, ascending=[False] + [True] * 5, kind="stable"
+        )
+        return dict(iter(ordered.groupby(["image_id", "source_uri"], sort=False)))
+
+    def _all_known(self) -> set[tuple[str, str]]:
+        if self._known is None:  # only for labels outside their own chunk's manifest
+            self._known = set(
+                zip(self._plan["image_id"], self._plan["source_uri"], strict=True)
+            )
+        return self._known

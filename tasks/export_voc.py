@@ -24,8 +24,9 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from supervision.dataset.formats.pascal_voc import detections_to_pascal_voc
 
-from tasks.export_coco import export_xyxy, place_images, split_export
+from tasks.export_coco import export_xyxy, place_images
 from tasks.export_files import swapped_in_folder
+from tasks.export_images import iter_export_images, plan_export
 from tasks.labels import OutputLayout
 from tasks.splits import ROBOFLOW_FOLDERS, Splits
 
@@ -66,23 +67,33 @@ def write_voc(
 
     One folder per split of ``splits.names`` (None: everything in train), each with
     the split's images and one XML per image, an empty one (no ``<object>``) for an
-    image without labels, which VOC readers take as a background image.
+    image without labels, which VOC readers take as a background image. Streamed:
+    one chunk's labels at a time (``iter_export_images``).
     """
-    split_of = split_export(layout, class_names, splits)
+    splits = splits or Splits()
+    plan = plan_export(layout, flatten=True)
     with swapped_in_folder(layout.voc_dir) as folder:
-        for split, images in split_of.items():
-            split_dir = folder / ROBOFLOW_FOLDERS[split]
-            split_dir.mkdir(parents=True)
-            place_images(layout, split_dir, images)
-            for image in images:
-                xml = labels_to_pascal_voc(
-                    image.labels,
-                    class_names,
-                    filename=image.export_path,
-                    resolution_wh=(image.width, image.height),
-                )
-                xml_name = PurePosixPath(image.export_path).with_suffix(".xml").name
-                (split_dir / xml_name).write_text(xml, encoding="utf-8")
+        split_dirs: dict[str, Path] = {}
+
+        def split_dir_of(split: str) -> Path:
+            if split not in split_dirs:
+                split_dirs[split] = folder / ROBOFLOW_FOLDERS[split]
+                split_dirs[split].mkdir(parents=True)
+            return split_dirs[split]
+
+        for split in splits.names:
+            split_dir_of(split)
+        for image in iter_export_images(layout, plan, class_names=class_names):
+            split_dir = split_dir_of(splits.split_of(image.image_id))
+            place_images(layout, split_dir, [image])
+            xml = labels_to_pascal_voc(
+                image.labels,
+                class_names,
+                filename=image.export_path,
+                resolution_wh=(image.width, image.height),
+            )
+            xml_name = PurePosixPath(image.export_path).with_suffix(".xml").name
+            (split_dir / xml_name).write_text(xml, encoding="utf-8")
     return layout.voc_dir
 
 

@@ -54,9 +54,9 @@ from tasks.export_files import (
     materialize_image,
     swapped_in_folder,
 )
-from tasks.export_images import ExportImage, images_to_export
-from tasks.export_names import write_export_names
-from tasks.labels import OutputLayout, read_images, read_labels
+from tasks.export_images import ExportImage, iter_export_images, plan_export
+from tasks.export_names import write_planned_export_names
+from tasks.labels import OutputLayout
 from tasks.masks import mask_to_yolo_polygon, rle_to_mask
 from tasks.splits import ROBOFLOW_FOLDERS, Splits
 
@@ -136,32 +136,36 @@ def write_yolo(
     each present even when its split drew no image. Every readable image gets a label
     file, an empty one when it has no boxes: YOLO reads that as a background image,
     whereas a missing file reads as "not labeled". Also writes
-    ``OUT/export_names.parquet`` (see ``write_export_names``).
+    ``OUT/export_names.parquet`` (see ``write_export_names``). Streamed: one
+    chunk's labels at a time (``iter_export_images``).
 
     The export is written into a temporary sibling folder and swapped in at the end,
     so files of earlier exports (and the nested ``yolo/images/`` layout of older
     versions) are gone and a crash leaves the previous export whole.
     """
     splits = (splits or Splits()).with_val()
-    exported = images_to_export(
-        read_images(layout),
-        read_labels(layout),
-        class_names=class_names,
-        flatten=True,
-    )
-    groups = splits.group(exported, image_id=lambda image: image.image_id)
+    plan = plan_export(layout, flatten=True)
     with swapped_in_folder(layout.yolo_dir) as root:
-        for split, images in groups.items():
-            folder = root / ROBOFLOW_FOLDERS[split]
-            (folder / "images").mkdir(parents=True)
-            (folder / "labels").mkdir()
-            for image in images:
-                _write_image_and_labels(layout, image, folder)
-        data = yolo_data_yaml(class_names, split_names=list(groups))
+        folders: dict[str, Path] = {}
+
+        def folder_of(split: str) -> Path:
+            if split not in folders:
+                folder = root / ROBOFLOW_FOLDERS[split]
+                (folder / "images").mkdir(parents=True)
+                (folder / "labels").mkdir()
+                folders[split] = folder
+            return folders[split]
+
+        for split in splits.names:
+            folder_of(split)
+        for image in iter_export_images(layout, plan, class_names=class_names):
+            folder = folder_of(splits.split_of(image.image_id))
+            _write_image_and_labels(layout, image, folder)
+        data = yolo_data_yaml(class_names, split_names=list(folders))
         (root / "data.yaml").write_text(
             yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8"
         )
-    write_export_names(layout, exported, splits)
+    write_planned_export_names(layout, plan, splits)
     return layout.yolo_dir / "data.yaml"
 
 

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field
 
-from model_loaders.batching import UnusableImagesError
+from model_loaders.batching import UnusableImagesError, size_sorted_groups
 from model_loaders.cache import get_model
 from model_loaders.ontology import Ontology
 from tasks import progress
@@ -44,6 +43,11 @@ from tasks.settings import LabelSettings
 from tasks.sources import SourceOptions, discover, localize
 from tasks.thresholds import keep_labels
 
+# Decoded images waiting for batch mates of their size, in windows (batch size x 4):
+# two windows fill the buckets of ~6 sizes (phones both ways, a few cameras) before one
+# must go early, and, with the decode lookahead, hold at most ~3 windows of pixels.
+MAX_HELD_WINDOWS = 2
+
 
 class ImageSelection(BaseModel):
     """Which of a source's images a run labels: all, only those not labeled yet in the
@@ -61,7 +65,7 @@ class ImageSelection(BaseModel):
             wanted = set(self.images)
             refs = [r for r in refs if r.relative_path in wanted or r.uri in wanted]
         if self.only_new and out is not None:
-            seen = set(read_images(OutputLayout(out))["source_uri"])
+            seen = set(read_images(OutputLayout(out), ["source_uri"])["source_uri"])
             refs = [ref for ref in refs if ref.uri not in seen]
         return refs
 
@@ -211,6 +215,11 @@ def predict_labels(
 ) -> tuple[pd.DataFrame, list[ImageRecord]]:
     """Decode ``refs`` (prefetched) and run the model on them a few batches at a time.
 
+    Images of one size are grouped before they reach the model
+    (``size_sorted_groups``, at most ``MAX_HELD_WINDOWS`` windows of images held), so
+    a folder of mixed sizes still runs full batches; rows and records come back in
+    ``refs`` order whatever the grouping, and labels never depend on it (no padding).
+
     The one labeling loop of the batch and of the preview: they differ only in the floor
     and in ``keep`` (the batch applies thresholds and NMS, the preview keeps every
     candidate). Returns the label rows and a record per image, skipped ones included:
@@ -218,44 +227,57 @@ def predict_labels(
     and the rest of its window is labeled as if it had not been there.
     """
     model = get_model(settings.model)
-    window_size = (
-        settings.model.batch_size * 4
-    )  # several batches, so shape buckets fill
-    columns: list[dict] = []  # per image; one DataFrame at the end (columns_to_frame)
-    records: list[ImageRecord] = []
+    batch_size = settings.model.batch_size
+    window_size = batch_size * 4  # images per predict call: several full batches
+    columns: dict[int, dict] = {}  # by position; one DataFrame at the end
+    records: dict[int, ImageRecord] = {}
     stream = decode_with_prefetch(refs, lookahead=window_size)
-    while window := list(itertools.islice(stream, window_size)):
-        readable = [item for item in window if isinstance(item, DecodedImage)]
+
+    def readable() -> Iterator[tuple[int, DecodedImage]]:
+        for position, item in enumerate(stream):
+            if isinstance(item, DecodedImage):
+                yield position, item
+            else:  # unreadable: recorded with its reason, never sent to the model
+                records[position] = item
+                if on_window is not None:
+                    on_window(1)
+
+    for group in size_sorted_groups(
+        readable(),
+        size_of=lambda pair: pair[1].image.size,
+        batch_size=batch_size,
+        group_size=window_size,
+        max_held=window_size * MAX_HELD_WINDOWS,
+    ):
         predictions, unusable = predict_usable(
             model,
-            [item.image for item in readable],
+            [item.image for _, item in group],
             settings.ontology,
             confidence_floor=confidence_floor,
         )
-        for position, (item, detections) in enumerate(
-            zip(readable, predictions, strict=True)
+        for index, ((position, item), detections) in enumerate(
+            zip(group, predictions, strict=True)
         ):
             if detections is None:  # the model cannot take it: skipped, with why
-                item.record = ImageRecord(
+                records[position] = ImageRecord(
                     item.record.source_uri,
                     item.record.relative_path,
-                    skipped_reason=unusable[position],
+                    skipped_reason=unusable[index],
                 )
                 continue
-            columns.append(
-                label_columns(
-                    keep(detections),
-                    item.record,
-                    model=settings.model.model,
-                    run_id=run_id,
-                )
+            records[position] = item.record
+            columns[position] = label_columns(
+                keep(detections),
+                item.record,
+                model=settings.model.model,
+                run_id=run_id,
             )
-        records.extend(
-            item.record if isinstance(item, DecodedImage) else item for item in window
-        )
         if on_window is not None:
-            on_window(len(window))
-    return columns_to_frame(columns), records
+            on_window(len(group))
+    return (
+        columns_to_frame([columns[p] for p in sorted(columns)]),
+        [records[p] for p in sorted(records)],
+    )
 
 
 def predict_usable(

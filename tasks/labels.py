@@ -24,7 +24,7 @@ import itertools
 import json
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -228,21 +228,126 @@ def write_parquet_atomically(
 
 
 def read_labels(layout: OutputLayout) -> pd.DataFrame:
-    """The whole label table of an output folder (empty, with its columns, if none)."""
+    """The whole label table of an output folder (empty, with its columns, if none).
+
+    Its size grows with the dataset (2 M rows for 100,000 images is ~1 GB in pandas):
+    code that walks a whole run reads it shard by shard (``iter_label_shards``).
+    """
     return _read_shards(layout.labels_dir, LABEL_SCHEMA)
 
 
-def read_images(layout: OutputLayout) -> pd.DataFrame:
-    """The whole image manifest of an output folder."""
-    return _read_shards(layout.images_dir, IMAGE_SCHEMA)
+def read_images(
+    layout: OutputLayout, columns: Sequence[str] | None = None
+) -> pd.DataFrame:
+    """The whole image manifest of an output folder (only ``columns``, if given).
+
+    One row per image, so small next to the label table; with ``columns`` (say
+    ``["source_uri"]``) a caller holds just what it needs.
+    """
+    return _read_shards(layout.images_dir, IMAGE_SCHEMA, columns)
 
 
-def _read_shards(folder: Path, schema: pa.Schema) -> pd.DataFrame:
+def shard_keys(layout: OutputLayout) -> list[str]:
+    """The chunk keys of an output folder's shards, labels or manifest, sorted."""
+    keys = set()
+    for folder in (layout.labels_dir, layout.images_dir):
+        if folder.is_dir():
+            keys.update(
+                path.name.removeprefix("chunk-").removesuffix(".parquet")
+                for path in folder.glob("chunk-*.parquet")
+            )
+    return sorted(keys)
+
+
+def read_label_shard(
+    layout: OutputLayout, key: str, columns: Sequence[str] | None = None
+) -> pd.DataFrame:
+    """The label rows of one chunk (empty, with the table's columns, if none)."""
+    return _read_one(layout.shard_paths(key)[0], LABEL_SCHEMA, columns)
+
+
+def read_image_shard(
+    layout: OutputLayout, key: str, columns: Sequence[str] | None = None
+) -> pd.DataFrame:
+    """The image manifest rows of one chunk (empty if it has no manifest shard)."""
+    return _read_one(layout.shard_paths(key)[1], IMAGE_SCHEMA, columns)
+
+
+def manifest_table(layout: OutputLayout, columns: Sequence[str]) -> pa.Table:
+    """``columns`` of the whole image manifest as an Arrow table, plus ``shard``: the
+    chunk key whose shards hold each image (and its labels).
+
+    Arrow, not pandas: one row per image of a 100,000-image run is a few MB of
+    buffers here, where Python string objects would take tens.
+    """
+    tables = []
+    for key in shard_keys(layout):
+        path = layout.shard_paths(key)[1]
+        if path.is_file():
+            table = _read_table(path, IMAGE_SCHEMA, columns)
+            tables.append(
+                table.append_column("shard", pa.array([key] * len(table), pa.string()))
+            )
+    if not tables:
+        empty = _selected(IMAGE_SCHEMA.empty_table(), columns)
+        return empty.append_column("shard", pa.array([], pa.string()))
+    return pa.concat_tables(tables)
+
+
+def iter_label_shards(
+    layout: OutputLayout,
+    *,
+    label_columns: Sequence[str] | None = None,
+    image_columns: Sequence[str] | None = None,
+) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
+    """``(labels, images)`` of each chunk in turn, in chunk-key order.
+
+    The way to walk a whole run in memory that does not grow with the dataset: a chunk
+    writes its labels and its manifest together, so an image's labels are always in
+    its own chunk's pair. Concatenated, the pairs are ``read_labels`` and
+    ``read_images`` (same rows, same order). A chunk whose manifest is missing (a
+    crash between the two writes) yields an empty manifest, as ``read_images`` would
+    not list its images either. ``label_columns`` / ``image_columns``: read only
+    these.
+    """
+    for key in shard_keys(layout):
+        yield (
+            read_label_shard(layout, key, label_columns),
+            read_image_shard(layout, key, image_columns),
+        )
+
+
+def _read_shards(
+    folder: Path, schema: pa.Schema, columns: Sequence[str] | None = None
+) -> pd.DataFrame:
     shards = sorted(folder.glob("chunk-*.parquet")) if folder.is_dir() else []
     if not shards:
-        return schema.empty_table().to_pandas()
-    tables = [_with_schema(pq.read_table(shard), schema) for shard in shards]
+        return _selected(schema.empty_table(), columns).to_pandas()
+    tables = [_read_table(shard, schema, columns) for shard in shards]
     return pa.concat_tables(tables).to_pandas()
+
+
+def _read_one(
+    path: Path, schema: pa.Schema, columns: Sequence[str] | None = None
+) -> pd.DataFrame:
+    if not path.is_file():
+        return _selected(schema.empty_table(), columns).to_pandas()
+    return _read_table(path, schema, columns).to_pandas()
+
+
+def _read_table(
+    path: Path, schema: pa.Schema, columns: Sequence[str] | None
+) -> pa.Table:
+    if columns is None:
+        return _with_schema(pq.read_table(path), schema)
+    present = set(pq.read_schema(path).names)
+    table = pq.read_table(path, columns=[c for c in columns if c in present])
+    wanted = pa.schema([schema.field(name) for name in columns])
+    return _with_schema(table, wanted)
+
+
+def _selected(table: pa.Table, columns: Sequence[str] | None) -> pa.Table:
+    return table if columns is None else table.select(list(columns))
 
 
 def _with_schema(table: pa.Table, schema: pa.Schema) -> pa.Table:

@@ -15,6 +15,14 @@ import sqlite3
 import tempfile
 from pathlib import Path
 
+from tasks.credits.location import (
+    LEDGER_ENV,
+    LedgerUnavailable,
+    is_database_url,
+    one_line,
+    shown_location,
+)
+from tasks.images import SourceError
 from tasks.s3 import is_s3
 
 # Free space the output folder needs at least: the label table, exports and report of
@@ -86,7 +94,11 @@ def check_out(out: str | Path, *, source: str | None = None) -> None:
 
 
 def check_ledger(path: str | Path) -> None:
-    """An existing credit ledger must be an SQLite database this process can open."""
+    """An existing credit ledger must be an SQLite database this process can open; a
+    PostgreSQL ledger must answer (and take its table) now, not after the model."""
+    if is_database_url(path):
+        _check_database_ledger(str(path))
+        return
     ledger = Path(path).expanduser()
     if not ledger.exists():
         return
@@ -114,6 +126,48 @@ def check_ledger(path: str | Path) -> None:
         raise PreflightError(
             f"credit ledger {ledger} cannot be opened: {error}"
         ) from None
+
+
+def _check_database_ledger(url: str) -> None:
+    from tasks.credits.postgres import PostgresStorage
+
+    try:
+        PostgresStorage(url, timeout_s=10).check()
+    except LedgerUnavailable as error:
+        raise PreflightError(
+            f"{error}: check --credits-ledger or {LEDGER_ENV}"
+        ) from None
+    except Exception as error:  # the server answered, but not as a ledger should
+        raise PreflightError(
+            f"credit ledger {shown_location(url)}: {one_line(error)}"
+        ) from None
+
+
+def check_s3_out(out: str, endpoint_url: str | None) -> None:
+    """An s3:// output's bucket exists and takes this machine's credentials: a
+    bucket that is not there must fail now, not after the labeling."""
+    if not is_s3(out):
+        return
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from tasks.s3 import S3Location, s3_client
+
+    try:
+        bucket = S3Location.parse(out).bucket
+    except SourceError as error:
+        raise PreflightError(f"--out {error}", usage=True) from None
+    try:
+        s3_client(endpoint_url).head_bucket(Bucket=bucket)
+    except ClientError as error:
+        code = error.response.get("Error", {}).get("Code", "")
+        reason = {
+            "404": "no such bucket",
+            "NoSuchBucket": "no such bucket",
+            "403": "access denied (check the AWS credentials)",
+        }.get(code, one_line(error))
+        raise PreflightError(f"--out {out}: {reason}") from None
+    except BotoCoreError as error:
+        raise PreflightError(f"--out {out}: {one_line(error)}") from None
 
 
 def check_upload_target(upload_to: str | None) -> None:

@@ -91,6 +91,11 @@ class PreviewRecord(BaseModel):
         default_factory=SourceOptions,
         description="How the source was reached (S3 endpoint, video frame rate).",
     )
+    truth: dict | None = Field(
+        None,
+        description="The sample's human labels (tasks.preview_truth.PreviewTruth); "
+        "their boxes are preview/truth.parquet.",
+    )
 
 
 def select_sample(
@@ -222,6 +227,7 @@ def run_preview(
         # Manifest last: a cache entry counts only when both files exist.
         write_parquet_atomically(manifest, cached_manifest, IMAGE_SCHEMA)
     layout.root.mkdir(parents=True, exist_ok=True)
+    kept_truth = _truth_still_valid(layout, refs, manifest_path=cached_manifest)
     _copy_atomically(cached_candidates, layout.candidates)
     _copy_atomically(cached_manifest, layout.manifest)
     record = PreviewRecord(
@@ -235,9 +241,27 @@ def run_preview(
         run_id=run_id,
         created_at=datetime.now(timezone.utc),
         sources=options or SourceOptions(),
+        truth=kept_truth,
     )
     save_record(out, record)
     return record
+
+
+def _truth_still_valid(
+    layout: PreviewLayout, refs: Sequence[ImageRef], *, manifest_path: Path
+) -> dict | None:
+    """The stored preview's truth, kept when the new preview has the same sample
+    images (same files): new descriptions or thresholds keep measuring against it."""
+    if not layout.record.is_file():
+        return None
+    try:
+        old = PreviewRecord.model_validate_json(layout.record.read_text("utf-8"))
+    except ValueError:
+        return None
+    if old.truth is None or old.sample != [ref.relative_path for ref in refs]:
+        return None
+    ids = set(pd.read_parquet(manifest_path, columns=["image_id"])["image_id"])
+    return old.truth if set(old.truth.get("image_ids", [])) <= ids else None
 
 
 def save_record(out: str | Path, record: PreviewRecord) -> None:

@@ -30,6 +30,7 @@ from tasks.preview import (
     read_manifest,
     save_record,
 )
+from tasks.preview_truth import TruthScore, stored_truth, truth_scores
 from tasks.render import render_images, thumbnail_data_uri
 from tasks.settings import LabelSettings
 from tasks.thresholds import NmsMode, Thresholds
@@ -62,6 +63,9 @@ class PreviewSummary:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     below_floor: list[str] = field(default_factory=list)  # classes not answerable
     credits: int = PREVIEW_CREDITS
+    # class -> P/R/F1 on the sample's labeled images (None: the preview has no truth)
+    truth: dict[str, TruthScore] | None = None
+    truth_source: str | None = None
 
 
 def show_preview(
@@ -103,6 +107,7 @@ def show_preview(
         manifest, shown, class_names=class_names, images_dir=layout.images_dir
     )
     save_record(out, record.model_copy(update={"settings": settings}))
+    found = stored_truth(out)
     skipped = manifest[manifest["skipped_reason"].notna()].sort_values("relative_path")
     summary = PreviewSummary(
         out=str(out),
@@ -121,6 +126,8 @@ def show_preview(
         below_floor=[
             n for n in class_names if settings.thresholds.for_class(n) < record.floor
         ],
+        truth=truth_scores(out, settings) if found else None,
+        truth_source=found[0].source if found else None,
     )
     layout.summary.write_text(
         render_markdown(summary, image_link=lambda p: p.relative_to(layout.root)),
@@ -170,6 +177,7 @@ def render_markdown(
     for name, (shown, total) in summary.counts.items():
         threshold = summary.thresholds[name]
         lines.append(f"| {markdown_cell(name)} | {threshold:g} | {shown}/{total} |")
+    lines += truth_markdown(summary)
     lines += [
         "",
         "*shown*: labels the batch keeps at the threshold (after NMS); *total*: "
@@ -196,6 +204,37 @@ def render_markdown(
         lines.append(f"![{markdown_text(name)}]({link})")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def truth_markdown(summary: PreviewSummary) -> list[str]:
+    """The per-class scores against the sample's human labels, if it has any."""
+    if not summary.truth:
+        return []
+    lines = [
+        "",
+        f"Against the human labels of {markdown_code(summary.truth_source or '')} "
+        "(the sample's labeled images):",
+        "",
+        "| class | threshold | precision | recall | F1 | F1-optimal threshold |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, score in summary.truth.items():
+        best = (
+            f"{score.suggested:g} (F1 {number(score.suggested_f1)})"
+            if score.from_truth
+            else f"keeps {score.threshold:g}: {markdown_text(score.reason)}"
+        )
+        lines.append(
+            f"| {markdown_cell(name)} | {score.threshold:g} | "
+            f"{number(score.precision)} | {number(score.recall)} | "
+            f"{number(score.f1)} | {best} |"
+        )
+    return lines
+
+
+def number(value: float | None) -> str:
+    """A score to 3 decimals, or n/a where it is undefined."""
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def candidates_table(out: str, settings: LabelSettings) -> list[dict]:

@@ -6,6 +6,7 @@ same text is read on the terminal, in the output folder and in the Prefect UI.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 from prefect import task
@@ -13,7 +14,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from tasks.credits import CreditAccount, format_credits
-from tasks.labels import OutputLayout, read_images, read_labels
+from tasks.labels import OutputLayout, iter_label_shards
 from tasks.markdown import markdown_cell, markdown_code, markdown_text
 from tasks.quality import QualityResult
 from tasks.roboflow_upload import UploadSummary
@@ -64,27 +65,18 @@ def summarize(
     """Read the output folder's tables and count what a user wants to know."""
     outcome = outcome or RunOutcome()
     credits = outcome.credits
-    layout = OutputLayout(out)
-    images = read_images(layout)
-    labels = read_labels(layout)
-    readable = images[images["skipped_reason"].isna()]
-    skipped = images[images["skipped_reason"].notna()].sort_values("relative_path")
-    labeled_ids = set(labels["image_id"])
-    counts = labels["class_name"].value_counts()
+    counts = _count_tables(OutputLayout(out))
     return RunSummary(
         run_id=run_id,
-        images=len(images),
-        labeled=len(readable),
-        labels=len(labels),
+        images=counts.images,
+        labeled=counts.readable,
+        labels=counts.labels,
         per_class={
-            name: int(counts.get(name, 0)) for name in settings.ontology.class_names
+            name: int(counts.per_class.get(name, 0))
+            for name in settings.ontology.class_names
         },
-        unlabeled=sorted(
-            readable.loc[~readable["image_id"].isin(labeled_ids), "relative_path"]
-        ),
-        skipped=list(
-            zip(skipped["relative_path"], skipped["skipped_reason"], strict=True)
-        ),
+        unlabeled=sorted(counts.unlabeled),
+        skipped=sorted(counts.skipped, key=lambda item: item[0]),
         credits_used=_charged(credits, [run_id, *outcome.charged_runs])
         if credits
         else None,
@@ -95,6 +87,44 @@ def summarize(
         else [],
         upload=outcome.upload,
     )
+
+
+@dataclass
+class _TableCounts:
+    """What the report counts, summed chunk by chunk."""
+
+    images: int = 0
+    readable: int = 0
+    labels: int = 0
+    per_class: Counter = field(default_factory=Counter)
+    unlabeled: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _count_tables(layout: OutputLayout) -> _TableCounts:
+    """Count the output folder's tables one chunk at a time (``iter_label_shards``;
+    an image's labels are in its own chunk), reading only the columns counted, so
+    memory does not grow with the run beyond the lists the report shows."""
+    counts = _TableCounts()
+    for labels, images in iter_label_shards(
+        layout,
+        label_columns=["image_id", "class_name"],
+        image_columns=["image_id", "relative_path", "skipped_reason"],
+    ):
+        readable = images[images["skipped_reason"].isna()]
+        skipped = images[images["skipped_reason"].notna()]
+        counts.images += len(images)
+        counts.readable += len(readable)
+        counts.labels += len(labels)
+        counts.per_class.update(labels["class_name"].value_counts().to_dict())
+        labeled = set(labels["image_id"])
+        counts.unlabeled += readable.loc[
+            ~readable["image_id"].isin(labeled), "relative_path"
+        ].tolist()
+        counts.skipped += list(
+            zip(skipped["relative_path"], skipped["skipped_reason"], strict=True)
+        )
+    return counts
 
 
 def _charged(credits: CreditAccount, run_ids: list[str]) -> float:

@@ -2,7 +2,9 @@
 
 Through the official ``roboflow`` SDK (see ``clients.roboflow`` for retries and key
 redaction), plus an upload ledger so that a rerun continues where it stopped and never
-uploads an image twice.
+uploads an image twice. Images in the review queue (``OUT/review/queue.csv``, see
+``tasks.review_queue``) go up with the extra tag ``needs-review``, so a reviewer can
+filter them in Roboflow.
 """
 
 from __future__ import annotations
@@ -22,7 +24,10 @@ from tasks.export_files import local_source
 from tasks.export_images import ExportImage, images_to_export
 from tasks.labels import OutputLayout, read_images, read_labels
 from tasks.masks import mask_outlines, rle_to_mask
+from tasks.review_queue import read_queue_csv, review_dir
 from tasks.splits import ROBOFLOW_FOLDERS, Splits
+
+REVIEW_TAG = "needs-review"
 
 
 @dataclass
@@ -109,7 +114,8 @@ def upload_to_roboflow(
     with the same content; an image whose upload worked but whose annotation did not
     gets only its annotation on the next run. One image failing never stops the others.
     With ``splits``, each image goes to its own split (``train``, ``valid`` or
-    ``test``, as in the exports) instead of ``split``.
+    ``test``, as in the exports) instead of ``split``. Images listed in
+    ``OUT/review/queue.csv`` also get the tag ``needs-review``.
     """
     destination = RoboflowTarget.parse(target)
     client = RoboflowClient.resolve(
@@ -125,6 +131,7 @@ def upload_to_roboflow(
             strict=True,
         )
     )
+    to_review = queued_images(out)
     summary = UploadSummary()
     project = client.open_project(destination)
     ledger = UploadLedger(layout.root / "roboflow_uploads.sqlite")
@@ -146,7 +153,7 @@ def upload_to_roboflow(
                                 str(local_source(image.source_uri, layout.root)),
                                 split=image_split,
                                 batch_name=batch_name,
-                                tag_names=tags,
+                                tag_names=_tags_of(image, tags, to_review),
                             )[0]["id"]
                         ),
                         what=f"upload {image.relative_path}",
@@ -168,6 +175,20 @@ def upload_to_roboflow(
     finally:
         ledger.close()
     return summary
+
+
+def queued_images(out: str | Path) -> set[str]:
+    """The relative paths in ``OUT/review/queue.csv``; none without the file."""
+    path = review_dir(out) / "queue.csv"
+    if not path.is_file():
+        return set()
+    return set(read_queue_csv(path)["image"])
+
+
+def _tags_of(image: ExportImage, tags: list[str], to_review: set[str]) -> list[str]:
+    if image.relative_path in to_review and REVIEW_TAG not in tags:
+        return [*tags, REVIEW_TAG]
+    return tags
 
 
 @task(name="upload-to-roboflow", cache_policy=NO_CACHE)

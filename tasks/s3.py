@@ -99,6 +99,47 @@ def _keys(client, bucket: str, prefix: str) -> Iterator[str]:
         raise SourceError(f"cannot list s3://{bucket}/{prefix}: {error}") from None
 
 
+def list_keys(prefix_uri: str, *, client) -> list[str]:
+    """Every object key under ``s3://bucket/prefix`` (the prefix taken literally)."""
+    location = S3Location.parse(prefix_uri)
+    return list(_keys(client, location.bucket, location.prefix))
+
+
+def download_to(uri: str, path: Path, *, client) -> None:
+    """The object at ``uri`` into ``path``, atomically: a reader sees the whole file
+    or none (downloaded beside it, then renamed)."""
+    location = S3Location.parse(uri)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.part")
+    try:
+        client.download_file(location.bucket, location.key, str(partial))
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def put_file(path: Path, uri: str, *, client) -> None:
+    """``path`` as the object ``uri``: one PUT (or a multipart upload completed in
+    one step), so readers see the old object or the new one, never a part; writing
+    the same key again replaces it."""
+    location = S3Location.parse(uri)
+    client.upload_file(str(path), location.bucket, location.key)
+
+
+def delete_keys(bucket: str, keys: list[str], *, client) -> None:
+    """Delete ``keys`` from ``bucket`` (1000 per request, the API's limit)."""
+    for start in range(0, len(keys), 1000):
+        client.delete_objects(
+            Bucket=bucket,
+            Delete={"Objects": [{"Key": k} for k in keys[start : start + 1000]]},
+        )
+
+
+def join_key(prefix: str, relative: str) -> str:
+    """``prefix``/``relative`` as one key ('' prefix: ``relative`` itself)."""
+    return "/".join(filter(None, [prefix.rstrip("/"), relative]))
+
+
 def cache_path(uri: str, cache_dir: Path) -> Path:
     """Where the object at ``uri`` is cached: a hash of the URI plus a safe suffix."""
     suffix = PurePosixPath(uri).suffix.lower()
@@ -125,13 +166,20 @@ def fetch(uri: str, cache_dir: Path, *, client) -> Path:
     return path
 
 
-def staging_folder(destination: str) -> Path:
+def staging_folder(destination: str, shard: tuple[int, int] | None = None) -> Path:
     """The local folder a run writes to before its outputs go to ``destination``.
 
-    Stable per destination, so a rerun finds its finished chunks and resumes.
+    Stable per destination, so a rerun finds its finished chunks and resumes. A shard
+    run (``shard``: index, count) gets a scratch folder of its own: shard runs on one
+    worker never share files, and the parent's staging folder holds only its own.
     """
     root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    digest = hashlib.sha256(destination.encode()).hexdigest()[:16]
+    name = (
+        destination
+        if shard is None
+        else f"{destination}#shard-{shard[0]}-of-{shard[1]}"
+    )
+    digest = hashlib.sha256(name.encode()).hexdigest()[:16]
     return root / "autolabel" / "outputs" / digest
 
 
@@ -154,7 +202,7 @@ def upload_folder(
         if p.is_file() and p.relative_to(folder).parts[0] not in exclude
     )
     for path in sorted(files):
-        key = "/".join(filter(None, [prefix, path.relative_to(folder).as_posix()]))
+        key = join_key(prefix, path.relative_to(folder).as_posix())
         client.upload_file(str(path), location.bucket, key)
         count += 1
     return count

@@ -11,8 +11,8 @@ Nothing is labeled or charged twice, however often a shard runs: chunk shards ar
 by their content and settings and written atomically, so a rerun skips the chunks a
 dead run finished, and the credit ledger charges an image once per dataset, model and
 task. Results land in the output folder, which every worker must reach at the same path
-(a shared volume); an s3:// output needs the shard runs to upload their chunk shards
-(not done yet, see deployments/README.md).
+(a shared volume), or under an s3:// prefix: then each shard run puts its chunk shards
+there and the parent pulls them (``tasks.shard_store``); no disk is shared.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from tasks.credits import CreditAccount
 from tasks.label import Chunk, ImageSelection
 from tasks.labels import OutputLayout
 from tasks.settings import LabelSettings
-from tasks.sources import SourceOptions
+from tasks.sources import SourceOptions, localize
 
 DEFAULT_SHARD_DEPLOYMENT = "label-images/label-shard"
 _WATCHED = frozenset({"PENDING", "RUNNING", "CANCELLING"})  # must show signs of life
@@ -359,6 +359,27 @@ def run_shards_task(
     return records
 
 
+def fetch_source_images(
+    out: str, chunks: list[Chunk], sources: SourceOptions | None
+) -> int:
+    """Local copies, in ``out``'s cache, of the remote images of the labeled chunks.
+
+    The exports copy every image; with workers that share no disk, the copies the
+    shards fetched stay on their machines, so the parent fetches its own (with the
+    run's S3 endpoint). Cached images and local sources cost nothing. Returns how
+    many remote images have a local copy.
+    """
+    missing = set(missing_chunks(out, chunks))
+    refs = [ref for chunk in chunks if chunk.key not in missing for ref in chunk.refs]
+    local = localize(refs, out, sources or SourceOptions())
+    return sum(1 for ref in local if ref.local_path and not ref.problem)
+
+
+fetch_source_images_task = task(
+    fetch_source_images, name="fetch-source-images", cache_policy=NO_CACHE
+)
+
+
 @task(name="check-shards-merged", cache_policy=NO_CACHE)
 def check_merged_task(
     out: str, chunks: list[Chunk], credits: CreditAccount | None
@@ -367,7 +388,7 @@ def check_merged_task(
 
     A shard run refused by the budget ends Completed without its last chunks; any
     other gap means a shard run did not write where the parent reads (e.g. an output
-    folder that is not shared between the workers).
+    folder that is not shared between the workers: an s3:// output needs none).
     """
     missing = missing_chunks(out, chunks)
     if not missing:
@@ -379,5 +400,6 @@ def check_merged_task(
         )
     raise ShardsFailed(
         f"{len(missing)} of {len(chunks)} chunk(s) missing in {out} after every shard "
-        f"completed (e.g. {missing[0]}): do all workers write to the same folder?"
+        f"completed (e.g. {missing[0]}): do all workers write to the same folder? "
+        "(workers without a shared disk: use an s3:// output)"
     )

@@ -15,12 +15,14 @@ callers import the public names from here whatever the format.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
+from tasks.truth_classes import is_class_truth, read_class_truth
 from tasks.truth_coco import read_coco_truth
 from tasks.truth_model import GroundTruth, TruthError, TruthImage
 from tasks.truth_yolo import read_yolo_truth
@@ -34,21 +36,25 @@ class MapError(ValueError):
 
 def read_truth(path: str | Path) -> GroundTruth:
     """Human labels from a COCO JSON file, a folder holding COCO JSON files
-    (Roboflow's ``<split>/_annotations.coco.json``) or a YOLO folder (``data.yaml``).
+    (Roboflow's ``<split>/_annotations.coco.json``), a YOLO folder (``data.yaml``) or
+    a Roboflow version (``roboflow://WORKSPACE/PROJECT/VERSION``, its COCO export);
+    or classification truth (``kind == "classes"``) from class folders, Roboflow's
+    multi-label ``_classes.csv`` or a CSV file (``tasks.truth_classes``).
 
     Raises:
         TruthError: One line naming the file and why it cannot be read.
     """
     text = str(path)
     if text.startswith("roboflow://"):
-        raise TruthError(
-            f"{text}: roboflow:// truth is not supported yet; download the version "
-            "as COCO or YOLO and pass its folder"
-        )
+        from tasks.truth_roboflow import read_roboflow_truth
+
+        return read_roboflow_truth(text)
     root = Path(path)
     if root.is_file():
         if root.suffix.lower() in (".yaml", ".yml"):
             return read_yolo_truth(root)
+        if root.suffix.lower() == ".csv":
+            return read_class_truth(root)
         return read_coco_truth([root], source=root)
     if root.is_dir():
         for name in ("data.yaml", "data.yml"):
@@ -57,8 +63,11 @@ def read_truth(path: str | Path) -> GroundTruth:
         coco_files = sorted(root.glob("*.json")) or sorted(root.glob("*/*.json"))
         if coco_files:
             return read_coco_truth(coco_files, source=root)
+        if is_class_truth(root):
+            return read_class_truth(root)
         raise TruthError(
-            f"{root}: no data.yaml (YOLO) nor COCO JSON file in this folder"
+            f"{root}: no data.yaml (YOLO), COCO JSON file, class folders nor "
+            "_classes.csv in this folder"
         )
     raise TruthError(f"{root}: no such file or folder")
 
@@ -95,6 +104,7 @@ class TruthMatch:
     unknown_classes: dict[str, int]  # truth class -> its boxes, not evaluated
     classes_without_truth: list[str]  # our classes the truth does not know
     resized_images: list[str] = field(default_factory=list)  # boxes rescaled
+    image_of: dict[int, str] = field(default_factory=dict)  # truth index -> image id
 
 
 def match_truth(
@@ -107,9 +117,11 @@ def match_truth(
     """Pair ``truth`` with the labeled images of ``manifest`` and with ``our_classes``.
 
     Images: by content hash (the labeled image id), then by relative path, then by
-    file name when only one labeled image has it. Classes: ``class_map`` first, else
-    the same name. Truth boxes of an image whose size differs from the labeled one are
-    scaled to it (their masks dropped) and the image is listed.
+    file name when only one labeled image has it (a Roboflow export's
+    ``cat_jpg.rf.<hash>.jpg`` by its original name ``cat.jpg``). Classes:
+    ``class_map`` first, else the same name. Truth boxes of an image whose size
+    differs from the labeled one are scaled to it (their masks dropped) and the image
+    is listed.
 
     Raises:
         MapError: If ``class_map`` names a class the truth or the output lacks.
@@ -168,6 +180,7 @@ def match_truth(
         unknown_classes=unknown_classes,
         classes_without_truth=[n for n in our_classes if n not in classes],
         resized_images=resized,
+        image_of=image_of,
     )
 
 
@@ -201,9 +214,20 @@ def _find_image(image: TruthImage, by_id, by_path, by_name) -> tuple[str | None,
         if candidate in by_path and by_path[candidate] is not None:
             return by_path[candidate], "path"
     name = PurePosixPath(path).name
-    if by_name.get(name) is not None:
-        return by_name[name], "name"
+    for candidate in (name, roboflow_original_name(name)):
+        if candidate and by_name.get(candidate) is not None:
+            return by_name[candidate], "name"
     return None, ""
+
+
+_ROBOFLOW_NAME = re.compile(r"^(?P<stem>.+)_(?P<ext>[A-Za-z0-9]+)\.rf\.[0-9a-f]+\.\w+$")
+
+
+def roboflow_original_name(name: str) -> str | None:
+    """The file name a Roboflow export's image had when uploaded (``cat_jpg.rf.<hash>
+    .jpg`` -> ``cat.jpg``); None for a name Roboflow did not make."""
+    found = _ROBOFLOW_NAME.match(name)
+    return f"{found['stem']}.{found['ext']}" if found else None
 
 
 def _unique_index(labeled: pd.DataFrame, key) -> dict[str, str | None]:

@@ -26,17 +26,24 @@ def read_coco_truth(files: Sequence[Path], *, source: Path) -> GroundTruth:
 
     Several files (a Roboflow export's splits) are one truth: image paths keep the
     file's folder relative to ``source`` (``train/a.jpg``) and classes are joined by
-    name.
+    name. A category that is only the supercategory of others and has no boxes (the
+    project-named one Roboflow's exports carry) is no class.
     """
     images: list[TruthImage] = []
     rows: list[dict] = []
     class_names: list[str] = []
     fixes = BoxFixes()
+    supercategories: set[str] = set()
     for file in files:
         data = _load_json(file)
         prefix = _relative_folder(file.parent, source)
         try:
             categories = {int(c["id"]): str(c["name"]) for c in data["categories"]}
+            supercategories |= {
+                str(c["supercategory"])
+                for c in data["categories"]
+                if c.get("supercategory") not in (None, "", "none")
+            }
             index_of: dict[int, int] = {}
             for image in data["images"]:
                 index_of[int(image["id"])] = len(images)
@@ -45,6 +52,7 @@ def read_coco_truth(files: Sequence[Path], *, source: Path) -> GroundTruth:
                 if name not in class_names:
                     class_names.append(name)
             for annotation in data["annotations"]:
+                _check_references(annotation, index_of, categories)
                 image = images[index_of[int(annotation["image_id"])]]
                 row = _coco_box(annotation, categories, image, fixes)
                 if row is not None:
@@ -54,7 +62,22 @@ def read_coco_truth(files: Sequence[Path], *, source: Path) -> GroundTruth:
             raise TruthError(
                 f"{file}: not a COCO detection file ({error_reason(error)})"
             ) from None
+    used = {row["class_name"] for row in rows}
+    class_names = [n for n in class_names if n in used or n not in supercategories]
     return GroundTruth.from_rows(source, images, rows, class_names, fixes)
+
+
+def _check_references(
+    annotation: dict, index_of: dict[int, int], categories: dict[int, str]
+) -> None:
+    """An annotation naming an image or category the file lacks, said as such (not
+    as a bare missing key)."""
+    for key, known in (("image_id", index_of), ("category_id", categories)):
+        if int(annotation[key]) not in known:
+            raise ValueError(
+                f"annotation {annotation.get('id')}: {key} {annotation[key]} is not "
+                "in the file"
+            )
 
 
 def _load_json(file: Path) -> dict:

@@ -52,7 +52,10 @@ class TruthImage:
 @dataclass
 class GroundTruth:
     """Human labels: images, one row per box (``TRUTH_COLUMNS``; ``truth_image``
-    indexes ``images``), the truth's class names, and boxes fixed while reading."""
+    indexes ``images``), the truth's class names, and boxes fixed while reading.
+
+    Classification truth (``kind == "classes"``) has one row per (image, class), its
+    box columns NaN, so that images and classes are matched exactly as boxes are."""
 
     source: str
     images: list[TruthImage]
@@ -60,6 +63,8 @@ class GroundTruth:
     class_names: list[str]
     clipped: int = 0  # boxes reaching outside their image, clipped to it
     outside: int = 0  # boxes wholly outside their image (or empty), dropped
+    kind: str = "boxes"  # or "classes": one row per (image, class), no box
+    multi_label: bool = False  # for "classes": the format allows several per image
 
     @classmethod
     def from_rows(
@@ -68,9 +73,13 @@ class GroundTruth:
         images: list[TruthImage],
         rows: list[dict],
         class_names: list[str],
-        fixes: BoxFixes,
+        fixes: BoxFixes | None = None,
+        *,
+        kind: str = "boxes",
+        multi_label: bool = False,
     ) -> GroundTruth:
         """What a reader collected, as one table whatever the format it came from."""
+        fixes = fixes or BoxFixes()
         return cls(
             source=str(source),
             images=images,
@@ -78,6 +87,8 @@ class GroundTruth:
             class_names=class_names,
             clipped=fixes.clipped,
             outside=fixes.outside,
+            kind=kind,
+            multi_label=multi_label,
         )
 
 

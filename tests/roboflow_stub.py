@@ -39,14 +39,26 @@ class RoboflowStub:
     hosted: dict[str, tuple[str, bytes]] = field(
         default_factory=dict
     )  # id -> (name, bytes)
+    versions: dict[str, dict[str, bytes]] = field(
+        default_factory=dict
+    )  # version number -> export format -> zip bytes
+    generating: set[str] = field(default_factory=set)  # versions still generating
 
     def host_image(self, image_id: str, name: str, data: bytes) -> None:
         """Make an image part of the project, listed by search and downloadable."""
         self.hosted[image_id] = (name, data)
 
+    def add_version(
+        self, number: int, export_zip: bytes, *, model_format: str = "coco"
+    ) -> None:
+        """Make version ``number`` of the project downloadable as ``export_zip`` (the
+        zip Roboflow builds for ``model_format``)."""
+        self.versions.setdefault(str(number), {})[model_format] = export_zip
+
     def fail_next(self, route: str, *answers: object) -> None:
-        """Answer the next calls of ``route`` ('upload', 'annotate', 'search', 'file')
-        with these: an HTTP status (int) or 'drop' (close without answering)."""
+        """Answer the next calls of ``route`` ('upload', 'annotate', 'search', 'file',
+        'export': a version's zip) with these: an HTTP status (int) or 'drop' (close
+        without answering)."""
         self.failures[route].extend(answers)
 
     def start(self) -> str:
@@ -83,6 +95,8 @@ class RoboflowStub:
             route = "annotate"
         elif parts[0] == "files":
             route = "file"
+        elif parts[0] == "exports":
+            route = "export"
         if self.failures[route]:
             answer = self.failures[route].pop(0)
             if answer == "drop":
@@ -95,18 +109,21 @@ class RoboflowStub:
         if method == "POST" and url.path == "/":
             return self._reply(handler, 200, {"workspace": self.workspace})
         if method == "GET" and parts == [self.workspace, self.project]:
-            return self._reply(handler, 200, {"project": self._project_info()})
+            return self._reply(
+                handler,
+                200,
+                {"project": self._project_info(), "versions": self._version_list()},
+            )
+        if method == "GET" and parts[:2] == [self.workspace, self.project]:
+            return self._version_route(handler, parts[2:])
+        if method == "GET" and route == "export" and len(parts) == 3:
+            return self._send_bytes(handler, self.versions[parts[1]][parts[2]])
         if method == "POST" and parts == [self.workspace, self.project, "search"]:
             return self._reply(
                 handler, 200, {"results": self._search(json.loads(body))}
             )
         if method == "GET" and parts[0] == "files" and parts[1] in self.hosted:
-            data = self.hosted[parts[1]][1]
-            handler.send_response(200)
-            handler.send_header("Content-Length", str(len(data)))
-            handler.end_headers()
-            handler.wfile.write(data)
-            return None
+            return self._send_bytes(handler, self.hosted[parts[1]][1])
         if route == "upload":
             return self._reply(handler, 200, self._upload(handler, body))
         if route == "annotate":
@@ -114,6 +131,41 @@ class RoboflowStub:
             self.annotations[image_id].append(json.loads(body))
             return self._reply(handler, 200, {"success": True})
         return self._reply(handler, 404, {"error": f"no route {url.path}"})
+
+    def _version_list(self) -> list[dict]:
+        return [self._version_info(number) for number in sorted(self.versions)]
+
+    def _version_info(self, number: str) -> dict:
+        return {
+            "id": f"{self.workspace}/{self.project}/{number}",
+            "name": self.project,
+            "augmentation": {},
+            "preprocessing": {},
+            "created": 1700000000,
+            "images": 0 if number in self.generating else 3,
+            "generating": number in self.generating,
+            "splits": {"train": 3},
+            "exports": sorted(self.versions[number]),
+        }
+
+    def _version_route(self, handler: BaseHTTPRequestHandler, rest: list[str]):
+        """GET /ws/project/N (the version) and /ws/project/N/FORMAT (its export)."""
+        if not rest or rest[0] not in self.versions:
+            return self._reply(handler, 404, {"error": "no such version"})
+        number = rest[0]
+        if len(rest) == 1:
+            return self._reply(handler, 200, {"version": self._version_info(number)})
+        if len(rest) == 2 and rest[1] in self.versions[number]:
+            link = f"{self.url}/exports/{number}/{rest[1]}"
+            return self._reply(handler, 200, {"export": {"link": link}})
+        return self._reply(handler, 404, {"error": f"no export {rest[1:]}"})
+
+    @staticmethod
+    def _send_bytes(handler: BaseHTTPRequestHandler, data: bytes) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        handler.wfile.write(data)
 
     def _search(self, query: dict) -> list[dict]:
         hits = [

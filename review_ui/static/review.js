@@ -31,6 +31,66 @@ function keptCandidates(preview, thresholds) {
   return kept;
 }
 
+// ---------------------------------------------------------------- human labels
+
+// Per class, the candidates' scores, whether each matched a human label, and how many
+// labels the class has (tasks/preview_truth.py): P/R/F1 at any threshold, no request.
+function truthScore(curve, threshold) {
+  let labels = 0, tp = 0;
+  curve.scores.forEach((s, i) => { if (s >= threshold) { labels += 1; tp += curve.matched[i] ? 1 : 0; } });
+  return {
+    labels, tp,
+    precision: labels ? tp / labels : null,
+    recall: curve.truth ? tp / curve.truth : null,
+    f1: curve.truth || labels ? (2 * tp) / (labels + curve.truth) : null,
+  };
+}
+
+// The F1-optimal threshold among the candidates' scores (ties: the higher one), as
+// tasks/threshold_tuning.py; null when F1 cannot choose (the class keeps its own).
+function suggestedThreshold(curve) {
+  if (!curve.truth || !curve.matched.some(Boolean)) return null;
+  let best = null, bestF1 = -1;
+  for (const s of [...new Set(curve.scores)].sort((a, b) => b - a)) {
+    const f1 = truthScore(curve, s).f1;
+    if (f1 > bestF1) { best = s; bestF1 = f1; }
+  }
+  return best;
+}
+
+const fmt = (value) => (value === null ? "n/a" : value.toFixed(2));
+
+function showTruth(control, name) {
+  const truth = state.preview.truth;
+  const cell = control.querySelector(".prf");
+  if (!truth || !cell) return;
+  const curve = truth.classes[name];
+  if (!curve || !curve.truth) {
+    cell.textContent = "no labeled instances";
+    return;
+  }
+  const score = truthScore(curve, state.thresholds[name]);
+  const best = suggestedThreshold(curve);
+  cell.textContent = `P ${fmt(score.precision)} R ${fmt(score.recall)} F1 ${fmt(score.f1)}` +
+    (best === null ? "" : ` · best ${best.toFixed(3)}`);
+  cell.dataset.f1 = score.f1 === null ? "" : String(score.f1);
+}
+
+function suggestThresholds() {
+  const notes = [];
+  for (const name of state.preview.class_names) {
+    const curve = state.preview.truth.classes[name];
+    const best = curve ? suggestedThreshold(curve) : null;
+    if (best === null) { notes.push(name); continue; }
+    state.thresholds[name] = best;  // exact: approved.json records it came from truth
+    document.querySelector(`.class-control[data-class="${CSS.escape(name)}"] input`).value = best;
+  }
+  refilter();
+  $("#truth-note").textContent = notes.length
+    ? `Kept their thresholds (no labeled instances to tune on): ${notes.join(", ")}`
+    : "Every class is at its F1-optimal threshold on the labeled sample images.";
+}
+
 function refilter() {
   state.kept = keptCandidates(state.preview, state.thresholds);
   const shown = {}, total = {};
@@ -40,6 +100,7 @@ function refilter() {
     const name = control.dataset.class;
     control.querySelector(".count").textContent = `${shown[name]}/${total[name]}`;
     control.querySelector(".value").textContent = state.thresholds[name].toFixed(2);
+    showTruth(control, name);
   }
   draw();
   return { shown, total };
@@ -153,6 +214,7 @@ function renderPreview(preview) {
       element("input", { type: "range", className: "threshold", step: "0.01", max: "1" }),
       element("span", { className: "value" }), element("span", { className: "count" }),
     );
+    if (preview.truth) row.append(element("span", { className: "prf" }));
     row.querySelector(".swatch").style.background = colorOf(cls.name);
     row.querySelector(".name").textContent = cls.name;
     row.querySelector(".name").title = cls.descriptions.join("; ");
@@ -165,6 +227,12 @@ function renderPreview(preview) {
       refilter();
     });
     controls.append(row);
+  }
+  $("#truth").hidden = !preview.truth;
+  $("#truth-note").textContent = "";
+  if (preview.truth) {
+    $("#truth-source").textContent =
+      `Against ${preview.truth.source} (${preview.truth.images} labeled sample images)`;
   }
   $("#results").hidden = false;
   const first = preview.images.findIndex((i) => !i.skipped);
@@ -340,6 +408,29 @@ async function followBatch(id) {
   $("#batch-credits").textContent = result.credits_text;
   $("#batch-report").textContent = result.report;
   $("#batch-result").hidden = false;
+  renderQueue(await api("/api/review/queue"));
+}
+
+// ---------------------------------------------------------------- review queue
+
+function renderQueue(rows) {
+  $("#queue").hidden = !rows.length;
+  const body = $("#queue-rows");
+  body.replaceChildren();
+  for (const row of rows) {
+    const thumb = row.thumbnail
+      ? [element("img", { className: "queue-thumb", src: `/api/review/thumbnails/${row.rank}`, alt: row.image })]
+      : [];
+    const line = element("tr", {}, [
+      element("td", { textContent: String(row.rank) }),
+      element("td", {}, thumb),
+      element("td", { className: "queue-image", textContent: row.image }),
+      element("td", { textContent: row.score.toFixed(2) }),
+      element("td", { textContent: row.reasons.join(", ") }),
+      element("td", { textContent: String(row.labels) }),
+    ]);
+    body.append(line);
+  }
 }
 
 // ---------------------------------------------------------------- start
@@ -350,9 +441,11 @@ async function main() {
   $("#auto-label").addEventListener("click", openConfirm);
   $("#confirm-cancel").addEventListener("click", () => $("#confirm").close());
   $("#confirm-start").addEventListener("click", startLabeling);
-  const { defaults, preview, job } = await api("/api/state");
+  $("#suggest").addEventListener("click", suggestThresholds);
+  const { defaults, preview, job, queue } = await api("/api/state");
   fillForm(defaults, preview);
   if (preview) renderPreview(preview);
+  renderQueue(queue || []);
   if (job?.state === "running") {  // started before this page loaded: follow it
     const batch = job.kind === "label";
     if (batch) $("#batch").hidden = false;

@@ -39,7 +39,11 @@ class CreditAccount(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    ledger_path: str = Field(description="The SQLite ledger file.")
+    ledger_path: str = Field(
+        description="The ledger: an SQLite file, or postgresql://user@host:port/db "
+        "(never with its password: each machine supplies that, see "
+        "tasks.credits.location)."
+    )
     dataset: str = Field(description="What the charges are booked to.")
     model: str = Field(description="The model id charged (settings.model.model).")
     task: TaskKind = "detect"

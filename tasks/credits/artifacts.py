@@ -17,21 +17,11 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.credits.account import BudgetScope, CreditAccount
 from tasks.credits.ledger import CreditLedger
+from tasks.credits.location import redact
 from tasks.credits.rates import CREDIT_DECIMALS, credits_left, format_credits
-from tasks.markdown import markdown_cell
+from tasks.markdown import markdown_cell, markdown_code
 
 _MAX_TABLE_ROWS = 200  # runs shown in the table artifact (the ledger keeps them all)
-
-
-def redact(text: str) -> str:
-    """``text`` without URL passwords or key-like query values, for messages and
-    artifacts (a dataset may be named by a URL that carries an API key)."""
-    text = re.sub(r"(?<=://)[^/@\s]+@", "***@", text)
-    return re.sub(
-        r"(?i)([?&;](?:api[_-]?key|key|token|secret|password|signature|sig)=)[^&#\s]*",
-        r"\1***",
-        text,
-    )
 
 
 def dataset_artifact_key(dataset: str, prefix: str = "credits") -> str:
@@ -88,7 +78,7 @@ def render_credits_markdown(
             f"left {format_credits(left)}"
         )
     lines += [
-        f"- Ledger: `{ledger.path.name}`",
+        f"- Ledger: {markdown_code(ledger.name)}",
         "",
         "| run | model | task | images | credits | last charged |",
         "| --- | --- | --- | --- | --- | --- |",

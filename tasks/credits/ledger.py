@@ -1,7 +1,8 @@
-"""The credit ledger: an SQLite file that never charges an image twice.
+"""The credit ledger: a table that never charges an image twice.
 
-A charge is one row per (dataset, image content hash, model, task) in an SQLite file
-(WAL mode, the embedded default; ``OUT/credits.sqlite`` unless a path is configured).
+A charge is one row per (dataset, image content hash, model, task), in an SQLite file
+(the embedded default; ``OUT/credits.sqlite`` unless configured) or a PostgreSQL
+database shared by workers on several machines (``tasks.credits.storage``).
 The unique key makes charging idempotent: a retried task, a resumed run or a rerun with
 other thresholds inserts nothing new, so it costs nothing. Preview (test) results are
 never charged: only the batch labeling calls ``charge``.
@@ -9,10 +10,8 @@ never charged: only the batch labeling calls ``charge``.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,22 +25,15 @@ from tasks.credits.rates import (
     credits_left,
     format_credits,
 )
+from tasks.credits.storage import open_storage
 
-LEDGER_FILE_NAME = "credits.sqlite"
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS charges (
-    id INTEGER PRIMARY KEY,
-    dataset TEXT NOT NULL,
-    image_id TEXT NOT NULL,
-    model TEXT NOT NULL,
-    task TEXT NOT NULL,
-    run_id TEXT NOT NULL,
-    credits REAL NOT NULL,
-    charged_at TEXT NOT NULL,
-    UNIQUE (dataset, image_id, model, task)
-);
-CREATE INDEX IF NOT EXISTS charges_by_run ON charges (dataset, run_id);
-"""
+# The exactly-once key: a row that is there already inserts nothing (both databases).
+_INSERT = (
+    "INSERT INTO charges"
+    " (dataset, image_id, model, task, run_id, credits, charged_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (dataset, image_id, model, task) DO NOTHING"
+)
 LEDGER_COLUMNS = [
     "dataset",
     "image_id",
@@ -85,37 +77,28 @@ def _budget_exceeded(max_credits: float, used: float, needed: float) -> BudgetEx
 
 
 class CreditLedger:
-    """The persistent ledger: one SQLite file, safe for several threads and processes.
+    """The persistent ledger: an SQLite file or a PostgreSQL database.
 
-    Every call opens its own short connection (sqlite3 connections must not be shared
-    between threads); writes take the database lock up front (BEGIN IMMEDIATE) and WAL
-    mode lets readers go on meanwhile. Keep the file on a local disk: SQLite locking
-    over network filesystems is unreliable.
+    ``location``: a file path (SQLite, the embedded default, for one machine) or a
+    ``postgresql://user@host:port/db`` URL (for workers on several machines; see
+    ``tasks.credits.location`` for where its password comes from). Both keep the same
+    table with the same unique key; every rule lives here, the storage only runs it.
     """
 
     def __init__(
         self,
-        path: str | Path,
+        location: str | Path,
         rates: CreditRates | None = None,
         *,
         timeout_s: float = 30.0,
     ) -> None:
-        self.path = Path(path)
+        self.storage = open_storage(location, timeout_s)
         self.rates = rates or CreditRates()
-        self.timeout_s = timeout_s
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as conn:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.executescript(_SCHEMA)
 
-    @contextlib.contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        conn = sqlite3.connect(self.path, timeout=self.timeout_s, isolation_level=None)
-        try:
-            conn.execute(f"PRAGMA busy_timeout = {int(self.timeout_s * 1000)}")
-            yield conn
-        finally:
-            conn.close()
+    @property
+    def name(self) -> str:
+        """The ledger as people see it: a file name, or a URL without password."""
+        return self.storage.name
 
     def charge(
         self,
@@ -129,24 +112,11 @@ class CreditLedger:
 
         All rows go in one transaction: a crash charges the whole batch or none of it.
         """
-        ids = _unique_ids(image_ids)
+        ids = sorted(_unique_ids(image_ids))  # one order for all: fewer lock waits
         rate = self.rates.rate(task, model)
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        with self._connect() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                before = conn.total_changes
-                conn.executemany(
-                    "INSERT OR IGNORE INTO charges"
-                    " (dataset, image_id, model, task, run_id, credits, charged_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    ((dataset, i, model, task, run_id, rate, now) for i in ids),
-                )
-                new = conn.total_changes - before
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+        rows = [(dataset, i, model, task, run_id, rate, now) for i in ids]
+        new = self.storage.write(lambda session: session.insert_many(_INSERT, rows))
         return ChargeResult(
             newly_charged=new,
             already_charged=len(ids) - new,
@@ -160,19 +130,19 @@ class CreditLedger:
         ids = _unique_ids(image_ids)
         if not ids:
             return []
-        with self._connect() as conn:
-            conn.execute("CREATE TEMP TABLE asked (image_id TEXT PRIMARY KEY)")
-            conn.executemany("INSERT INTO asked VALUES (?)", ((i,) for i in ids))
-            charged = {
-                row[0]
-                for row in conn.execute(
-                    "SELECT asked.image_id FROM asked JOIN charges"
-                    " ON charges.image_id = asked.image_id"
-                    " WHERE charges.dataset = ? AND charges.model = ?"
-                    " AND charges.task = ?",
-                    (dataset, model, task),
-                )
-            }
+        charged = set(
+            self.storage.read(
+                lambda session: [
+                    row[0]
+                    for part in _parts(ids)
+                    for row in session.rows(
+                        "SELECT image_id FROM charges WHERE dataset = ? AND model = ?"
+                        f" AND task = ? AND image_id IN ({', '.join('?' * len(part))})",
+                        (dataset, model, task, *part),
+                    )
+                ]
+            )
+        )
         return [i for i in ids if i not in charged]
 
     def cost(
@@ -185,10 +155,11 @@ class CreditLedger:
     def used(self, dataset: str | None = None, run_id: str | None = None) -> float:
         """Credits charged, for one dataset and/or run, or for everything."""
         where, params = _where(dataset=dataset, run_id=run_id)
-        with self._connect() as conn:
-            (total,) = conn.execute(
+        ((total,),) = self.storage.read(
+            lambda session: session.rows(
                 f"SELECT COALESCE(SUM(credits), 0) FROM charges{where}", params
-            ).fetchone()
+            )
+        )
         return round(float(total), CREDIT_DECIMALS)
 
     def remaining(
@@ -226,11 +197,12 @@ class CreditLedger:
     def rows(self, dataset: str | None = None) -> pd.DataFrame:
         """Every charge (one row per image, model and task), oldest first."""
         where, params = _where(dataset=dataset)
-        with self._connect() as conn:
-            records = conn.execute(
+        records = self.storage.read(
+            lambda session: session.rows(
                 f"SELECT {', '.join(LEDGER_COLUMNS)} FROM charges{where} ORDER BY id",
                 params,
-            ).fetchall()
+            )
+        )
         frame = pd.DataFrame.from_records(records, columns=LEDGER_COLUMNS)
         return frame.astype({"credits": "float64"})
 
@@ -254,30 +226,25 @@ class CreditLedger:
         where, params = _where(dataset=dataset)
         group = ", ".join(keys)
         counted = ", COUNT(DISTINCT run_id)" if runs else ""
-        with self._connect() as conn:
-            records = conn.execute(
+        records = self.storage.read(
+            lambda session: session.rows(
                 f"SELECT {group}, COUNT(*), SUM(credits){counted},"
                 " MIN(charged_at), MAX(charged_at)"
                 f" FROM charges{where} GROUP BY {group} ORDER BY {order}",
                 params,
-            ).fetchall()
+            )
+        )
         columns = [*keys, "images", "credits"] + (["runs"] if runs else [])
         return _summary_frame(records, columns)
 
 
-def resolve_ledger_path(out: str | Path, configured: str | Path | None = None) -> Path:
-    """The configured ledger file, or ``OUT/credits.sqlite`` (the embedded default).
-
-    One ledger per output folder means another output folder starts from zero: point
-    every run at one shared path to book all runs of a dataset together.
-    """
-    if configured:
-        return Path(configured).expanduser()
-    return Path(out) / LEDGER_FILE_NAME
-
-
 def _unique_ids(image_ids: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(str(i) for i in image_ids if i))
+
+
+def _parts(ids: list[str], size: int = 500) -> list[list[str]]:
+    """``ids`` in pieces small enough for one statement's parameters."""
+    return [ids[start : start + size] for start in range(0, len(ids), size)]
 
 
 def _where(**filters: str | None) -> tuple[str, tuple[str, ...]]:

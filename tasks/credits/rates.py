@@ -15,8 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from model_loaders.backends import Task, backend_info
 from model_loaders.protocol import ModelSpec
 
-# A task, or "trained": the rate of the user's own model, whatever its task.
-TaskKind = Task | Literal["trained"]
+# A task; "trained": the rate of the user's own model, whatever its task; "train":
+# training a model (``autolabel train``), per image and epoch.
+TaskKind = Task | Literal["trained", "train"]
 CREDIT_DECIMALS = 9  # credits are summed as floats; 9 decimals hide the binary noise
 
 
@@ -24,7 +25,8 @@ class CreditRates(BaseModel):
     """Credits per labeled image, per task kind, with optional per-model overrides.
 
     Defaults: detection 1 credit per 100 images, segmentation 1 per 50, classification
-    1 per 200 (single- or multi-label), a trained (your own) model 1 per 500. Loadable
+    1 per 200 (single- or multi-label), a trained (your own) model 1 per 500, and
+    training 1 per 200 images per epoch (a forward and a backward pass). Loadable
     from YAML or JSON, e.g. ``{detect: 0.01, models: {my/big-model: 0.05}}``.
     """
 
@@ -37,6 +39,7 @@ class CreditRates(BaseModel):
         0.005, ge=0.0, allow_inf_nan=False, alias="classify-multi"
     )
     trained: float = Field(0.002, ge=0.0, allow_inf_nan=False)
+    train: float = Field(0.005, ge=0.0, allow_inf_nan=False)
     models: dict[str, Annotated[float, Field(ge=0.0, allow_inf_nan=False)]] = Field(
         default_factory=dict,
         description="Per-model rate per image, replacing its task kind's rate.",
@@ -46,8 +49,10 @@ class CreditRates(BaseModel):
         return hash((self.model_dump_json(),))
 
     def rate(self, task: TaskKind, model: str | None = None) -> float:
-        """Credits for one image labeled by ``model`` for ``task``."""
-        if model is not None and model in self.models:
+        """Credits for one image labeled by ``model`` for ``task`` (for ``train``: one
+        image in one epoch of training ``model``; per-model rates price labeling
+        only)."""
+        if model is not None and model in self.models and task != "train":
             return float(self.models[model])
         return float(getattr(self, task.replace("-", "_")))
 

@@ -12,7 +12,7 @@ seconds, and most commands never validate anything.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import pandas as pd
@@ -57,38 +57,137 @@ def run_quality_checks(
         thresholds: The approved thresholds: a label must score at least its class's.
         rules: Tunable limits.
     """
-    rules = rules or QualityRules()
-    prepared = _prepare_labels(labels, class_names, thresholds, rules)
-    manifest = _prepare_images(images, labels) if images is not None else None
-    checks = _checks(
-        has_masks="mask_area" in prepared.columns,
-        has_images=manifest is not None,
-        rules=rules,
+    return run_quality_checks_in_parts(
+        [(labels, images)],
         class_names=class_names,
+        thresholds=thresholds,
+        rules=rules,
+        with_images=images is not None,
     )
-    results = _validate(checks, {"labels": prepared, "images": manifest})
-    counts = prepared["class_name"].value_counts()
-    per_class = {name: int(counts.get(name, 0)) for name in class_names}
-    per_class.update(
-        {
-            str(k): int(v)
-            for k, v in counts.items()
-            if k not in per_class and pd.notna(k)
-        }
-    )
+
+
+def run_quality_checks_in_parts(
+    parts: Iterable[tuple[pd.DataFrame, pd.DataFrame | None]],
+    *,
+    class_names: Sequence[str],
+    thresholds: Thresholds,
+    rules: QualityRules | None = None,
+    with_images: bool = True,
+) -> QualityResult:
+    """``run_quality_checks`` on a table given in parts, one part in memory at a time.
+
+    Each part is (labels, manifest) of whole images: every label of an image in the
+    part, and the part's images (``iter_label_shards`` gives them chunk by chunk).
+    The checks are per row or per image, so the parts' findings add up to the whole
+    table's: failing rows are summed, image ids joined, and a check with a tolerance
+    (``max_unlabeled_fraction``) is decided on the summed counts. The one finding that
+    looks across images, a near-duplicate box, compares boxes of one image id within
+    a part: two byte-identical files labeled in different chunks are not compared.
+    """
+    rules = rules or QualityRules()
+    validator = _Validator()
+    merged: dict[str, _Merged] = {}
+    per_class = dict.fromkeys(class_names, 0)
+    totals = {"labels": 0, "images": 0}
+    label_ids: set[str] = set()  # only without a manifest: images counted by id
+    from_labels: dict[str, str] = {}
+    from_images: dict[str, str] = {}
+    for labels, images in parts:
+        prepared = _prepare_labels(labels, class_names, thresholds, rules)
+        manifest = (
+            _prepare_images(images, labels)
+            if with_images and images is not None
+            else None
+        )
+        checks = _checks(
+            has_masks="mask_area" in prepared.columns,
+            has_images=with_images,
+            rules=rules,
+            class_names=class_names,
+        )
+        frames = {"labels": prepared, "images": manifest}
+        for check, result, elements in validator.validate(checks, frames):
+            merged.setdefault(check.name, _Merged(check)).add(result, elements)
+        for name, count in prepared["class_name"].value_counts().items():
+            if pd.notna(name):
+                per_class[str(name)] = per_class.get(str(name), 0) + int(count)
+        totals["labels"] += len(prepared)
+        if manifest is not None:
+            totals["images"] += len(manifest)
+        elif not with_images:
+            label_ids.update(labels["image_id"].dropna().astype(str))
+        named = {i for m in merged.values() for i in m.failing_ids}
+        labels_found, images_found = _sources(named, labels, images)
+        from_labels.update(labels_found)
+        from_images.update(images_found)
+    results = [m.result(rules) for m in _in_suite_order(merged, rules, class_names)]
     by_name = {result.name: result for result in results}
     unlabeled = (
-        by_name["images_have_labels"].failing_image_ids if manifest is not None else []
+        by_name["images_have_labels"].failing_image_ids
+        if "images_have_labels" in by_name
+        else []
     )
     named = {i for result in results for i in result.failing_image_ids}
+    sources = {i: v for i, v in {**from_labels, **from_images}.items() if i in named}
     return QualityResult(
         checks=results,
-        labels=len(prepared),
-        images=len(manifest) if manifest is not None else labels["image_id"].nunique(),
+        labels=totals["labels"],
+        images=totals["images"] if with_images else len(label_ids),
         per_class=per_class,
         unlabeled_image_ids=unlabeled,
-        sources=_sources(named, labels, images),
+        sources=sources,
     )
+
+
+def _in_suite_order(
+    merged: dict[str, _Merged], rules: QualityRules, class_names: Sequence[str]
+) -> list[_Merged]:
+    """The merged checks in the suite's order (a mask check seen only in some parts
+    comes where the suite lists it)."""
+    order = [
+        c.name
+        for c in _checks(
+            has_masks=True, has_images=True, rules=rules, class_names=class_names
+        )
+    ]
+    return sorted(merged.values(), key=lambda m: order.index(m.check.name))
+
+
+@dataclass
+class _Merged:
+    """One check's findings summed over the parts of a table."""
+
+    check: _Check
+    failing_rows: int = 0
+    elements: int = 0
+    all_passed: bool = True
+    errors: list[str] = field(default_factory=list)
+    failing_ids: set[str] = field(default_factory=set)
+
+    def add(self, result: CheckResult, elements: int) -> None:
+        self.failing_rows += result.failing_rows
+        self.elements += elements
+        self.all_passed &= result.success
+        self.failing_ids.update(result.failing_image_ids)
+        if result.error:
+            self.errors.append(result.error)
+
+    def result(self, rules: QualityRules) -> CheckResult:
+        success = self.all_passed and not self.errors
+        if self.check.name == "images_have_labels" and not self.errors:
+            # A tolerance is a fraction of the whole table, not of each part.
+            mostly = 1.0 - (rules.max_unlabeled_fraction or 0.0)
+            passed = self.elements - self.failing_rows
+            success = self.elements == 0 or passed / self.elements >= mostly
+        return CheckResult(
+            name=self.check.name,
+            description=self.check.description,
+            success=bool(success),
+            failing_rows=self.failing_rows,
+            failing_image_ids=sorted(self.failing_ids),
+            blocking=self.check.blocking,
+            error="; ".join(dict.fromkeys(self.errors)) or None,
+        )
 
 
 def _prepare_labels(
@@ -272,46 +371,60 @@ def _checks(
     return checks
 
 
-def _validate(
-    checks: list[_Check], frames: dict[str, pd.DataFrame | None]
-) -> list[CheckResult]:
-    """Run every check's expectations: one GX suite per table, an ephemeral context."""
-    import great_expectations as gx
-    import great_expectations.expectations as gxe
+class _Validator:
+    """Runs checks on table parts: one GX context and data source for all parts."""
 
-    context = _ephemeral_context()
-    source = context.data_sources.add_pandas("autolabel")
-    outcomes: dict[str, list[Any]] = {check.name: [] for check in checks}
-    for table in ("labels", "images"):
-        frame = frames[table]
-        mine = [check for check in checks if check.table == table]
-        if frame is None or not mine:
-            continue
-        # Built whole and never saved: adding expectations one by one to a stored
-        # suite re-serialises it each time (half of a small validation's time).
-        suite = gx.ExpectationSuite(
-            name=f"autolabel-{table}",
-            expectations=[
-                getattr(gxe, kind)(**arguments, meta={"check": check.name})
-                for check in mine
-                for kind, arguments in check.expectations
-            ],
-        )
-        batch = (
-            source.add_dataframe_asset(table)
-            .add_batch_definition_whole_dataframe("all")
-            .get_batch(batch_parameters={"dataframe": frame})
-        )
-        validation = batch.validate(
-            suite,
-            result_format={
-                "result_format": "COMPLETE",
-                "unexpected_index_column_names": ["image_id"],
-            },
-        )
-        for outcome in validation.results:
-            outcomes[outcome.expectation_config.meta["check"]].append(outcome)
-    return [_check_result(check, outcomes[check.name]) for check in checks]
+    def __init__(self) -> None:
+        self._definitions: dict[str, Any] = {}
+        self._source: Any = None
+
+    def validate(
+        self, checks: list[_Check], frames: dict[str, pd.DataFrame | None]
+    ) -> list[tuple[_Check, CheckResult, int]]:
+        """Each check's result on these frames, with how many rows it looked at."""
+        import great_expectations as gx
+        import great_expectations.expectations as gxe
+
+        if self._source is None:
+            context = _ephemeral_context()
+            self._source = context.data_sources.add_pandas("autolabel")
+        outcomes: dict[str, list[Any]] = {check.name: [] for check in checks}
+        for table in ("labels", "images"):
+            frame = frames[table]
+            mine = [check for check in checks if check.table == table]
+            if frame is None or not mine:
+                continue
+            # Built whole and never saved: adding expectations one by one to a stored
+            # suite re-serialises it each time (half of a small validation's time).
+            suite = gx.ExpectationSuite(
+                name=f"autolabel-{table}",
+                expectations=[
+                    getattr(gxe, kind)(**arguments, meta={"check": check.name})
+                    for check in mine
+                    for kind, arguments in check.expectations
+                ],
+            )
+            if table not in self._definitions:
+                self._definitions[table] = self._source.add_dataframe_asset(
+                    table
+                ).add_batch_definition_whole_dataframe("all")
+            batch = self._definitions[table].get_batch(
+                batch_parameters={"dataframe": frame}
+            )
+            validation = batch.validate(
+                suite,
+                result_format={
+                    "result_format": "COMPLETE",
+                    "unexpected_index_column_names": ["image_id"],
+                },
+            )
+            for outcome in validation.results:
+                outcomes[outcome.expectation_config.meta["check"]].append(outcome)
+        return [
+            (check, _check_result(check, outcomes[check.name]), len(frame))
+            for check in checks
+            if (frame := frames[check.table]) is not None
+        ]
 
 
 def _check_result(check: _Check, outcomes: list[Any]) -> CheckResult:
@@ -359,14 +472,22 @@ def _ephemeral_context():
 
 def _sources(
     image_ids: set[str], labels: pd.DataFrame, images: pd.DataFrame | None
-) -> dict[str, str]:
-    """Where each named image lives, so people can open it (manifest path preferred)."""
-    found: dict[str, str] = {}
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Where each named image lives, so people can open it: (from the labels' source
+    URIs, from the manifest's relative paths); the manifest's path is preferred."""
+    found: list[dict[str, str]] = []
     for frame, column in ((labels, "source_uri"), (images, "relative_path")):
         if frame is None or column not in frame.columns:
+            found.append({})
             continue
         known = frame[frame["image_id"].isin(image_ids)]
-        found.update(
-            zip(known["image_id"].astype(str), known[column].astype(str), strict=True)
+        found.append(
+            dict(
+                zip(
+                    known["image_id"].astype(str),
+                    known[column].astype(str),
+                    strict=True,
+                )
+            )
         )
-    return found
+    return found[0], found[1]

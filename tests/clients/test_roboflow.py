@@ -8,6 +8,7 @@ import json
 import logging
 import subprocess
 import sys
+import zipfile
 
 import pytest
 import requests
@@ -67,6 +68,9 @@ def _wrapped_drop() -> ImageUploadError:
         # The key where the reason is cut: no piece of it may be left.
         (RuntimeError("x" * (MAX_REASON_CHARS - 20) + KEY), 1, "x" * 20),
         (KeyError(KEY), 1, "'***'"),
+        # The SDK saves an error answer as a version's zip, then fails to open it.
+        (zipfile.BadZipFile("File is not a zip file"), 3,
+         "the download is not a zip file"),
     ],
 )  # fmt: skip
 def test_a_key_never_appears_in_an_error_message(caplog, failure, calls, reason):

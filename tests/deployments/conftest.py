@@ -153,8 +153,15 @@ def _wait_healthy(url: str, process: subprocess.Popen, log: Path, timeout_s: flo
     raise RuntimeError(f"prefect server not healthy in {timeout_s}s")
 
 
-def _start_worker(stack: PrefectStack, name: str) -> Worker:
-    log = stack.root / f"{name}.log"
+def start_worker(
+    stack: PrefectStack, name: str, *, home: Path | None = None, **env: str
+) -> Worker:
+    """A worker of the stack's pool. ``home``: a worker as on its own machine, with
+    its own working directory and Prefect home there (default: the repository and
+    the stack's folder); ``env``: more environment for it."""
+    if home is not None:
+        home.mkdir(parents=True)
+    log = (home or stack.root) / f"{name}.log"
     process = subprocess.Popen(
         [
             str(BIN / "prefect"),
@@ -167,8 +174,10 @@ def _start_worker(stack: PrefectStack, name: str) -> Worker:
             "--limit",
             "2",
         ],  # fmt: skip
-        cwd=REPO,
-        env=prefect_env(stack.root / f"{name}-home", stack.api_url, **WORKER_ENV),
+        cwd=home or REPO,
+        env=prefect_env(
+            (home or stack.root) / f"{name}-home", stack.api_url, **WORKER_ENV, **env
+        ),
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -215,7 +224,7 @@ def prefect_stack(tmp_path_factory) -> Iterator[PrefectStack]:
         _log_time("server healthy")
         _create_pool(api_url)  # as `prefect work-pool create autolabel --type process`
         for name in ("worker-a", "worker-b"):  # start while deploying: saves time
-            stack.workers[name] = _start_worker(stack, name)
+            stack.workers[name] = start_worker(stack, name)
         stack.cli(
             "prefect", "--no-prompt", "deploy", "--all",
             "--prefect-file", "deployments/prefect.yaml",

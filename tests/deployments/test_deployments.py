@@ -202,6 +202,40 @@ def test_the_scheduled_scan_labels_only_unlabeled_images(prefect_api, datasets):
     assert len(ledger.rows()) == len(after)
 
 
+def test_the_training_deployment_trains_and_writes_a_model_folder(
+    prefect_api, tmp_path
+):
+    """train-detector from prefect.yaml, on a worker: a tiny RT-DETR trained on a
+    small labeled folder; the folder it writes is a trained-detector model folder."""
+    from prefect.deployments import run_deployment
+
+    from model_loaders.backends import backend_for_model
+    from tests.tasks.training.synthetic import (
+        TRAIN_SPLIT,
+        save_tiny_rt_detr,
+        write_labeled_out,
+    )
+
+    out, model = tmp_path / "out", tmp_path / "model"
+    write_labeled_out(out, 24)
+    settings = {
+        "base": save_tiny_rt_detr(tmp_path / "base"),
+        "out_model": str(model),
+        "epochs": 2,
+        "device": "cpu",
+        "split": TRAIN_SPLIT,
+    }
+    run = run_deployment(
+        "train-detector/train-detector",
+        parameters={"out": str(out), "settings": settings},
+        timeout=RUN_TIMEOUT_S,
+    )
+    assert run.state.is_completed(), run.state
+    record = json.loads((model / "training.json").read_text())
+    assert [row["epoch"] for row in record["metrics"]] == [1, 2]
+    assert backend_for_model(str(model), "detect") == "trained"
+
+
 def _shard_chunk_keys(photos: Path, model: str) -> list[list[str]]:
     """The chunk keys of each of 4 shards, planned with the CLI's own settings."""
     from tasks.settings import build_settings

@@ -36,3 +36,21 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_owlv2(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A tiny random OWLv2 folder (64 px, 16 boxes per image), loadable with
+    ``--model PATH``."""
+    from model_loaders.random_init_owlv2 import save_random_owlv2
+
+    return str(save_random_owlv2(tmp_path_factory.mktemp("tiny-owlv2")))
+
+
+@pytest.fixture(scope="session")
+def tiny_mm_grounding_dino(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A tiny random MM Grounding DINO folder (the tiny Grounding DINO's sizes)."""
+    from model_loaders.random_init import save_random_grounding_dino
+
+    folder = tmp_path_factory.mktemp("tiny-mm-grounding-dino")
+    return str(save_random_grounding_dino(folder, variant="mm-grounding-dino"))

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from model_loaders.backends import BACKENDS, TASKS, backend_for_task
-from model_loaders.protocol import ModelSpec
+from model_loaders.protocol import ModelSpec, UnknownModelError
 from tasks.credits import credit_kind
 from tasks.settings import LabelSettings
 
@@ -106,19 +106,26 @@ def test_settings_saved_flat_by_earlier_versions_still_load():
           "architectures": ["RTDetrV2ForObjectDetection"]}, "detect", "trained"),
         ({"model_type": "grounding-dino"}, "detect", "grounding_dino"),
         ({"model_type": "grounding-dino"}, "segment", "grounded_sam"),
-        (None, "detect", "grounding_dino"),  # no config.json: the task decides
     ],
 )  # fmt: skip
 def test_the_backend_follows_the_model_folder(tmp_path, config, task, backend):
     """`--model DIR` without `--backend`: the folder's config.json decides."""
-    if config is not None:
-        (tmp_path / "config.json").write_text(json.dumps(config))
+    (tmp_path / "config.json").write_text(json.dumps(config))
     assert ModelSpec(model=str(tmp_path), task=task).backend == backend
+
+
+def test_a_folder_without_a_config_is_no_model(tmp_path):
+    with pytest.raises(UnknownModelError, match="no config.json"):
+        ModelSpec(model=str(tmp_path))
+    # --backend overrides: the backend's loader says what it cannot load.
+    assert ModelSpec(model=str(tmp_path), backend="grounding_dino").model == str(
+        tmp_path
+    )
 
 
 def test_a_detector_folder_cannot_segment(tmp_path):
     (tmp_path / "config.json").write_text(
         json.dumps({"architectures": ["DetrForObjectDetection"]})
     )
-    with pytest.raises(ValueError, match="backend trained cannot do task segment"):
+    with pytest.raises(ValueError, match="object detector .*not --task segment"):
         ModelSpec(model=str(tmp_path), task="segment")

@@ -11,10 +11,15 @@ import pytest
 import supervision as sv
 import torch
 from PIL import Image
-from transformers import AutoProcessor, GroundingDinoForObjectDetection, pipeline
+from transformers import (
+    AutoProcessor,
+    GroundingDinoForObjectDetection,
+    MMGroundingDinoForObjectDetection,
+    pipeline,
+)
 
 from model_loaders import cache
-from model_loaders.grounding_dino import GroundingDinoModel
+from model_loaders.grounding_dino import GroundingDinoModel, MMGroundingDinoModel
 from model_loaders.ontology import Ontology
 from model_loaders.protocol import ModelLoadError, ModelSpec
 
@@ -22,22 +27,40 @@ ONTOLOGY = Ontology.from_class_options(["person", "cat: a cat", "rocket"])
 WORD_CLASS = {"person": 0, "a": 1, "cat": 1, "rocket": 2}
 
 
-@pytest.fixture(scope="module")
-def reference(tiny_grounding_dino):
-    processor = AutoProcessor.from_pretrained(tiny_grounding_dino)
-    model = GroundingDinoForObjectDetection.from_pretrained(tiny_grounding_dino).eval()
-    return processor, model
+# Grounding DINO, and MM Grounding DINO through the same code: (folder fixture,
+# backend the folder must pick, transformers class of the reference).
+VARIANTS = {
+    "grounding-dino": (
+        "tiny_grounding_dino",
+        GroundingDinoModel,
+        GroundingDinoForObjectDetection,
+    ),
+    "mm-grounding-dino": (
+        "tiny_mm_grounding_dino",
+        MMGroundingDinoModel,
+        MMGroundingDinoForObjectDetection,
+    ),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(VARIANTS))
+def variant(request):
+    """(folder, backend class, processor, reference model) of each variant."""
+    fixture, backend_class, model_class = VARIANTS[request.param]
+    folder = request.getfixturevalue(fixture)
+    processor = AutoProcessor.from_pretrained(folder)
+    model = model_class.from_pretrained(folder).eval()
+    return folder, backend_class, processor, model
 
 
 def _backend(path: str, **spec) -> GroundingDinoModel:
     return GroundingDinoModel.load(ModelSpec(model=path, device="cpu", **spec))
 
 
-def test_batched_labels_equal_the_single_image_reference(
-    tiny_grounding_dino, reference, photos
-):
+def test_batched_labels_equal_the_single_image_reference(variant, photos):
     """Same boxes, scores and classes as processor + model + post-processing on one
-    image.
+    image, for Grounding DINO and MM Grounding DINO (whose folder picks its backend:
+    no backend is given).
 
     The reference score of a query is the max over ALL tokens ([CLS], '.', [SEP]
     included); ours is the max over the tokens of one class's descriptions. They are
@@ -45,8 +68,9 @@ def test_batched_labels_equal_the_single_image_reference(
     reference's class defined: those queries must match in score and class; every query
     must match in box.
     """
-    processor, model = reference
-    backend = _backend(tiny_grounding_dino, batch_size=3)
+    folder, backend_class, processor, model = variant
+    backend = cache.get_model(ModelSpec(model=folder, device="cpu", batch_size=3))
+    assert type(backend) is backend_class
     images = photos + photos[:2]  # repeated shapes, so some batches hold several images
     batched = backend.predict(images, ONTOLOGY, confidence_floor=0.0)
 
@@ -235,6 +259,18 @@ def test_a_missing_model_fails_fast_with_one_clear_line(model, message, monkeypa
 
 
 def test_a_folder_without_a_model_is_refused_clearly(tmp_path):
+    spec = ModelSpec(backend="grounding_dino", model=str(tmp_path), device="cpu")
     with pytest.raises(ModelLoadError, match="cannot load Grounding DINO") as error:
-        GroundingDinoModel.load(ModelSpec(model=str(tmp_path), device="cpu"))
+        GroundingDinoModel.load(spec)
     assert "\n" not in str(error.value)
+
+
+def test_an_image_without_detections_still_has_its_columns(variant, photos):
+    """A floor above every score: empty, but with the class_name/prompt columns the
+    label table reads (merging empty parts used to drop them)."""
+    folder = variant[0]
+    backend = cache.get_model(ModelSpec(model=folder, device="cpu"))
+    (detections,) = backend.predict(photos[:1], ONTOLOGY, confidence_floor=1.5)
+    assert len(detections) == 0
+    assert detections.data["class_name"].shape == (0,)
+    assert detections.data["prompt"].shape == (0,)

@@ -26,9 +26,11 @@ from tasks.approval import load_approved
 from tasks.credits import CreditLedger
 from tasks.labels import OutputLayout, read_labels
 from tasks.preview import class_counts, filter_candidates, load_record, read_candidates
+from tasks.preview_truth import attach_truth, truth_scores
 from tasks.thresholds import Thresholds
 from tests.photos import write_sample_photos
 from tests.review_ui.browser import CHROMIUM, CHROMIUM_FLAGS
+from tests.truth_from_candidates import coco_truth, right_cats
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = Path(os.environ.get("AUTOLABEL_TEST_ARTIFACTS", ROOT / "test-artifacts"))
@@ -211,6 +213,57 @@ def test_thumbnail_click_shows_that_image_at_once(page, served: Served):
         assert page.locator("#image-name").inner_text() == name
 
 
+def _scores_on_page(page, name: str) -> list[float | None]:
+    """The P, R and F1 a class's row shows (None for n/a)."""
+    text = page.locator(f".class-control[data-class='{name}'] .prf").inner_text()
+    match = re.match(r"P (\S+) R (\S+) F1 (\S+)", text)
+    assert match, text
+    return [None if v == "n/a" else float(v) for v in match.groups()]
+
+
+def _expected_scores(out: Path, name: str, thresholds: dict[str, float]) -> list:
+    settings = load_record(out).settings
+    settings = settings.model_copy(
+        update={"thresholds": Thresholds(per_class=thresholds)}
+    )
+    score = truth_scores(out, settings)[name]
+    return [score.precision, score.recall, score.f1]
+
+
+def test_human_labels_give_scores_that_follow_the_sliders(
+    page, served: Served, tmp_path: Path
+):
+    cats, right, best, _ = right_cats(served.out)
+    attach_truth(served.out, str(coco_truth(tmp_path, served.out, right)))
+    page.reload()
+    page.wait_for_selector("body[data-ready]")
+    assert page.locator("#suggest").is_visible()
+    assert (
+        "no labeled instances"
+        in page.locator(".class-control[data-class='person'] .prf").inner_text()
+    )
+
+    seen = set()
+    slider = page.locator(".class-control[data-class='cat'] input")
+    for value in (0.05, round(best, 2), 1.0):
+        slider.fill(str(value))
+        shown = _scores_on_page(page, "cat")
+        expected = _expected_scores(served.out, "cat", _thresholds(page))
+        for got, want in zip(shown, expected, strict=True):
+            assert got == (None if want is None else pytest.approx(want, abs=0.006))
+        seen.add(tuple(shown))
+    assert len(seen) >= 2  # the numbers moved with the slider
+    assert _scores_on_page(page, "cat")[1] < 1  # at 1.0 some cats are missed
+
+    page.click("#suggest")
+    assert _scores_on_page(page, "cat") == [1.0, 1.0, 1.0]
+    assert "person" in page.locator("#truth-note").inner_text()
+    assert (
+        f"best {best:.3f}"
+        in page.locator(".class-control[data-class='cat'] .prf").inner_text()
+    )
+
+
 def test_approve_labels_the_batch_with_the_chosen_thresholds(page, served: Served):
     chosen = {"cat": 0.5, "person": 0.9}
     for name, value in chosen.items():
@@ -235,6 +288,10 @@ def test_approve_labels_the_batch_with_the_chosen_thresholds(page, served: Serve
     assert approved.approved_by.endswith("(review page)")
     names = approved.settings.ontology.class_names
     assert {n: approved.settings.thresholds.for_class(n) for n in names} == chosen
+    # the preview had human labels: approved.json says what the thresholds reached
+    assert approved.truth is not None
+    assert not approved.truth.classes["cat"].from_truth  # 0.5 was picked by hand
+    assert approved.truth.classes["person"].reason == "no labeled instances"
 
     labels = read_labels(OutputLayout(served.out))
     assert len(labels) and set(labels["class_name"]) <= set(chosen)

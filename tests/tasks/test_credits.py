@@ -32,12 +32,18 @@ from tasks.credits import artifacts as artifacts_module
 from tasks.images import ImageRef, decode_image
 from tasks.labels import IMAGE_SCHEMA, ImageRecord, images_to_frame
 from tasks.labels import write_parquet_atomically as write_parquet
+from tests.postgres import PASSWORD
+
+pytest_plugins = ["tests.postgres"]  # the postgres_url fixture
 
 MODEL = "IDEA-Research/grounding-dino-tiny"
 
 
-@pytest.fixture
-def ledger(tmp_path: Path) -> CreditLedger:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> CreditLedger:
+    """Every ledger test runs on both storages: the same rules, the same results."""
+    if request.param == "postgresql":
+        return CreditLedger(request.getfixturevalue("postgres_url"))
     return CreditLedger(tmp_path / "ledger" / "credits.sqlite")
 
 
@@ -379,8 +385,23 @@ def test_account_is_a_hashable_flow_parameter(tmp_path: Path):
     assert CreditAccount.model_validate_json(account.model_dump_json()) == account
 
 
-def test_ledger_path_is_configured_or_in_the_output(tmp_path: Path):
+def test_ledger_path_is_configured_or_in_the_output(tmp_path: Path, monkeypatch):
+    monkeypatch.delenv("AUTOLABEL_CREDITS_LEDGER", raising=False)
     assert resolve_ledger_path(tmp_path) == tmp_path / "credits.sqlite"
+    assert resolve_ledger_path(tmp_path, tmp_path / "x.db") == tmp_path / "x.db"
+
+
+def test_a_database_url_is_kept_without_its_password(tmp_path: Path, monkeypatch):
+    monkeypatch.delenv("AUTOLABEL_CREDITS_LEDGER", raising=False)
+    url = "postgresql://me:pa%3Ass@db.example:5433/credits?sslmode=require"
+    public = "postgresql://me@db.example:5433/credits?sslmode=require"
+
+    assert resolve_ledger_path(tmp_path, url) == public
+    # A CLI option typed as a Path collapses '//': still the same database.
+    assert resolve_ledger_path(tmp_path, Path(url)) == public
+    assert resolve_ledger_path(tmp_path, public + "&password=pw2") == public
+    monkeypatch.setenv("AUTOLABEL_CREDITS_LEDGER", url)
+    assert resolve_ledger_path(tmp_path) == public  # the environment's ledger
     assert resolve_ledger_path(tmp_path, tmp_path / "x.db") == tmp_path / "x.db"
 
 
@@ -456,3 +477,5 @@ def test_record_credits_artifacts_uses_the_dataset_key(
     assert markdown["key"] == f"{key}-summary"
     assert table["table"][0]["images"] == 2
     assert "hunter2" not in json.dumps(created)
+    assert f"Ledger: `{ledger.name}`" in markdown["markdown"]
+    assert PASSWORD not in json.dumps(created)  # a database ledger: no password

@@ -208,3 +208,122 @@ def coco_truth_for_empty(tmp_path: Path) -> Path:
     path = tmp_path / "t.json"
     path.write_text('{"images": [], "annotations": [], "categories": []}')
     return path
+
+
+def _segm_out(tmp_path: Path) -> tuple[Path, Path, list[dict]]:
+    """Masked labels on two images and truth masks edited from them (one kept, one
+    moved, one dropped, one added) as a COCO file with RLE segmentations; (out, truth
+    file, the labels as COCO results)."""
+    from pycocotools import mask as coco_mask
+
+    from tasks.labels import ImageRecord, OutputLayout, detections_to_frame
+    from tasks.masks import mask_to_rle
+    from tests.tasks.export_folders import detections_of, write_shard
+    from tests.tasks.mask_shapes import boxes_mask, disk
+    from tests.tasks.truth_folders import content_id, write_image
+
+    w, h = 60, 50
+    labels = {  # image -> (class, score, mask)
+        "s1.png": [
+            ("cat", 0.9, disk(h, w, 20, 20, 10)),
+            ("dog", 0.7, boxes_mask(h, w, (35, 5, 55, 30), (52, 8, 38, 25))),
+        ],
+        "s2.png": [
+            ("cat", 0.8, boxes_mask(h, w, (5, 5, 25, 45))),
+            ("cat", 0.4, disk(h, w, 45, 35, 8)),
+        ],
+    }
+    truth_masks = {
+        "s1.png": [
+            ("cat", disk(h, w, 20, 20, 10)),  # kept
+            ("dog", boxes_mask(h, w, (38, 8, 58, 33))),  # moved, no hole: mask IoU 0.22
+        ],
+        "s2.png": [
+            ("cat", boxes_mask(h, w, (5, 5, 25, 45))),  # kept; the 0.4 cat dropped
+            ("dog", disk(h, w, 45, 10, 5)),  # added: missed
+        ],
+    }
+    source, out = tmp_path / "source", tmp_path / "out"
+    records, frames, results = [], [], []
+    truth = {"images": [], "annotations": [], "categories": []}
+    truth["categories"] = [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}]
+    for n, (name, rows) in enumerate(labels.items(), start=1):
+        write_image(source / name, (w, h), (40 * n, 60, 90))
+        record = ImageRecord(
+            str(source / name), name, content_id(source / name), width=w, height=h
+        )
+        records.append(record)
+        frames.append(
+            detections_to_frame(
+                detections_of(
+                    xyxy=np.array(
+                        [coco_mask.toBbox(coco_mask.encode(np.asfortranarray(
+                            m.astype(np.uint8)))) for _, _, m in rows]
+                    ) @ np.array([[1, 0, 1, 0], [0, 1, 0, 1], [0, 0, 1, 0],
+                                  [0, 0, 0, 1]], dtype=float),
+                    confidence=np.array([s for _, s, _ in rows]),
+                    class_id=np.array([["cat", "dog"].index(c) for c, _, _ in rows]),
+                    class_names=[c for c, _, _ in rows],
+                    mask=np.stack([m for _, _, m in rows]),
+                ),
+                record,
+                model="m",
+                run_id="r",
+            )
+        )  # fmt: skip
+        truth["images"].append({"id": n, "file_name": name, "width": w, "height": h})
+        for class_name, mask in truth_masks[name]:
+            rle = mask_to_rle(mask)
+            x, y, bw, bh = coco_mask.toBbox({**rle, "counts": rle["counts"].encode()})
+            truth["annotations"].append(
+                {
+                    "id": len(truth["annotations"]) + 1,
+                    "image_id": n,
+                    "category_id": 1 if class_name == "cat" else 2,
+                    "bbox": [float(x), float(y), float(bw), float(bh)],
+                    "segmentation": rle,
+                    "area": int(mask.sum()),
+                    "iscrowd": 0,
+                }
+            )
+        results += [
+            {
+                "image_id": n,
+                "category_id": 1 if c == "cat" else 2,
+                "segmentation": mask_to_rle(m),
+                "score": s,
+            }
+            for c, s, m in rows
+        ]
+    import pandas as pd
+
+    write_shard(OutputLayout(out), "one", pd.concat(frames), records, "r")
+    path = tmp_path / "truth.json"
+    path.write_text(json.dumps(truth))
+    return out, path, results
+
+
+def test_mask_average_precision_equals_an_independent_segm_cocoeval(tmp_path: Path):
+    out, truth_path, results = _segm_out(tmp_path)
+    evaluation = evaluate_output(out, read_truth(truth_path))
+    assert evaluation.segm == "evaluated"
+    with contextlib.redirect_stdout(io.StringIO()):
+        truth = COCO(str(truth_path))
+        evaluator = COCOeval(truth, truth.loadRes(results), "segm")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    assert evaluation.overall.ap_segm == pytest.approx(evaluator.stats[0])
+    assert evaluation.overall.ap50_segm == pytest.approx(evaluator.stats[1])
+    precision = evaluator.eval["precision"][:, :, :, 0, -1]
+    checked = 0
+    for k, name in enumerate(["cat", "dog"]):
+        assert evaluation.per_class[name].ap_segm == pytest.approx(
+            precision[:, :, k].mean()
+        )
+        checked += 1
+    assert checked == 2
+    # the dog's box overlaps its truth by 0.6, its holed mask by 0.22: masks count
+    assert evaluation.per_class["dog"].ap50 > 0
+    assert evaluation.per_class["dog"].ap50_segm == 0
+    assert 0 < evaluation.overall.ap_segm < 1

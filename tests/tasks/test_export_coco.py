@@ -307,7 +307,7 @@ def test_a_crash_keeps_the_previous_export_whole(
     def crash(*args, **kwargs):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(export_coco, "coco_dict", crash)
+    monkeypatch.setattr(export_coco, "coco_entries", crash)
     with pytest.raises(RuntimeError, match="disk on fire"):
         write_coco(layout, CLASS_NAMES, HALVES)
 

@@ -242,3 +242,28 @@ def test_a_mask_as_rle_goes_up_as_its_outlines():
     overlap = (drawn.astype(bool) & mask).sum() / (drawn.astype(bool) | mask).sum()
     assert overlap > 0.9
     assert _polygons_only(None) == [] and _polygons_only([]) == []
+
+
+def test_images_in_the_review_queue_go_up_tagged_needs_review(stub, labeled_out):
+    from tasks.review_queue import QUEUE_COLUMNS, review_dir
+
+    names = sorted(read_images(OutputLayout(labeled_out))["relative_path"])
+    queued = names[0]
+    review_dir(labeled_out).mkdir()
+    (review_dir(labeled_out) / "queue.csv").write_text(
+        ",".join(QUEUE_COLUMNS) + f"\n1,{queued},1,no_labels,0\n"
+    )
+    summary = _upload(labeled_out)
+    assert summary.uploaded == 4
+    tags = {
+        fields["name"].decode(): request.query["tag"]
+        for request, fields in zip(
+            [r for r in stub.requests if r.path.endswith("/upload")],
+            stub.images.values(),
+            strict=True,
+        )
+    }
+    assert len(tags) == 4 and queued in tags
+    for name, got in tags.items():
+        review = ["needs-review"] if name == queued else []
+        assert got == ["model:tiny", "run:run-1", *review], name

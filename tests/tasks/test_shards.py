@@ -198,3 +198,79 @@ def test_missing_chunks_are_named(tmp_path):
         path.write_bytes(b"")
     layout.shard_paths("k2")[0].write_bytes(b"")  # labels without the image manifest
     assert missing_chunks(str(tmp_path), chunks) == ["k2"]
+
+
+# --- chunk shards on S3 (moto's server on 127.0.0.1) --------------------------------
+
+
+@pytest.fixture
+def s3(s3_endpoint, monkeypatch):
+    from tasks.s3 import s3_client
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    client = s3_client(s3_endpoint)
+    client.create_bucket(Bucket=f"shards-{uuid4().hex[:8]}")
+    return client
+
+
+def _write_chunk(out, key: str) -> None:
+    for path in OutputLayout(out).shard_paths(key):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(f"{path.parent.name} {key}".encode())
+
+
+def test_shards_pushed_by_one_worker_are_pulled_by_another(s3, tmp_path):
+    from tasks.s3 import list_keys
+    from tasks.shard_store import prune_remote_shards, pull_shards, push_shards
+
+    bucket = s3.list_buckets()["Buckets"][-1]["Name"]
+    destination = f"s3://{bucket}/team/batch"
+    worker_a, worker_b, parent = (tmp_path / n for n in ("a", "b", "parent"))
+    _write_chunk(worker_a, "k0")
+    _write_chunk(worker_b, "k1")
+    OutputLayout(worker_b).shard_paths("k2")[0].write_bytes(b"labels only")
+    assert push_shards(worker_a, destination, "k0", client=s3) == 2
+    assert push_shards(worker_b, destination, "k1", client=s3) == 2
+    assert push_shards(worker_b, destination, "k2", client=s3) == 0  # not finished
+    # Keys that OutputLayout never makes are never pulled (nor deleted).
+    s3.put_object(Bucket=bucket, Key="team/batch/labels/chunk-../x.parquet", Body=b"")
+    s3.put_object(Bucket=bucket, Key="team/batch/labels/notes.txt", Body=b"")
+
+    assert pull_shards(destination, parent, ["k1"], client=s3) == 2
+    assert (OutputLayout(parent).shard_paths("k1")[1]).read_bytes() == b"images k1"
+    assert not OutputLayout(parent).shard_paths("k0")[0].exists()
+    assert pull_shards(destination, parent, client=s3) == 4
+    assert missing_chunks(str(parent), _chunks(["a.jpg", "b.jpg"])) == []
+    assert sorted(p.name for p in parent.rglob("*")) == [
+        "chunk-k0.parquet", "chunk-k0.parquet", "chunk-k1.parquet",
+        "chunk-k1.parquet", "images", "labels",
+    ]  # fmt: skip
+
+    # A rerun's push replaces the same key; stale chunks go from the prefix.
+    (OutputLayout(worker_a).shard_paths("k0")[1]).write_bytes(b"again")
+    push_shards(worker_a, destination, "k0", client=s3)
+    assert prune_remote_shards(destination, parent, ["k0"], client=s3) == 2
+    left = list_keys(destination, client=s3)
+    assert sorted(left) == [
+        "team/batch/images/chunk-k0.parquet",
+        "team/batch/labels/chunk-../x.parquet",
+        "team/batch/labels/chunk-k0.parquet",
+        "team/batch/labels/notes.txt",
+    ]
+    pull_shards(destination, parent, ["k0"], client=s3)
+    assert (OutputLayout(parent).shard_paths("k0")[1]).read_bytes() == b"again"
+
+
+def test_each_shard_run_has_its_own_scratch_folder(monkeypatch, tmp_path):
+    from tasks.s3 import staging_folder
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    folders = {
+        staging_folder("s3://b/p"),
+        staging_folder("s3://b/p", (0, 2)),
+        staging_folder("s3://b/p", (1, 2)),
+    }
+    assert len(folders) == 3
+    assert staging_folder("s3://b/p", (0, 2)) == staging_folder("s3://b/p", (0, 2))

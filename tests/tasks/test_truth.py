@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -138,7 +139,8 @@ def test_a_bad_yolo_line_names_file_and_line(tmp_path: Path, line: str, reason: 
 @pytest.mark.parametrize(
     "path, reason",
     [
-        ("roboflow://ws/proj/3", "roboflow:// truth is not supported yet"),
+        ("roboflow://ws/proj", "expected roboflow://WORKSPACE/PROJECT/VERSION"),
+        ("roboflow://ws/proj/v2", "expected roboflow://WORKSPACE/PROJECT/VERSION"),
         ("missing.json", "no such file or folder"),
     ],
 )
@@ -166,3 +168,46 @@ def test_bad_map_options(option: str):
 
     with pytest.raises(MapError, match="THEIR_CLASS=OUR_CLASS"):
         parse_map_options([option])
+
+
+def test_boxes_outside_their_image_are_clipped_or_dropped_and_counted(tmp_path: Path):
+    data = {
+        "images": [{"id": 1, "file_name": "a.png", "width": 20, "height": 10}],
+        "categories": [{"id": 1, "name": "cat"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [15, 5, 10, 10]},
+            {"id": 2, "image_id": 1, "category_id": 1, "bbox": [30, 20, 5, 5]},
+            {"id": 3, "image_id": 1, "category_id": 1, "bbox": [-9, -9, 4, 4]},
+            {"id": 4, "image_id": 1, "category_id": 1, "bbox": [2, 2, 3, 3]},
+        ],
+    }
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(data))
+    truth = read_truth(path)
+    assert (truth.clipped, truth.outside) == (1, 2)
+    boxes = truth.boxes[["x_min", "y_min", "x_max", "y_max"]].to_numpy().tolist()
+    assert boxes == [[15, 5, 20, 10], [2, 2, 5, 5]]
+
+
+@pytest.mark.parametrize(
+    "annotation, reason",
+    [
+        ({"bbox": [1, 1, "NaN", 2]}, "box [1.0, 1.0, nan, 3.0] is not finite"),
+        ({"bbox": [1, 1, 2]}, "ValueError"),
+        ({"bbox": [1, 1, 2, 2], "image_id": 7}, "annotation 1: image_id 7 is not in"),
+        ({"bbox": [1, 1, 2, 2], "category_id": 9}, "1: category_id 9 is not in the"),
+    ],
+)
+def test_a_bad_coco_annotation_is_one_line(tmp_path: Path, annotation, reason):
+    data = {
+        "images": [{"id": 1, "file_name": "a.png", "width": 20, "height": 10}],
+        "categories": [{"id": 1, "name": "cat"}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, **annotation}],
+    }
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(TruthError) as error:
+        read_truth(path)
+    message = str(error.value)
+    assert message.startswith(f"{path}: not a COCO detection file")
+    assert reason in message and "\n" not in message

@@ -1,0 +1,90 @@
+"""Runs across machines that cannot start fail at once, before any model loads: an
+unreachable PostgreSQL ledger or an s3:// output whose bucket is not there is one
+line, exit 1, and the database password is never shown."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from cli.main import app
+from tests.deployments.conftest import free_port
+from tests.photos import write_sample_photos
+from tests.postgres import PASSWORD
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Fail loudly if anything tries to load a model."""
+
+    def refuse(spec):
+        raise AssertionError("a model was loaded although the run cannot start")
+
+    monkeypatch.setattr("model_loaders.cache.get_model", refuse)
+
+
+@pytest.fixture
+def s3_credentials(monkeypatch, tmp_path):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    # label-sharded only checks that a server is named; none is asked here.
+    monkeypatch.setenv("PREFECT_API_URL", f"http://127.0.0.1:{free_port()}/api")
+
+
+def _one_error_line(output: str) -> str:
+    errors = [line for line in output.splitlines() if "error:" in line]
+    assert len(errors) == 1, output
+    assert "Traceback" not in output
+    return errors[0]
+
+
+@pytest.mark.parametrize("command", ["label", "run", "label-sharded"])
+def test_an_unreachable_database_ledger_is_one_line(
+    no_model_load, s3_credentials, tmp_path, command
+):
+    photos = tmp_path / "photos"
+    write_sample_photos(photos)
+    url = f"postgresql://me:{PASSWORD}@127.0.0.1:{free_port()}/credits"
+
+    result = runner.invoke(
+        app,
+        [command, str(photos), "--out", str(tmp_path / "out"),
+         "--credits-ledger", url, "--class", "cat"],
+    )  # fmt: skip
+
+    assert result.exit_code == 1, result.output
+    line = _one_error_line(result.output)
+    assert "credit ledger postgresql://me@127.0.0.1:" in line
+    assert "Connection refused" in line
+    assert PASSWORD not in result.output
+
+
+@pytest.mark.parametrize(
+    ("out", "words"),
+    [
+        (
+            "s3://no-such-bucket/batch",
+            "--out s3://no-such-bucket/batch: no such bucket",
+        ),
+        ("s3:///batch", "no bucket name"),
+    ],
+)
+def test_an_s3_output_without_its_bucket_is_one_line(
+    no_model_load, s3_credentials, s3_endpoint, tmp_path, out, words
+):
+    photos = tmp_path / "photos"
+    write_sample_photos(photos)
+
+    result = runner.invoke(
+        app,
+        ["label-sharded", str(photos), "--out", out,
+         "--s3-endpoint-url", s3_endpoint, "--class", "cat",
+         "--credits-ledger", str(tmp_path / "credits.sqlite")],
+    )  # fmt: skip
+
+    assert result.exit_code in (1, 2), result.output
+    assert words in _one_error_line(result.output)
