@@ -57,7 +57,8 @@ def count_matches(
         for image_id, rows in ours.groupby("image_id", sort=False):
             boxes = theirs.loc[theirs["image_id"] == image_id, BOX_COLUMNS].to_numpy()
             order = np.argsort(-rows["confidence"].to_numpy(), kind="mergesort")
-            tp += _greedy_matches(rows[BOX_COLUMNS].to_numpy()[order], boxes, iou)
+            ordered = rows[BOX_COLUMNS].to_numpy()[order]
+            tp += int(greedy_match_flags(ordered, boxes, iou).sum())
         per_class[name] = scores_from_counts(len(theirs), len(ours), tp)
     overall = scores_from_counts(
         sum(m.truth for m in per_class.values()),
@@ -80,16 +81,21 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
-def _greedy_matches(ordered: np.ndarray, truth: np.ndarray, iou: float) -> int:
+def greedy_match_flags(
+    ordered: np.ndarray, truth: np.ndarray, iou: float
+) -> np.ndarray:
+    """Whether each box of ``ordered`` (one image and class, highest score first)
+    takes a truth box: the unmatched one it overlaps most, if at least ``iou``
+    (COCOeval's matching). The one matcher of the evaluation and threshold tuning."""
     overlaps = box_iou(ordered, truth)
     taken = np.zeros(len(truth), dtype=bool)
-    matches = 0
-    for row in overlaps:
+    flags = np.zeros(len(ordered), dtype=bool)
+    for index, row in enumerate(overlaps):
         candidates = np.where(~taken & (row >= iou), row, -1.0)
         if len(candidates) and candidates.max() >= 0:
             taken[int(candidates.argmax())] = True
-            matches += 1
-    return matches
+            flags[index] = True
+    return flags
 
 
 def scores_from_counts(truth: int, labels: int, tp: int) -> ClassMetrics:

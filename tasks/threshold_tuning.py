@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from tasks.evaluation_metrics import BOX_COLUMNS, box_iou
+from tasks.evaluation_metrics import BOX_COLUMNS, greedy_match_flags
 
 
 @dataclass(frozen=True)
@@ -78,13 +78,9 @@ def match_flags(
             continue
         order = np.argsort(-group["confidence"].to_numpy(), kind="mergesort")
         ordered = group.index.to_numpy()[order]
-        overlaps = box_iou(rows.loc[ordered, BOX_COLUMNS].to_numpy(float), boxes)
-        taken = np.zeros(len(boxes), dtype=bool)
-        for row, overlap in zip(ordered, overlaps, strict=True):
-            candidates = np.where(~taken & (overlap >= iou), overlap, -1.0)
-            if candidates.max() >= 0:
-                taken[int(candidates.argmax())] = True
-                flags[row] = True
+        flags[ordered] = greedy_match_flags(
+            rows.loc[ordered, BOX_COLUMNS].to_numpy(float), boxes, iou
+        )
     return flags
 
 
