@@ -206,9 +206,10 @@ def images_to_frame(images: list[ImageRecord], *, run_id: str) -> pd.DataFrame:
 
 
 def write_parquet_atomically(
-    frame: pd.DataFrame, path: Path, schema: pa.Schema
+    frame: pd.DataFrame, path: Path, schema: pa.Schema | None = None
 ) -> None:
-    """Write ``frame`` to ``path`` via a temporary file and a rename.
+    """Write ``frame`` to ``path`` via a temporary file and a rename (``schema``:
+    the columns' types; None: inferred from ``frame``).
 
     A crash mid-write leaves only a temporary file, never a half shard that looks
     finished.

@@ -24,6 +24,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
+from tasks.labels import write_parquet_atomically
 from tasks.preview import (
     PreviewLayout,
     filter_candidates,
@@ -34,6 +35,7 @@ from tasks.preview import (
 )
 from tasks.settings import LabelSettings
 from tasks.threshold_tuning import (
+    ClassCurve,
     ThresholdChoice,
     class_curves,
     score_at,
@@ -101,10 +103,7 @@ def attach_truth(
         class_map=mapping,
     )
     boxes = match.boxes[_BOX_COLUMNS].reset_index(drop=True)
-    path = truth_path(out)
-    tmp = path.with_name(f".{path.name}.tmp")
-    boxes.to_parquet(tmp, index=False)
-    tmp.replace(path)
+    write_parquet_atomically(boxes, truth_path(out))
     attached = PreviewTruth(
         source=ground.source,
         class_map=match.class_map,
@@ -131,29 +130,20 @@ def truth_choices(
 ) -> dict[str, ThresholdChoice] | None:
     """Each class's F1-optimal threshold on the sample's labeled images (or its own
     threshold, with the reason); None when the preview has no truth."""
-    found = stored_truth(out)
-    if found is None:
-        return None
-    truth, boxes = found
-    names = settings.ontology.class_names
-    curves = _curves(out, settings, truth, boxes)
-    return tune_thresholds(curves, settings.thresholds.for_classes(names))
+    tuned = _tuned(out, settings)
+    return None if tuned is None else tuned[2]
 
 
 def truth_scores(
     out: str | Path, settings: LabelSettings
 ) -> dict[str, TruthScore] | None:
     """Per class, P/R/F1 at ``settings``' thresholds and the suggested threshold."""
-    found = stored_truth(out)
-    if found is None:
+    tuned = _tuned(out, settings)
+    if tuned is None:
         return None
-    truth, boxes = found
-    names = settings.ontology.class_names
-    curves = _curves(out, settings, truth, boxes)
-    current = settings.thresholds.for_classes(names)
-    choices = tune_thresholds(curves, current)
+    curves, current, choices = tuned
     scores = {}
-    for name in names:
+    for name in settings.ontology.class_names:
         now = score_at(curves[name], current[name])
         choice = choices[name]
         scores[name] = TruthScore(
@@ -169,6 +159,20 @@ def truth_scores(
             reason=choice.reason,
         )
     return scores
+
+
+def _tuned(
+    out: str | Path, settings: LabelSettings
+) -> tuple[dict[str, ClassCurve], dict[str, float], dict[str, ThresholdChoice]] | None:
+    """The stored truth's per-class curves, ``settings``' thresholds and the tuned
+    choices; None when the preview has no truth."""
+    found = stored_truth(out)
+    if found is None:
+        return None
+    truth, boxes = found
+    curves = _curves(out, settings, truth, boxes)
+    current = settings.thresholds.for_classes(settings.ontology.class_names)
+    return curves, current, tune_thresholds(curves, current)
 
 
 def truth_curves_payload(out: str | Path) -> dict | None:
