@@ -27,10 +27,9 @@ import supervision as sv
 import torch
 
 from model_loaders.batching import PreparedImage, prepare_images, same_shape_batches
-from model_loaders.grounding_dino_prompts import PromptTooLongError
-from model_loaders.hub import load_light, load_pretrained
 from model_loaders.ontology import Ontology
 from model_loaders.protocol import Images, ModelSpec, Predictions
+from model_loaders.text_prompted import TextPromptedBackend
 
 
 @dataclass(frozen=True)
@@ -43,55 +42,22 @@ class QueryEmbeddings:
     mask: torch.Tensor  # (n_prompts,) True: a real query (the model's query_mask)
 
 
-class Owlv2Backend:
+class Owlv2Backend(TextPromptedBackend):
     """Zero-shot detection with OWLv2; see the module docstring."""
 
+    what = "OWLv2"
+    model_class = "Owlv2ForObjectDetection"
+    processor_class = "Owlv2Processor"
+    config_class = "Owlv2Config"
+    prompt_unit = "query"
+
     def __init__(self, model, processor, spec: ModelSpec, device: torch.device) -> None:
-        self.model = model
-        self.processor = processor
-        self.spec = spec
-        self.device = device
-        self.dtype = next(model.parameters()).dtype
-        self.max_text_len = int(model.config.text_config.max_position_embeddings)
+        super().__init__(model, processor, spec, device)
         self._queries: dict[Ontology, QueryEmbeddings] = {}
 
-    @classmethod
-    def load(cls, spec: ModelSpec) -> Owlv2Backend:
-        """Load processor and weights from a Hugging Face id or a local directory."""
-        from transformers import Owlv2ForObjectDetection, Owlv2Processor
-
-        processor, model, device = load_pretrained(
-            spec,
-            what="OWLv2",
-            load=lambda dtype: (
-                Owlv2Processor.from_pretrained(spec.model),
-                Owlv2ForObjectDetection.from_pretrained(spec.model, dtype=dtype),
-            ),
-        )
-        return cls(model, processor, spec, device)
-
-    @classmethod
-    def check_ontology(cls, spec: ModelSpec, ontology: Ontology) -> None:
-        """Refuse descriptions too long for OWLv2 before the weights load: only the
-        processor (its tokenizer) and the config are read.
-
-        Raises:
-            PromptTooLongError: The first description over the text length.
-            ModelLoadError: If the tokenizer or config cannot be read.
-        """
-        from transformers import Owlv2Config, Owlv2Processor
-
-        tokenizer, config = load_light(
-            spec,
-            what="OWLv2",
-            load=lambda: (
-                Owlv2Processor.from_pretrained(spec.model).tokenizer,
-                Owlv2Config.from_pretrained(spec.model),
-            ),
-        )
-        limit = int(config.text_config.max_position_embeddings)
-        for prompt, _ in ontology.prompts():
-            _check_length(prompt, len(tokenizer(prompt)["input_ids"]), limit)
+    @staticmethod
+    def token_count(processor, prompt: str) -> int:
+        return len(processor.tokenizer(prompt)["input_ids"])
 
     def queries_for(self, ontology: Ontology) -> QueryEmbeddings:
         """The ontology's query embeddings, computed once per ontology.
@@ -107,12 +73,11 @@ class Owlv2Backend:
     def _embed_queries(self, ontology: Ontology) -> QueryEmbeddings:
         pairs = ontology.prompts()
         prompts = [prompt for prompt, _ in pairs]
-        tokenizer = self.processor.tokenizer
         for prompt in prompts:
-            _check_length(
-                prompt, len(tokenizer(prompt)["input_ids"]), self.max_text_len
+            self.check_length(
+                prompt, self.token_count(self.processor, prompt), self.max_text_len
             )
-        tokens = tokenizer(
+        tokens = self.processor.tokenizer(
             prompts,
             padding="max_length",
             max_length=self.max_text_len,
@@ -206,12 +171,4 @@ class Owlv2Backend:
                 "class_name": np.array([class_names[i] for i in class_ids], dtype=str),
                 "prompt": np.array([queries.prompts[row] for row in rows], dtype=str),
             },
-        )
-
-
-def _check_length(prompt: str, length: int, limit: int) -> None:
-    if length > limit:
-        raise PromptTooLongError(
-            f"the description {prompt!r} is {length} tokens long; OWLv2 reads at "
-            f"most {limit} per query: shorten it"
         )

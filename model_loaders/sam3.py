@@ -39,10 +39,9 @@ import supervision as sv
 import torch
 
 from model_loaders.batching import PreparedImage, prepare_images, same_shape_batches
-from model_loaders.grounding_dino_prompts import PromptTooLongError
-from model_loaders.hub import load_light, load_pretrained
 from model_loaders.ontology import Ontology
 from model_loaders.protocol import Images, ModelSpec, Predictions
+from model_loaders.text_prompted import TextPromptedBackend
 
 
 @dataclass(frozen=True)
@@ -55,56 +54,22 @@ class PromptEmbeddings:
     attention_mask: torch.Tensor  # (n_prompts, text_length)
 
 
-class Sam3Backend:
+class Sam3Backend(TextPromptedBackend):
     """Zero-shot detection and segmentation with SAM 3; see the module docstring."""
 
+    what = "SAM 3"
+    model_class = "Sam3Model"
+    processor_class = "Sam3Processor"
+    config_class = "Sam3Config"
+
     def __init__(self, model, processor, spec: ModelSpec, device: torch.device) -> None:
-        self.model = model
-        self.processor = processor
-        self.spec = spec
-        self.device = device
-        self.dtype = next(model.parameters()).dtype
-        self.max_text_len = int(model.config.text_config.max_position_embeddings)
+        super().__init__(model, processor, spec, device)
         self.with_masks = spec.task == "segment"
         self._prompts: dict[Ontology, PromptEmbeddings] = {}
 
-    @classmethod
-    def load(cls, spec: ModelSpec) -> Sam3Backend:
-        """Load processor and weights from a Hugging Face id or a local directory."""
-        from transformers import Sam3Model, Sam3Processor
-
-        processor, model, device = load_pretrained(
-            spec,
-            what="SAM 3",
-            load=lambda dtype: (
-                Sam3Processor.from_pretrained(spec.model),
-                Sam3Model.from_pretrained(spec.model, dtype=dtype),
-            ),
-        )
-        return cls(model, processor, spec, device)
-
-    @classmethod
-    def check_ontology(cls, spec: ModelSpec, ontology: Ontology) -> None:
-        """Refuse descriptions too long for SAM 3 before the weights load: only the
-        processor's tokenizer and the config are read.
-
-        Raises:
-            PromptTooLongError: The first description over the text length.
-            ModelLoadError: If the processor or config cannot be read.
-        """
-        from transformers import Sam3Config, Sam3Processor
-
-        processor, config = load_light(
-            spec,
-            what="SAM 3",
-            load=lambda: (
-                Sam3Processor.from_pretrained(spec.model),
-                Sam3Config.from_pretrained(spec.model),
-            ),
-        )
-        max_text_len = int(config.text_config.max_position_embeddings)
-        for prompt, _ in ontology.prompts():
-            _tokens_within(processor, prompt, max_text_len)
+    @staticmethod
+    def token_count(processor, prompt: str) -> int:
+        return int(_tokens(processor, prompt)["input_ids"].shape[1])
 
     def prompts_for(self, ontology: Ontology) -> PromptEmbeddings:
         """The ontology's text embeddings, computed once per ontology.
@@ -121,7 +86,10 @@ class Sam3Backend:
         pairs = ontology.prompts()
         ids, masks = [], []
         for prompt, _ in pairs:
-            tokens = _tokens_within(self.processor, prompt, self.max_text_len)
+            tokens = _tokens(self.processor, prompt)
+            self.check_length(
+                prompt, int(tokens["input_ids"].shape[1]), self.max_text_len
+            )
             ids.append(tokens["input_ids"])
             masks.append(tokens["attention_mask"])
         input_ids = torch.cat(ids).to(self.device)
@@ -301,13 +269,6 @@ class Sam3Backend:
         )
 
 
-def _tokens_within(processor, prompt: str, max_text_len: int) -> dict:
-    """``prompt`` tokenized; a PromptTooLongError if SAM 3 cannot read it whole."""
-    tokens = processor(text=prompt, return_tensors="pt")
-    length = int(tokens["input_ids"].shape[1])
-    if length > max_text_len:
-        raise PromptTooLongError(
-            f"the description {prompt!r} is {length} tokens long; SAM 3 reads "
-            f"at most {max_text_len} per prompt: shorten it"
-        )
-    return tokens
+def _tokens(processor, prompt: str) -> dict:
+    """``prompt`` tokenized as SAM 3's processor does for one text prompt."""
+    return processor(text=prompt, return_tensors="pt")
