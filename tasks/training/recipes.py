@@ -74,11 +74,7 @@ class DetectorRecipe:
 
     @staticmethod
     def load_model(base: str, class_names: list[str]):
-        from transformers import AutoModelForObjectDetection
-
-        return AutoModelForObjectDetection.from_pretrained(
-            base, **_class_head(class_names), weights_only=True, trust_remote_code=False
-        )
+        return _load_with_class_head("AutoModelForObjectDetection", base, class_names)
 
     @staticmethod
     def collate(processor, images: Sequence[Image.Image], examples: Sequence[Example]):
@@ -185,10 +181,8 @@ class ClassifierRecipe:
 
     @staticmethod
     def load_model(base: str, class_names: list[str]):
-        from transformers import AutoModelForImageClassification
-
-        return AutoModelForImageClassification.from_pretrained(
-            base, **_class_head(class_names), weights_only=True, trust_remote_code=False
+        return _load_with_class_head(
+            "AutoModelForImageClassification", base, class_names
         )
 
     @staticmethod
@@ -252,6 +246,16 @@ class ClassifierRecipe:
 def recipe_for(task: str) -> type[DetectorRecipe] | type[ClassifierRecipe]:
     """The recipe of a training data task (``detect`` or ``classify``)."""
     return ClassifierRecipe if task == "classify" else DetectorRecipe
+
+
+def _load_with_class_head(auto_class: str, base: str, class_names: list[str]):
+    """``base`` through transformers' ``auto_class``, its head sized for our classes;
+    safe loading (no pickles, no remote code)."""
+    import transformers
+
+    return getattr(transformers, auto_class).from_pretrained(
+        base, **_class_head(class_names), weights_only=True, trust_remote_code=False
+    )
 
 
 def _class_head(class_names: list[str]) -> dict:
