@@ -35,7 +35,7 @@ from cli.settings import (
     out_lock_or_exit,
 )
 from tasks.credits import is_database_url
-from tasks.s3 import is_s3, staging_folder
+from tasks.s3 import is_s3
 
 
 def notify_upload(
@@ -156,14 +156,13 @@ def label_sharded(
     if not _api_url():
         fail("set PREFECT_API_URL to the server your workers poll")
     out, source = _worker_path(out), _worker_path(source)
-    local_out = staging_folder(out) if is_s3(out) else Path(out)
-    _check_s3_out_or_exit(out, sources.options().s3_endpoint_url)
     account = account_or_exit(
         credits,
-        out=local_out,
+        out=out,
         source=source,
         settings=settings,
         upload_to=output.upload_to,
+        s3_endpoint_url=sources.s3_endpoint_url,
     )
     if is_s3(out) and not is_database_url(account.ledger_path):
         console.print(
@@ -177,7 +176,7 @@ def label_sharded(
     from tasks.shards import ShardsFailed
 
     with (
-        out_lock_or_exit(local_out, "autolabel label-sharded"),
+        out_lock_or_exit(out, "autolabel label-sharded", sources.s3_endpoint_url),
         exit_on(ShardsFailed, ValueError, code=EXIT_FAILED),
     ):
         summary = label_sharded_flow(
@@ -197,17 +196,6 @@ def label_sharded(
             poll_interval_s=poll_interval,
         )
     raise typer.Exit(report_run(summary, out))
-
-
-def _check_s3_out_or_exit(out: str, endpoint_url: str | None) -> None:
-    """An s3:// output's bucket must be there and take our credentials: one line
-    and exit 1 (2 for a malformed URI) before anything starts."""
-    from tasks.preflight import PreflightError, check_s3_out
-
-    try:
-        check_s3_out(out, endpoint_url)
-    except PreflightError as error:
-        fail(error, EXIT_USAGE if error.usage else EXIT_FAILED)
 
 
 def _worker_path(value: str) -> str:

@@ -42,7 +42,7 @@ from tasks.credits import (
 )
 from tasks.images import SourceError
 from tasks.quality import QualityCheckFailed
-from tasks.s3 import is_s3, staging_folder
+from tasks.s3 import is_s3
 from tasks.sources import canonical_source
 
 
@@ -73,18 +73,18 @@ def label(
     settings = batch_settings(source, out, classes, model, output, credits)
     if auto:
         settings = _auto_from_preview(out, settings)
-    local_out = staging_folder(out) if is_s3(out) else Path(out)
     account = account_or_exit(
         credits,
-        out=local_out,
+        out=out,
         source=canonical_source(source),
         settings=settings,
         upload_to=output.upload_to,
+        s3_endpoint_url=sources.s3_endpoint_url,
     )
     from flows.label import label_images
 
     with (
-        out_lock_or_exit(local_out, "autolabel label"),
+        out_lock_or_exit(out, "autolabel label", sources.s3_endpoint_url),
         exit_on(SourceError, RoboflowAccessError, code=EXIT_FAILED),
         exit_on(QualityCheckFailed, code=EXIT_QUALITY),
     ):

@@ -24,6 +24,7 @@ from cli.options import (
     with_groups,
 )
 from cli.output import (
+    EXIT_FAILED,
     EXIT_NOT_APPROVED,
     EXIT_QUALITY,
     EXIT_USAGE,
@@ -38,7 +39,6 @@ from cli.output import (
 )
 from cli.preview import (
     ImagesOption,
-    OutOption,
     SampleOption,
     SeedOption,
     TruthMapOption,
@@ -57,6 +57,7 @@ from cli.settings import (
     warm_model_or_exit,
 )
 from tasks.preview import DEFAULT_SAMPLE_SIZE
+from tasks.s3 import local_folder
 from tasks.settings import LabelSettings, SettingsError, choice, with_runtime
 from tasks.sources import canonical_source
 from tasks.splits import SplitError
@@ -66,7 +67,9 @@ from tasks.thresholds import ThresholdError, parse_threshold_options
 @with_groups
 def run(
     source: SourceArgument,
-    out: OutOption = Path("out"),
+    out: Annotated[
+        str, typer.Option(help="Output folder, or s3://bucket/prefix.")
+    ] = "out",
     sample: SampleOption = DEFAULT_SAMPLE_SIZE,
     seed: SeedOption = 0,
     images: ImagesOption = None,
@@ -104,31 +107,38 @@ def run(
     check_truth_options(truth, truth_map)
     if auto and truth is None:
         usage("--threshold auto needs human labels: give --truth PATH")
+    # An s3:// output: the preview and approval live in its local staging folder,
+    # and every file goes to the bucket with the batch's outputs.
+    work = local_folder(out)
+    endpoint = sources.s3_endpoint_url
     if reuse_approved:
         if classes.classes or classes.ontology or classes.threshold or auto:
             usage(
                 "--reuse-approved labels with the classes and thresholds of "
                 f"{out}/approved.json: drop --class/--ontology/--threshold"
             )
-        settings = _approved_settings(out, model, output)
+        settings = _approved_settings(out, work, endpoint, model, output)
     else:
-        settings = batch_settings(source, str(out), classes, model, output, credits)
+        settings = batch_settings(source, out, classes, model, output, credits)
     account = account_or_exit(
         credits,
         out=out,
         source=canonical_source(source),
         settings=settings,
         upload_to=output.upload_to,
+        s3_endpoint_url=endpoint,
     )
     if not reuse_approved:
-        check_sample(source, out, sources.options(), sample, seed, split_images(images))
+        check_sample(
+            source, work, sources.options(), sample, seed, split_images(images)
+        )
         if truth is not None:
             check_truth(truth, truth_map, settings.ontology.class_names)
-    with out_lock_or_exit(out, "autolabel run"):
+    with out_lock_or_exit(out, "autolabel run", endpoint):
         warm_model_or_exit(settings)
         if truth is not None and not reuse_approved:
             settings = _preview_with_truth(
-                source, out, settings, sample, seed, images, sources, truth,
+                source, work, settings, sample, seed, images, sources, truth,
                 truth_map, auto,
             )  # fmt: skip
 
@@ -158,14 +168,14 @@ def run(
             )
         except KeyboardInterrupt:
             console.print(
-                f"Stopped: nothing more labeled; the preview stays in {shown(str(out))}"
-                "/preview."
+                "Stopped: nothing more labeled; the preview stays in "
+                f"{shown(str(work))}/preview."
             )
             raise typer.Exit(130) from None
         finally:
             batch.close()
             approval.remove_waiting_listener(listener)
-        _finish(state, out, approved_here=approve)
+        _finish(state, out, work, approved_here=approve)
 
 
 def approve(
@@ -264,18 +274,28 @@ def _preview_with_truth(
 
 
 def _approved_settings(
-    out: Path, model: ModelChoices, output: OutputChoices
+    out: str,
+    work: Path,
+    endpoint_url: str | None,
+    model: ModelChoices,
+    output: OutputChoices,
 ) -> LabelSettings:
-    from tasks.approval import ApprovalError, load_approved
+    """``OUT/approved.json`` (an s3:// OUT's, fetched once into ``work``) with this
+    run's device, batch size and chunk size."""
+    from botocore.exceptions import BotoCoreError, ClientError
 
+    from tasks.approval import ApprovalError, fetch_approved, load_approved
+
+    with exit_on(BotoCoreError, ClientError, code=EXIT_FAILED):
+        fetch_approved(out, work, endpoint_url)
     with exit_on(ApprovalError, SettingsError, SplitError, code=EXIT_USAGE):
         choice("--quality", output.quality)
         output.splits()
-        approved = load_approved(out)
+        approved = load_approved(work)
     console.print(
         f"Reusing the settings {shown(approved.approved_by)} approved on "
         f"{approved.approved_at:%Y-%m-%d %H:%M} UTC "
-        f"({shown(str(out / 'approved.json'))})."
+        f"({shown(out.rstrip('/') + '/approved.json')})."
     )
     return with_runtime(
         approved.settings,
@@ -298,8 +318,9 @@ def _suggested_options(flow_run_id: UUID) -> list[str]:
         out = (client.read_flow_run(flow_run_id).parameters or {}).get("out")
     if not out:
         fail(f"run {flow_run_id} names no output folder: give the thresholds")
+    work = local_folder(out)  # an s3:// run's preview is in its staging folder
     with exit_on(PreviewError, code=EXIT_USAGE):
-        _, choices = auto_thresholds(out, load_record(out).settings)
+        _, choices = auto_thresholds(work, load_record(work).settings)
     report_auto(choices)
     return [f"{name}={choice.threshold!r}" for name, choice in choices.items()]
 
@@ -328,7 +349,7 @@ def _paused_form(flow_run_id: UUID) -> dict:
     return schema
 
 
-def _finish(state, out: Path, *, approved_here: bool) -> None:
+def _finish(state, out: str, work: Path, *, approved_here: bool) -> None:
     """Print how the run ended, and exit with the code that says so."""
     from tasks.approval import load_approved
     from tasks.quality import QualityCheckFailed
@@ -344,13 +365,14 @@ def _finish(state, out: Path, *, approved_here: bool) -> None:
     if not state.is_completed() or not isinstance(result, RunSummary):
         fail(str(result if isinstance(result, BaseException) else state.message))
     if approved_here:
-        counts = load_approved(out).preview_counts
+        counts = load_approved(work).preview_counts
         console.print(
             "Test results on the sample (0 credits) at the approved thresholds: "
             + shown(", ".join(f"{k} {n}/{total}" for k, (n, total) in counts.items())),
         )
-    console.print(f"Approved settings: {shown(out / 'approved.json')}.", soft_wrap=True)
-    raise typer.Exit(report_run(result, str(out)))
+    approved = f"{out.rstrip('/')}/approved.json"
+    console.print(f"Approved settings: {shown(approved)}.", soft_wrap=True)
+    raise typer.Exit(report_run(result, out))
 
 
 class _WaitingPrinter:

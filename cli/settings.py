@@ -12,6 +12,7 @@ from cli.options import ClassChoices, CreditChoices, ModelChoices, OutputChoices
 from cli.output import EXIT_FAILED, EXIT_USAGE, console, exit_on, fail, shown
 from model_loaders.protocol import ModelLoadError
 from tasks.credits import CreditAccount
+from tasks.s3 import local_folder
 from tasks.settings import (
     LabelSettings,
     SettingsError,
@@ -62,13 +63,15 @@ def account_or_exit(
     source: str,
     settings: LabelSettings,
     upload_to: str | None,
+    s3_endpoint_url: str | None = None,
 ) -> CreditAccount:
     """Who pays for the batch (every labeling run is metered; test results never
-    are), once the source, output folder, ledger and upload target are checked
-    (``preflight_or_exit``)."""
+    are), once the source, output folder (an s3:// one: its bucket), ledger and
+    upload target are checked (``preflight_or_exit``). The default ledger lives in
+    the run's local folder (an s3:// output's staging folder)."""
     with exit_on(SettingsError, code=EXIT_USAGE):
         account = credit_account(
-            out=out,
+            out=local_folder(out),
             source=source,
             settings=settings,
             ledger=credits.credits_ledger,
@@ -77,7 +80,11 @@ def account_or_exit(
             max_credits=credits.max_credits,
         )
     preflight_or_exit(
-        source=source, out=out, ledger=account.ledger_path, upload_to=upload_to
+        source=source,
+        out=out,
+        ledger=account.ledger_path,
+        upload_to=upload_to,
+        s3_endpoint_url=s3_endpoint_url,
     )
     return account
 
@@ -111,9 +118,11 @@ def preflight_or_exit(
     out: str | Path | None,
     ledger: str | Path | None = None,
     upload_to: str | None = None,
+    s3_endpoint_url: str | None = None,
 ) -> None:
-    """Check the source, output folder, ledger and upload target before any model
-    loads: one line and exit 1 (2 for options that contradict each other)."""
+    """Check the source, output folder (or an s3:// output's bucket), ledger and
+    upload target before any model loads: one line and exit 1 (2 for options that
+    contradict each other)."""
     from tasks import preflight
 
     try:
@@ -121,6 +130,7 @@ def preflight_or_exit(
             preflight.check_source(source)
         if out is not None:
             preflight.check_out(out, source=source)
+            preflight.check_s3_out(str(out), s3_endpoint_url)
         if ledger is not None:
             preflight.check_ledger(ledger)
         preflight.check_upload_target(upload_to)
@@ -129,10 +139,17 @@ def preflight_or_exit(
 
 
 @contextmanager
-def out_lock_or_exit(out: str | Path, what: str) -> Iterator[None]:
-    """Hold the output folder for this run: a second run on it (another process,
-    maybe another machine) is refused in one line, exit 1; see ``tasks.out_lock``."""
-    from tasks.out_lock import OutFolderLocked, hold_out_lock
+def out_lock_or_exit(
+    out: str | Path, what: str, s3_endpoint_url: str | None = None
+) -> Iterator[None]:
+    """Hold the output for this run: a second run on it (another process, maybe
+    another machine) is refused in one line, exit 1; see ``tasks.out_lock`` (a
+    folder, an s3:// output's staging folder) and ``tasks.s3_lock`` (its prefix)."""
+    from tasks.out_lock import OutFolderLocked
+    from tasks.s3_lock import hold_output_lock
 
-    with exit_on(OutFolderLocked, code=EXIT_FAILED), hold_out_lock(out, what):
+    with (
+        exit_on(OutFolderLocked, code=EXIT_FAILED),
+        hold_output_lock(out, what, s3_endpoint_url),
+    ):
         yield

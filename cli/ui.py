@@ -34,6 +34,7 @@ from cli.options import (
     with_groups,
 )
 from cli.output import EXIT_FAILED, EXIT_USAGE, console, exit_on, fail, shown
+from cli.settings import preflight_or_exit
 from tasks import roboflow_source, s3
 from tasks.preview import DEFAULT_SAMPLE_SIZE
 from tasks.settings import SettingsError, choice, parse_classes
@@ -50,8 +51,12 @@ def ui(
         ),
     ] = None,
     out: Annotated[
-        Path, typer.Option(help="Output folder: test results, labels, report.")
-    ] = Path("out"),
+        str,
+        typer.Option(
+            help="Output folder: test results, labels, report; or s3://bucket/prefix "
+            "(worked on in a local staging folder, the batch's outputs uploaded)."
+        ),
+    ] = "out",
     classes: ClassOption = None,
     ontology: OntologyOption = None,
     task: Annotated[
@@ -99,7 +104,8 @@ def ui(
 
     from review_ui.app import create_app, is_loopback
     from review_ui.jobs import ReviewSession, RunDefaults
-    from tasks.credits import CreditRates
+    from tasks.credits import CreditRates, LedgerLocationError, resolve_ledger_path
+    from tasks.s3 import local_folder
 
     with exit_on(SettingsError, OSError, ValueError, code=EXIT_USAGE):
         rates = (
@@ -110,6 +116,14 @@ def ui(
         start_classes = _start_classes(classes or [], ontology)
         if task is not None:
             choice("--task", task)
+    with exit_on(LedgerLocationError, code=EXIT_USAGE):
+        ledger = resolve_ledger_path(local_folder(out), credits.credits_ledger)
+    preflight_or_exit(
+        source=None,
+        out=out,
+        ledger=ledger,
+        s3_endpoint_url=sources.options().s3_endpoint_url,
+    )
     loopback = is_loopback(host)
     token = token or None
     if not loopback and token is None:

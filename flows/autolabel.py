@@ -21,6 +21,7 @@ from tasks.credits import CreditAccount
 from tasks.preview import DEFAULT_SAMPLE_SIZE
 from tasks.preview_report import PreviewSummary, show_preview_task
 from tasks.report import RunSummary
+from tasks.s3 import local_folder
 from tasks.settings import LabelSettings
 from tasks.sources import SourceOptions
 from tasks.splits import Splits
@@ -56,7 +57,10 @@ def autolabel(
     Args:
         source: Folder of images (searched recursively), s3://bucket/prefix or
             roboflow://workspace/project[/batch].
-        out: Output folder: preview/, approved.json and the batch's outputs.
+        out: Output folder: preview/, approved.json and the batch's outputs; or
+            s3://bucket/prefix: written in a local staging folder, uploaded at the end
+            of the batch (``approved.json`` is fetched from there for
+            ``reuse_approved`` on a machine that has none).
         settings: Classes, model, starting thresholds, NMS. With ``reuse_approved``
             only its device, batch size and chunk size are used (may be omitted).
         sample_size: Images in the random preview sample.
@@ -75,11 +79,13 @@ def autolabel(
         splits: Train/val/test fractions for the exports (by image content hash);
             empty: everything in train, plus a val split where a format needs one.
     """
+    destination, out = out, str(local_folder(out))
     if reuse_approved:
-        approved = load_approved_task(out, settings)
+        endpoint = (sources or SourceOptions()).s3_endpoint_url
+        approved = load_approved_task(out, settings, destination, endpoint)
         return label_images(
             source=source,
-            out=out,
+            out=destination,
             settings=approved.settings,
             credits=credits,
             quality=quality,
@@ -131,7 +137,7 @@ def autolabel(
     save_approved_task(out, settings, summary, decision.approved_by, sample_seed)
     return label_images(
         source=source,
-        out=out,
+        out=destination,
         settings=settings,
         credits=credits,
         quality=quality,

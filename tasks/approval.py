@@ -320,6 +320,21 @@ def approved_path(out: str | Path) -> Path:
     return Path(out) / "approved.json"
 
 
+def fetch_approved(
+    destination: str, folder: str | Path, endpoint_url: str | None
+) -> None:
+    """An s3:// output's ``approved.json`` into the run's local folder when only the
+    bucket has it (the preview was approved on another machine), so
+    ``--reuse-approved`` works anywhere the bucket can be reached."""
+    from tasks.s3 import fetch_output_file, is_s3, s3_client
+
+    if is_s3(destination):
+        name = approved_path(folder).name
+        fetch_output_file(
+            destination, Path(folder), name, client=s3_client(endpoint_url)
+        )
+
+
 def save_approved(out: str | Path, approved: ApprovedSettings) -> Path:
     """Write ``OUT/approved.json`` via a temporary file; returns its path."""
     path = approved_path(out)

@@ -30,6 +30,7 @@ from tasks.approval import (
     ApprovedTruth,
     approval_form,
     decide,
+    fetch_approved,
     load_approved,
     notify_waiting,
     now_utc,
@@ -218,12 +219,20 @@ def save_approved_task(
 
 
 @task(name="load-approved", cache_policy=NO_CACHE)
-def load_approved_task(out: str, runtime: LabelSettings | None) -> ApprovedSettings:
+def load_approved_task(
+    out: str,
+    runtime: LabelSettings | None,
+    destination: str | None = None,
+    endpoint_url: str | None = None,
+) -> ApprovedSettings:
     """``out/approved.json``, with device/batch/chunk size from ``runtime`` if given.
 
     Those three change how labels are computed, not which: a dataset approved on a
-    laptop can be labeled on a GPU worker.
+    laptop can be labeled on a GPU worker. With an s3:// ``destination`` the file is
+    fetched from the bucket when ``out`` (its staging folder) has none.
     """
+    if destination is not None:
+        fetch_approved(destination, out, endpoint_url)
     approved = load_approved(out)
     if runtime is None:
         return approved

@@ -43,7 +43,7 @@ LOCK_NAME = ".autolabel.lock"
 class OutFolderLocked(RuntimeError):
     """Another run holds the output folder (its message is one line)."""
 
-    def __init__(self, message: str, out: Path, holder: LockOwner | None) -> None:
+    def __init__(self, message: str, out: Path | str, holder: LockOwner | None) -> None:
         super().__init__(message)
         self.out = out
         self.holder = holder

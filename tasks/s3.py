@@ -183,6 +183,38 @@ def staging_folder(destination: str, shard: tuple[int, int] | None = None) -> Pa
     return root / "autolabel" / "outputs" / digest
 
 
+def local_folder(out: str | Path) -> Path:
+    """Where a run with output ``out`` writes its files: the folder itself, or an
+    s3:// output's staging folder (the outputs are uploaded from it at the end)."""
+    return staging_folder(str(out)) if is_s3(str(out)) else Path(out)
+
+
+def fetch_output_file(
+    destination: str, folder: Path, name: str, *, client
+) -> Path | None:
+    """``folder/name``, downloaded from ``destination/name`` when this machine does
+    not have it yet (an earlier run on another machine wrote it): None when neither
+    has it. So ``--reuse-approved`` works on a machine that never ran the preview."""
+    from botocore.exceptions import ClientError
+
+    path = folder / name
+    if path.exists():
+        return path
+    location = S3Location.parse(destination)
+    key = join_key(location.prefix.rstrip("/"), name)
+    try:
+        client.head_object(Bucket=location.bucket, Key=key)
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
+            return None
+        raise
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".part")
+    client.download_file(location.bucket, key, str(partial))
+    partial.replace(path)
+    return path
+
+
 def upload_folder(
     folder: Path,
     destination: str,

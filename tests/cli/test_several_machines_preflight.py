@@ -4,6 +4,8 @@ line, exit 1, and the database password is never shown."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from typer.testing import CliRunner
 
@@ -13,6 +15,10 @@ from tests.photos import write_sample_photos
 from tests.postgres import PASSWORD
 
 runner = CliRunner()
+# ui: an address this machine cannot serve on, so a missed check fails, never serves.
+_UNSERVABLE = {"ui": ["--host", "192.0.2.1"]} | dict.fromkeys(
+    ["label", "run", "label-sharded"], []
+)
 
 
 @pytest.fixture
@@ -42,7 +48,7 @@ def _one_error_line(output: str) -> str:
     return errors[0]
 
 
-@pytest.mark.parametrize("command", ["label", "run", "label-sharded"])
+@pytest.mark.parametrize("command", ["label", "run", "label-sharded", "ui"])
 def test_an_unreachable_database_ledger_is_one_line(
     no_model_load, s3_credentials, tmp_path, command
 ):
@@ -53,7 +59,7 @@ def test_an_unreachable_database_ledger_is_one_line(
     result = runner.invoke(
         app,
         [command, str(photos), "--out", str(tmp_path / "out"),
-         "--credits-ledger", url, "--class", "cat"],
+         "--credits-ledger", url, "--class", "cat", *_UNSERVABLE[command]],
     )  # fmt: skip
 
     assert result.exit_code == 1, result.output
@@ -73,18 +79,51 @@ def test_an_unreachable_database_ledger_is_one_line(
         ("s3:///batch", "no bucket name"),
     ],
 )
+@pytest.mark.parametrize("command", ["label", "run", "label-sharded", "ui"])
 def test_an_s3_output_without_its_bucket_is_one_line(
-    no_model_load, s3_credentials, s3_endpoint, tmp_path, out, words
+    no_model_load, s3_credentials, s3_endpoint, tmp_path, out, words, command
 ):
     photos = tmp_path / "photos"
     write_sample_photos(photos)
 
     result = runner.invoke(
         app,
-        ["label-sharded", str(photos), "--out", out,
+        [command, str(photos), "--out", out,
          "--s3-endpoint-url", s3_endpoint, "--class", "cat",
-         "--credits-ledger", str(tmp_path / "credits.sqlite")],
+         "--credits-ledger", str(tmp_path / "credits.sqlite"),
+         *_UNSERVABLE[command]],
     )  # fmt: skip
 
     assert result.exit_code in (1, 2), result.output
     assert words in _one_error_line(result.output)
+
+
+@pytest.mark.parametrize("command", ["label", "run", "label-sharded"])
+def test_an_s3_output_another_machine_is_writing_is_one_line(
+    no_model_load, s3_credentials, s3_endpoint, tmp_path, command
+):
+    from tasks.s3 import s3_client
+
+    photos = tmp_path / "photos"
+    write_sample_photos(photos)
+    client = s3_client(s3_endpoint)
+    client.create_bucket(Bucket="busy-labels")
+    holder = {"pid": 99, "host": "gpu-3", "since": "2026-12-01T03:00:00+00:00",
+              "what": "autolabel label"}  # fmt: skip
+    client.put_object(
+        Bucket="busy-labels", Key="b1/.autolabel.lock", Body=json.dumps(holder)
+    )
+
+    result = runner.invoke(
+        app,
+        [command, str(photos), "--out", "s3://busy-labels/b1",
+         "--s3-endpoint-url", s3_endpoint, "--class", "cat",
+         "--credits-ledger", str(tmp_path / "credits.sqlite")],
+    )  # fmt: skip
+
+    assert result.exit_code == 1, result.output
+    line = _one_error_line(result.output)
+    assert "s3://busy-labels/b1 is being written by 'autolabel label'" in line
+    assert "pid 99 on host gpu-3" in line
+    client.delete_object(Bucket="busy-labels", Key="b1/.autolabel.lock")
+    client.delete_bucket(Bucket="busy-labels")

@@ -138,3 +138,103 @@ def test_preview_and_run_take_an_s3_prefix(
     assert labeled.exit_code == 0, labeled.output
     names = sorted(read_images(OutputLayout(out))["relative_path"])
     assert names == ["astronaut.jpg", "chelsea.jpg", "coffee.jpg"]  # no --fps: no video
+
+
+def _keys(client, bucket: str, prefix: str) -> set[str]:
+    listed = client.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
+    return {entry["Key"] for entry in listed}
+
+
+def test_run_writes_preview_approval_and_batch_to_an_s3_output_and_reuses_it_elsewhere(
+    bucket, s3_endpoint, tiny_grounding_dino, tmp_path, monkeypatch
+):
+    """`run --out s3://...` keeps nothing only on this machine: the preview, the
+    approved settings and the batch all reach the bucket, and `--reuse-approved` on a
+    machine that never saw the preview labels with them (charged once: one ledger)."""
+    ledger = ["--credits-ledger", str(tmp_path / "shared-credits.sqlite")]
+    common = ["--s3-endpoint-url", s3_endpoint, "--out", "s3://labels/run2", *ledger]
+    model = ["--model", tiny_grounding_dino, "--device", "cpu"]
+    first = CliRunner().invoke(
+        app,
+        ["run", "s3://raw/photos", "--class", "person", "--threshold", "0.2", *model,
+         "--approve", "--sample", "2", *common],
+    )  # fmt: skip
+    assert first.exit_code == 0, first.output
+    assert "Outputs in s3://labels/run2/" in " ".join(first.output.split())
+    keys = _keys(bucket, "labels", "run2/")
+    assert {
+        "run2/approved.json",
+        "run2/preview/summary.md",
+        "run2/preview/candidates.parquet",
+        "run2/coco/train/_annotations.coco.json",
+        "run2/report.md",
+    } <= keys, sorted(keys)
+    approved = json.loads(
+        bucket.get_object(Bucket="labels", Key="run2/approved.json")["Body"].read()
+    )
+    assert approved["settings"]["thresholds"]["default"] == 0.2
+
+    # Another machine: an empty cache, so no staging folder and no approved.json.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "other-machine"))
+    assert not staging_folder("s3://labels/run2").exists()
+    again = CliRunner().invoke(
+        app,
+        ["run", "s3://raw/photos", "--reuse-approved", "--device", "cpu", *common],
+    )  # fmt: skip
+    assert again.exit_code == 0, again.output
+    said = " ".join(again.output.split())  # the console wraps long lines
+    assert "Reusing the settings" in said
+    assert "(s3://labels/run2/approved.json)" in said
+    assert "Labeled 3 of 3 images" in said
+    assert "; 0 credits." in said  # the first run paid for these images
+
+
+def test_the_review_page_session_labels_into_an_s3_output(
+    bucket, s3_endpoint, tiny_grounding_dino
+):
+    from review_ui.jobs import (
+        ClassRow,
+        LabelRequest,
+        PreviewRequest,
+        ReviewSession,
+        RunDefaults,
+    )
+
+    session = ReviewSession(
+        "s3://labels/page", RunDefaults(device="cpu", sources=SourceOptions(
+            s3_endpoint_url=s3_endpoint))
+    )  # fmt: skip
+    assert session.out == staging_folder("s3://labels/page")
+    job = session.start_preview(
+        PreviewRequest(
+            source="s3://raw/photos",
+            classes=[ClassRow(name="person")],
+            model=tiny_grounding_dino,
+            sample_size=2,
+        )
+    )
+    _wait(job)
+    preview = session.preview()
+    assert preview is not None and len(preview["images"]) == 2
+
+    job = session.start_labeling(
+        LabelRequest(key=preview["key"], thresholds={"person": 0.2})
+    )
+    _wait(job)
+    assert job.result["labeled"] == 3
+    keys = _keys(bucket, "labels", "page/")
+    assert {
+        "page/approved.json",
+        "page/coco/train/_annotations.coco.json",
+        "page/report.md",
+        "page/review/queue.csv",
+    } <= keys, sorted(keys)
+
+
+def _wait(job, timeout_s: float = 120.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while job.state == "running" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert job.state == "done", job.error

@@ -1,0 +1,96 @@
+"""One run per s3:// output prefix, across machines (``tasks.s3_lock``), on a real
+S3-compatible server: a second holder is refused, a dead holder's lock expires, a live
+holder's heartbeat keeps it, and a holder that lost its lock never deletes the new
+one."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from tasks.out_lock import LockOwner
+from tasks.s3 import s3_client
+from tasks.s3_lock import PrefixLocked, hold_prefix_lock
+
+BUCKET = "locks"
+KEY = "run/.autolabel.lock"
+DESTINATION = f"s3://{BUCKET}/run"
+
+
+@pytest.fixture
+def client(s3_endpoint, monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    client = s3_client(s3_endpoint)
+    if BUCKET not in {b["Name"] for b in client.list_buckets()["Buckets"]}:
+        client.create_bucket(Bucket=BUCKET)
+    client.delete_object(Bucket=BUCKET, Key=KEY)
+    return client
+
+
+def _holder(client) -> dict:
+    return json.loads(client.get_object(Bucket=BUCKET, Key=KEY)["Body"].read())
+
+
+def _exists(client) -> bool:
+    listed = client.list_objects_v2(Bucket=BUCKET, Prefix=KEY).get("Contents", [])
+    return len(listed) == 1
+
+
+def test_a_second_run_is_refused_while_the_first_holds_the_prefix(client):
+    with hold_prefix_lock(DESTINATION, "autolabel label", client=client):
+        assert _holder(client)["what"] == "autolabel label"
+        with (
+            pytest.raises(PrefixLocked) as refused,
+            hold_prefix_lock(DESTINATION, "autolabel run", client=client),
+        ):
+            pass
+    message = str(refused.value)
+    assert message.startswith(f"{DESTINATION} is being written by 'autolabel label'")
+    assert "\n" not in message and "expires in" in message
+    assert not _exists(client)  # released
+    with hold_prefix_lock(DESTINATION, "autolabel run", client=client):
+        assert _holder(client)["what"] == "autolabel run"
+
+
+def test_a_dead_runs_lock_expires_and_is_taken_over(client):
+    dead = LockOwner(
+        pid=4242, host="gpu-7", since="2026-12-01T00:00:00+00:00", what="x"
+    )
+    client.put_object(Bucket=BUCKET, Key=KEY, Body=json.dumps(dead.__dict__).encode())
+    with (
+        pytest.raises(PrefixLocked, match="pid 4242 on host gpu-7"),
+        hold_prefix_lock(DESTINATION, "autolabel run", client=client, stale_after_s=30),
+    ):
+        pass
+    time.sleep(2.2)  # S3 times have 1 s resolution
+    with hold_prefix_lock(DESTINATION, "autolabel run", client=client, stale_after_s=1):
+        assert _holder(client)["what"] == "autolabel run"
+    assert not _exists(client)
+
+
+def test_the_heartbeat_keeps_a_live_runs_lock_from_expiring(client):
+    with hold_prefix_lock(DESTINATION, "long run", client=client, heartbeat_s=0.3):
+        time.sleep(3.0)  # far past the contender's stale_after_s below
+        with (
+            pytest.raises(PrefixLocked),
+            hold_prefix_lock(
+                DESTINATION, "contender", client=client, stale_after_s=1.5
+            ),
+        ):
+            pass
+        assert _holder(client)["what"] == "long run"
+
+
+def test_a_run_that_lost_its_lock_leaves_the_new_holders_lock_alone(client):
+    with hold_prefix_lock(DESTINATION, "slow run", client=client, heartbeat_s=0.2):
+        newer = LockOwner(pid=7, host="gpu-2", since="now", what="new holder")
+        client.put_object(
+            Bucket=BUCKET, Key=KEY, Body=json.dumps(newer.__dict__).encode()
+        )
+        time.sleep(1.0)  # a heartbeat finds the ETag changed
+    assert _exists(client)
+    assert _holder(client)["what"] == "new holder"
