@@ -45,7 +45,22 @@ from tasks.settings import (
 from tasks.sources import SourceOptions
 from tasks.thresholds import ThresholdError, Thresholds, parse_threshold_options
 
-OutOption = Annotated[Path, typer.Option(help="Output folder.")]
+
+def _local_out(value: str) -> Path:
+    """A preview's --out is a local folder: an s3:// one is refused by name (as a
+    Path it would silently become a folder called 's3:')."""
+    if value.startswith("s3://"):
+        raise typer.BadParameter(
+            f"{value}: the preview writes a local folder; `autolabel run --out "
+            "s3://...` keeps the preview in the bucket with the batch"
+        )
+    return Path(value)
+
+
+OutOption = Annotated[
+    Path,
+    typer.Option(help="Output folder (local).", parser=_local_out, metavar="PATH"),
+]
 SampleOption = Annotated[
     int, typer.Option("--sample", min=1, help="Images in the random preview sample.")
 ]

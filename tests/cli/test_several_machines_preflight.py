@@ -5,6 +5,7 @@ line, exit 1, and the database password is never shown."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -127,3 +128,17 @@ def test_an_s3_output_another_machine_is_writing_is_one_line(
     assert "pid 99 on host gpu-3" in line
     client.delete_object(Bucket="busy-labels", Key="b1/.autolabel.lock")
     client.delete_bucket(Bucket="busy-labels")
+
+
+def test_a_preview_to_an_s3_output_is_refused_by_name(no_model_load, tmp_path):
+    """A preview writes a local folder; an s3:// --out must not become ./s3:/..."""
+    photos = tmp_path / "photos"
+    write_sample_photos(photos)
+
+    result = runner.invoke(
+        app, ["preview", str(photos), "--out", "s3://labels/p", "--class", "cat"]
+    )
+
+    assert result.exit_code == 2, result.output
+    assert "the preview writes a local folder" in " ".join(result.output.split())
+    assert not (tmp_path / "s3:").exists() and not Path("s3:").exists()
