@@ -21,8 +21,8 @@ from prefect.cache_policies import NO_CACHE
 from clients.roboflow import RetryPolicy, RoboflowClient, RoboflowTarget
 from tasks.export_coco import coco_dict
 from tasks.export_files import local_source
-from tasks.export_images import ExportImage, images_to_export
-from tasks.labels import OutputLayout, read_images, read_labels
+from tasks.export_images import ExportImage, iter_export_images, plan_export
+from tasks.labels import OutputLayout
 from tasks.masks import mask_outlines, rle_to_mask
 from tasks.review_queue import read_queue_csv, review_dir
 from tasks.splits import ROBOFLOW_FOLDERS, Splits
@@ -122,22 +122,15 @@ def upload_to_roboflow(
         api_key, retry=RetryPolicy(attempts=attempts, backoff_s=backoff_seconds)
     )
     layout = OutputLayout(out)
-    manifest = read_images(layout)
-    images = images_to_export(manifest, read_labels(layout), class_names=class_names)
-    content_ids = dict(
-        zip(
-            zip(manifest["source_uri"], manifest["relative_path"], strict=True),
-            manifest["image_id"],
-            strict=True,
-        )
-    )
+    # One chunk's labels at a time, as the exports read them: nothing per dataset.
+    images = iter_export_images(layout, plan_export(layout), class_names=class_names)
     to_review = queued_images(out)
     summary = UploadSummary()
     project = client.open_project(destination)
     ledger = UploadLedger(layout.root / "roboflow_uploads.sqlite")
     try:
         for image in images:
-            image_id = content_ids[(image.source_uri, image.relative_path)]
+            image_id = image.image_id
             roboflow_id, annotated = ledger.state(destination.project, image_id)
             if annotated:
                 summary.skipped += 1
