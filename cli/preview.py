@@ -46,10 +46,11 @@ from tasks.sources import SourceOptions
 from tasks.thresholds import ThresholdError, Thresholds, parse_threshold_options
 
 
-def _local_out(value: str) -> Path:
+def _local_out(value: str | Path) -> Path:
     """A preview's --out is a local folder: an s3:// one is refused by name (as a
-    Path it would silently become a folder called 's3:')."""
-    if value.startswith("s3://"):
+    Path it would silently become a folder called 's3:'). Typer passes the default
+    through here too, as a Path."""
+    if str(value).startswith("s3://"):
         raise typer.BadParameter(
             f"{value}: the preview writes a local folder; `autolabel run --out "
             "s3://...` keeps the preview in the bucket with the batch"

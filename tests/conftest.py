@@ -122,6 +122,19 @@ def roboflow_api(monkeypatch, tmp_path):
     roboflow.config.refresh_region_urls()
 
 
+@pytest.fixture
+def s3_test_client(s3_endpoint, monkeypatch):
+    """A boto3 client of the test S3 server. The dummy credentials boto3 insists on
+    are set in the environment, so the code under test (which makes its own clients)
+    finds them too."""
+    from tasks.s3 import s3_client
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    return s3_client(s3_endpoint)
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """A real S3-compatible server (moto's) on 127.0.0.1, for boto3 to talk to."""

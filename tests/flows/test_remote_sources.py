@@ -17,7 +17,7 @@ from model_loaders.ontology import Ontology
 from model_loaders.protocol import ModelSpec
 from tasks.labels import OutputLayout, read_images
 from tasks.preview import load_record
-from tasks.s3 import s3_client, staging_folder
+from tasks.s3 import staging_folder
 from tasks.settings import LabelSettings
 from tasks.sources import SourceOptions
 
@@ -25,13 +25,10 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
 @pytest.fixture
-def bucket(s3_endpoint, sample_photos, tmp_path, monkeypatch):
+def bucket(s3_test_client, sample_photos, tmp_path, monkeypatch):
     """A bucket with three photos and a 2-second video under photos/."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    client = s3_client(s3_endpoint)
+    client = s3_test_client
     client.create_bucket(Bucket="raw")
     for path in sorted(sample_photos.glob("*.jpg"))[:3]:
         client.upload_file(str(path), "raw", f"photos/{path.name}")

@@ -9,15 +9,12 @@ import pytest
 from PIL import Image
 
 from tasks.images import SourceError
-from tasks.s3 import cache_path, fetch, list_images, s3_client, upload_folder
+from tasks.s3 import cache_path, fetch, list_images, upload_folder
 
 
 @pytest.fixture
-def client(s3_endpoint, monkeypatch):
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    return s3_client(s3_endpoint)
+def client(s3_test_client):
+    return s3_test_client
 
 
 def _jpeg(color=(200, 10, 10)) -> bytes:

@@ -11,7 +11,6 @@ import time
 import pytest
 
 from tasks.out_lock import LockOwner
-from tasks.s3 import s3_client
 from tasks.s3_lock import PrefixLocked, hold_prefix_lock
 
 BUCKET = "locks"
@@ -20,11 +19,8 @@ DESTINATION = f"s3://{BUCKET}/run"
 
 
 @pytest.fixture
-def client(s3_endpoint, monkeypatch):
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    client = s3_client(s3_endpoint)
+def client(s3_test_client):
+    client = s3_test_client
     if BUCKET not in {b["Name"] for b in client.list_buckets()["Buckets"]}:
         client.create_bucket(Bucket=BUCKET)
     client.delete_object(Bucket=BUCKET, Key=KEY)

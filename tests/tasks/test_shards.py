@@ -204,13 +204,8 @@ def test_missing_chunks_are_named(tmp_path):
 
 
 @pytest.fixture
-def s3(s3_endpoint, monkeypatch):
-    from tasks.s3 import s3_client
-
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    client = s3_client(s3_endpoint)
+def s3(s3_test_client):
+    client = s3_test_client
     client.create_bucket(Bucket=f"shards-{uuid4().hex[:8]}")
     return client
 
