@@ -29,10 +29,11 @@ from tasks.credits import (
     format_credits,
     resolve_ledger_path,
 )
-from tasks.training.base import BaseModelError, base_kind, check_base_fits
+from tasks.training.base import BaseModelError
 from tasks.training.data import TrainingDataError, read_training_data
+from tasks.training.preflight import check_training_fits
 from tasks.training.settings import TrainSettings
-from tasks.training.state import TrainingStateError, training_state
+from tasks.training.state import TrainingStateError
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 
@@ -116,8 +117,7 @@ def train(
         exit_on(ModelLoadError, code=EXIT_FAILED),
         exit_on(BaseModelError, TrainingStateError, code=EXIT_USAGE),
     ):
-        check_base_fits(base, base_kind(base), data.task, data.classes_from)
-        training_state(out_model, settings.fingerprint(data.task, data.class_names))
+        check_training_fits(settings, data)
     account = _account(out, base, credits)
     from flows.train_detector import train_detector
 

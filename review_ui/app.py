@@ -5,7 +5,9 @@ page calls: ``GET /api/state`` (defaults, the stored preview, the current job), 
 /api/preview`` (generate test results), ``GET /api/preview/images/{index}`` (a sample
 image, by position only), ``POST /api/label`` (approve and label), ``GET /api/job``
 (progress and the final report), ``GET /api/review/queue`` and
-``/api/review/thumbnails/{rank}`` (the batch's review queue, by rank only).
+``/api/review/thumbnails/{rank}`` (the batch's review queue, by rank only), ``POST
+/api/train`` (train a model on the labeled batch) and ``GET /api/models`` (the trained
+models under ``OUT/models``, offered as labelers).
 
 Access: on a loopback address the page is open to this machine only (Host header
 checked, so another site cannot reach it through DNS rebinding). On any other address a
@@ -48,6 +50,7 @@ from review_ui.jobs import (
     RequestError,
     ReviewSession,
 )
+from review_ui.training import TrainRequest, training_form_defaults
 from tasks.review import sample_image_jpeg
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -148,6 +151,11 @@ def create_app(
             "preview": session.preview(),
             "job": job.as_dict() if job else None,
             "queue": session.queue(),
+            "models": session.models(),
+            "training": {
+                "ready": session.can_train(),
+                "defaults": training_form_defaults(),
+            },
         }
 
     @app.get("/api/review/queue")
@@ -191,6 +199,14 @@ def create_app(
     @app.post("/api/label")
     def label(request: LabelRequest) -> dict[str, Any]:
         return session.start_labeling(request).as_dict()
+
+    @app.post("/api/train")
+    def train(request: TrainRequest) -> dict[str, Any]:
+        return session.start_training(request).as_dict()
+
+    @app.get("/api/models")
+    def models() -> JSONResponse:
+        return JSONResponse(session.models(), headers=_NO_STORE)
 
     @app.get("/api/job")
     def job() -> JSONResponse:

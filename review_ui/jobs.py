@@ -6,6 +6,10 @@ in a background thread of the server, so the page stays responsive and polls for
 progress. One job at a time per output folder: a second request while one runs is
 refused (the page greys its buttons meanwhile).
 
+"Train a model" runs ``flows.train_detector.train_detector`` the same way, on the
+labeled batch, into ``OUT/models/<name>`` (``review_ui.training``), charged to the
+page's ledger at the ``train`` rate; the finished models are offered as labelers.
+
 The local folders the page may read are limited to ``RunDefaults.allowed_sources``
 (``autolabel ui --allow-source``); a request naming another folder is refused before
 anything runs.
@@ -28,9 +32,22 @@ from pydantic import BaseModel, Field, ValidationError
 from model_loaders.backends import Task
 from model_loaders.model_family import ModelLoadError
 from review_ui.queue import queue_thumbnail, read_queue
+from review_ui.training import (
+    TrainRequest,
+    TrainRequestError,
+    offered_models,
+    plan_training,
+    training_result,
+)
 from tasks import progress, roboflow_source, s3
-from tasks.approval import whoami
-from tasks.credits import CreditAccount, CreditRates, format_credits
+from tasks.approval import approved_path, whoami
+from tasks.credits import (
+    CreditAccount,
+    CreditRates,
+    LedgerLocationError,
+    format_credits,
+    resolve_ledger_path,
+)
 from tasks.out_lock import hold_out_lock
 from tasks.preview import (
     DEFAULT_SAMPLE_SIZE,
@@ -40,6 +57,7 @@ from tasks.preview import (
 )
 from tasks.preview_truth import truth_curves_payload
 from tasks.review import estimate_credits, review_payload
+from tasks.s3_lock import hold_output_lock
 from tasks.settings import (
     LabelSettings,
     SettingsError,
@@ -50,8 +68,12 @@ from tasks.settings import (
 )
 from tasks.sources import SourceOptions
 from tasks.thresholds import Thresholds
+from tasks.training.base import BaseModelError
+from tasks.training.charges import training_account
+from tasks.training.data import TrainingDataError
+from tasks.training.state import TrainingStateError
 
-JobKind = Literal["preview", "label"]
+JobKind = Literal["preview", "label", "train"]
 APPROVED_VIA = "review page"
 
 
@@ -158,8 +180,11 @@ class Job:
 class ReviewSession:
     """The server side of the page for one output folder."""
 
-    def __init__(self, out: Path, defaults: RunDefaults | None = None) -> None:
-        self.out = Path(out)
+    def __init__(self, out: str | Path, defaults: RunDefaults | None = None) -> None:
+        # An s3:// output: the page works in its local staging folder (where the flows
+        # write before uploading), and the batch's outputs go to the bucket.
+        self.destination = str(out)
+        self.out = s3.local_folder(out)
         self.defaults = defaults or RunDefaults()
         self._lock = threading.Lock()
         self._job: Job | None = None
@@ -200,6 +225,14 @@ class ReviewSession:
     def queue_thumbnail(self, rank: int) -> Path | None:
         """The drawn thumbnail of the queue's row ``rank``, if one was drawn."""
         return queue_thumbnail(self.out, rank)
+
+    def models(self) -> list[dict[str, Any]]:
+        """The trained models under ``OUT/models`` the page offers as labelers."""
+        return offered_models(self.out)
+
+    def can_train(self) -> bool:
+        """Whether a batch was approved and labeled here (what training learns)."""
+        return approved_path(self.out).is_file()
 
     def estimate(self, key: str) -> dict[str, Any]:
         """What labeling the preview's whole source would cost (cached per preview);
@@ -272,7 +305,7 @@ class ReviewSession:
         def run() -> dict[str, Any]:
             summary = autolabel(
                 source=record.source,
-                out=str(self.out),
+                out=self.destination,
                 settings=settings,
                 images=list(record.sample),
                 approve=True,
@@ -289,6 +322,44 @@ class ReviewSession:
             return result
 
         return self._start("label", run)
+
+    def start_training(self, request: TrainRequest) -> Job:
+        """Train a model on the labeled batch into ``OUT/models/<name>``.
+
+        Refused before anything loads: no labeled batch yet (409), another job
+        running (409), or what ``autolabel train`` refuses (400: no base, a base of
+        the wrong kind, labels it cannot train on, a folder holding something else).
+        """
+        if not self.can_train():
+            raise RequestError(
+                f"no labeled batch in {self.out} yet: generate test results, approve "
+                "them and label the batch first",
+                409,
+            )
+        self._refuse_if_busy()  # before reading labels a batch may be rewriting
+        with _request_error():
+            settings = plan_training(self.out, request, device=self.defaults.device)
+            account = training_account(
+                out=self.out,
+                base=settings.base,
+                ledger_path=resolve_ledger_path(self.out, self.defaults.ledger),
+                rates=self.defaults.rates,
+                dataset=self.defaults.dataset,
+                max_credits=self.defaults.max_credits,
+            )
+        from flows.train_detector import train_detector
+
+        def run() -> dict[str, Any]:
+            folder = Path(settings.out_model)
+            folder.mkdir(parents=True, exist_ok=True)
+            # The model folder too, as `autolabel train` holds it.
+            with hold_out_lock(folder, "autolabel ui (train)"):
+                summary = train_detector(
+                    out=str(self.out), settings=settings, credits=account
+                )
+            return training_result(summary)
+
+        return self._start("train", run)
 
     # --- helpers -------------------------------------------------------------
 
@@ -328,10 +399,7 @@ class ReviewSession:
 
     def _start(self, kind: JobKind, run: Callable[[], dict[str, Any]]) -> Job:
         with self._lock:
-            if self._running():
-                raise RequestError(
-                    f"a {self._job.kind} run is still going: wait for it", 409
-                )
+            self._refuse_if_busy()
             self.preview()  # what the page shows while the job rewrites the files
             job = Job(kind=kind)
             self._job = job
@@ -340,11 +408,21 @@ class ReviewSession:
         ).start()
         return job
 
+    def _refuse_if_busy(self) -> None:
+        if self._running():
+            raise RequestError(
+                f"a {self._job.kind} run is still going: wait for it", 409
+            )
+
     def _run(self, job: Job, run: Callable[[], dict[str, Any]]) -> None:
         progress.add_listener(job)
         try:
-            # One run per output folder, as on the command line.
-            with hold_out_lock(self.out, f"autolabel ui ({job.kind})"):
+            # One run per output (and s3:// prefix), as on the command line.
+            with hold_output_lock(
+                self.destination,
+                f"autolabel ui ({job.kind})",
+                self.defaults.sources.s3_endpoint_url,
+            ):
                 job.result = run()
             job.state = "done"
         except Exception as error:  # shown on the page; the server keeps serving
@@ -360,5 +438,14 @@ def _request_error() -> Iterator[None]:
     """A choice the settings refuse is a request the page must correct (HTTP 400)."""
     try:
         yield
-    except (SettingsError, ValidationError, ModelLoadError) as error:
+    except (
+        SettingsError,
+        ValidationError,
+        ModelLoadError,
+        TrainRequestError,
+        TrainingDataError,
+        BaseModelError,
+        TrainingStateError,
+        LedgerLocationError,
+    ) as error:
         raise RequestError(str(error)) from None

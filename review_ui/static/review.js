@@ -18,7 +18,7 @@ function element(tag, properties = {}, children = []) {
   node.append(...children);
   return node;
 }
-const state = { preview: null, thresholds: {}, current: 0, kept: null };
+const state = { preview: null, thresholds: {}, current: 0, kept: null, models: [], trainDefaults: {} };
 
 // ---------------------------------------------------------------- the filter
 
@@ -314,7 +314,7 @@ async function waitForJob(id, onProgress) {
 }
 
 function busy(on) {
-  for (const id of ["#generate", "#auto-label", "#confirm-start"]) $(id).disabled = on;
+  for (const id of ["#generate", "#auto-label", "#confirm-start", "#train-start"]) $(id).disabled = on;
 }
 
 function setStatus(selector, text, error = false) {
@@ -386,18 +386,22 @@ function startLabeling() {
   return runJob("#batch-status", () => api("/api/label", approval), followBatch);
 }
 
+// A job's progress on a section's bar (all done: done = total = 1).
+function moveBar(selector, done, total) {
+  $(selector).max = total;
+  $(selector).value = done;
+}
+
 async function followBatch(id) {
   const job = await waitForJob(id, (j) => {
     if (j.total) {
-      $("#batch-progress").max = j.total;
-      $("#batch-progress").value = j.done;
+      moveBar("#batch-progress", j.done, j.total);
       setStatus("#batch-status", `Labeling: ${j.done}/${j.total} images`);
     }
   });
   if (job.state === "failed") throw new Error(job.error);
   const result = job.result;
-  $("#batch-progress").max = 1;
-  $("#batch-progress").value = 1;
+  moveBar("#batch-progress", 1, 1);
   const notes = [];
   if (result.budget_stop) notes.push(`stopped by the credit budget: ${result.budget_stop}`);
   if (result.skipped.length) notes.push(`${result.skipped.length} image(s) skipped`);
@@ -409,6 +413,7 @@ async function followBatch(id) {
   $("#batch-report").textContent = result.report;
   $("#batch-result").hidden = false;
   renderQueue(await api("/api/review/queue"));
+  renderTraining({ ready: true, defaults: state.trainDefaults });  // a labeled batch now
 }
 
 // ---------------------------------------------------------------- review queue
@@ -433,6 +438,108 @@ function renderQueue(rows) {
   }
 }
 
+// ---------------------------------------------------------------- trained models
+
+const metric = (value) => (value === undefined || value === null ? "n/a" : value.toFixed(3));
+
+function modelMetrics(model) {
+  const m = model.metrics;
+  const scores = model.task === "classify"
+    ? `val accuracy ${metric(m.accuracy)}`
+    : `val mAP@0.5 ${metric(m.map50)}, mAP ${metric(m.map)}`;
+  return m.epoch ? `${scores} after epoch ${m.epoch}` : scores;
+}
+
+// The models trained into OUT/models, offered next to the model field: picking one
+// fills the field with its folder and the task with its task (its backend follows).
+function renderModels(models) {
+  state.models = models;
+  const select = $("#trained-model");
+  select.replaceChildren(element("option", { value: "", textContent: "Choose one to label with it…" }));
+  for (const model of models) {
+    select.append(element("option", {
+      value: model.path,
+      textContent: `${model.name} · ${model.task} · ${model.class_names.join(", ")} · ${modelMetrics(model)}`,
+    }));
+  }
+  $("#trained-models").hidden = !models.length;
+  syncModelChoice();
+}
+
+function syncModelChoice() {
+  const model = state.models.find((m) => m.path === $("#model").value.trim());
+  $("#trained-model").value = model ? model.path : "";
+  $("#trained-model-note").hidden = !model;
+  $("#trained-model-note").textContent = model
+    ? `Trained on ${model.class_names.join(", ")} from ${model.base}; ${modelMetrics(model)}.`
+    : "";
+}
+
+function pickModel() {
+  const model = state.models.find((m) => m.path === $("#trained-model").value);
+  if (!model) return;
+  $("#model").value = model.path;
+  if ([...$("#task").options].some((o) => o.value === model.task)) $("#task").value = model.task;
+  syncModelChoice();
+}
+
+// ---------------------------------------------------------------- training
+
+function renderTraining(training) {
+  if (!training?.ready) return;
+  const first = $("#train").hidden;
+  $("#train").hidden = false;
+  if (!first) return;  // keep what the user typed
+  const defaults = training.defaults || {};
+  $("#train-base").value = defaults.base || "";
+  $("#train-epochs").value = defaults.epochs ?? "";
+  $("#train-batch-size").value = defaults.batch_size ?? "";
+  $("#train-image-size").value = defaults.image_size ?? "";
+}
+
+function trainRequest() {
+  // Empty fields are left out: the server uses `autolabel train`'s defaults.
+  const request = { base: $("#train-base").value.trim(), name: $("#train-name").value.trim() };
+  for (const [key, id] of [["epochs", "#train-epochs"], ["batch_size", "#train-batch-size"], ["image_size", "#train-image-size"]]) {
+    const value = $(id).value.trim();
+    if (value !== "") request[key] = Number(value);
+  }
+  const split = $("#train-split").value.trim();
+  if (split) request.split = split;
+  return request;
+}
+
+function startTraining() {
+  moveBar("#train-progress", 0, 1);
+  setStatus("#train-status", "Checking the base and the labels…");
+  return runJob("#train-status", () => api("/api/train", trainRequest()), followTraining);
+}
+
+async function followTraining(id) {
+  setStatus("#train-status", "Training…");
+  const job = await waitForJob(id, (j) => {
+    if (j.total) {
+      moveBar("#train-progress", j.done, j.total);
+      setStatus("#train-status", `Training: ${j.done}/${j.total} image-steps (all epochs)`);
+    }
+  });
+  if (job.state === "failed") throw new Error(job.error);
+  const result = job.result;
+  moveBar("#train-progress", 1, 1);
+  renderModels(await api("/api/models"));
+  const pick = "Choose it under Model to label with it.";
+  if (result.budget_stop) {
+    setStatus("#train-status", `Stopped by the credit budget: ${result.budget_stop}. ` +
+      `The checkpoint is kept: train again with the name ${result.name} to continue.`, true);
+  } else if (result.already_trained) {
+    setStatus("#train-status", `Already trained: ${result.name} (nothing trained, nothing charged). ${pick}`);
+  } else {
+    const scores = result.model ? modelMetrics(result.model) : "";
+    setStatus("#train-status", `Trained ${result.name}: ${result.trained_now.length} epoch(s), ` +
+      `${scores}; ${result.credits_text} credits. ${pick}`);
+  }
+}
+
 // ---------------------------------------------------------------- start
 
 async function main() {
@@ -442,14 +549,21 @@ async function main() {
   $("#confirm-cancel").addEventListener("click", () => $("#confirm").close());
   $("#confirm-start").addEventListener("click", startLabeling);
   $("#suggest").addEventListener("click", suggestThresholds);
-  const { defaults, preview, job, queue } = await api("/api/state");
+  $("#trained-model").addEventListener("change", pickModel);
+  $("#model").addEventListener("input", syncModelChoice);
+  $("#train-start").addEventListener("click", startTraining);
+  const { defaults, preview, job, queue, models, training } = await api("/api/state");
   fillForm(defaults, preview);
   if (preview) renderPreview(preview);
   renderQueue(queue || []);
+  state.trainDefaults = training?.defaults || {};
+  renderModels(models || []);
+  renderTraining(training);
   if (job?.state === "running") {  // started before this page loaded: follow it
-    const batch = job.kind === "label";
-    if (batch) $("#batch").hidden = false;
-    runJob(batch ? "#batch-status" : "#status", async () => job, batch ? followBatch : followPreview);
+    const follow = { label: ["#batch-status", followBatch], train: ["#train-status", followTraining] };
+    const [status, then] = follow[job.kind] || ["#status", followPreview];
+    if (job.kind === "label") $("#batch").hidden = false;
+    runJob(status, async () => job, then);
   }
   document.body.dataset.ready = "1";
 }

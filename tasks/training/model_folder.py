@@ -9,10 +9,13 @@ import json
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tasks.export_files import write_text_atomically
-from tasks.training.session import TrainingSession
 from tasks.training.state import checkpoints_dir, training_json_path
+
+if TYPE_CHECKING:  # torch and transformers load only when a model is written
+    from tasks.training.session import TrainingSession
 
 
 def training_record(session: TrainingSession) -> dict:
@@ -56,3 +59,44 @@ def write_model_folder(session: TrainingSession) -> Path:
 def read_training_record(out_model: str | Path) -> dict:
     """The ``training.json`` of a finished model folder."""
     return json.loads(training_json_path(out_model).read_text(encoding="utf-8"))
+
+
+# The val metrics a model list shows of each model's last epoch.
+SHOWN_METRICS = ("epoch", "map50", "map", "accuracy")
+
+
+def trained_model_summary(folder: str | Path) -> dict | None:
+    """What a model selector shows of a finished model folder (name, path, task, class
+    names, last val metrics); None when it holds no readable ``training.json``."""
+    root = Path(folder)
+    try:
+        record = read_training_record(root)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict):
+        return None
+    history = record.get("metrics") or []
+    last = history[-1] if history and isinstance(history[-1], dict) else {}
+    return {
+        "name": root.name,
+        "path": str(root.resolve()),
+        "task": record.get("task"),
+        "base": record.get("base"),
+        "class_names": [str(name) for name in record.get("class_names") or []],
+        "epochs": record.get("epochs"),
+        "metrics": {key: last[key] for key in SHOWN_METRICS if key in last},
+        "finished_at": record.get("finished_at"),
+    }
+
+
+def trained_models(parent: str | Path) -> list[dict]:
+    """The finished model folders directly under ``parent`` (each with a
+    ``training.json``), newest first; none when ``parent`` does not exist."""
+    root = Path(parent)
+    if not root.is_dir():
+        return []
+    found = (trained_model_summary(folder) for folder in root.iterdir())
+    summaries = [summary for summary in found if summary is not None]
+    return sorted(
+        summaries, key=lambda s: (str(s["finished_at"] or ""), s["name"]), reverse=True
+    )

@@ -3,7 +3,10 @@
 ``autolabel ui`` runs as a user starts it (a subprocess, on 127.0.0.1, any free port)
 with a tiny random Grounding DINO and the session's Prefect test server. One page goes
 through what a user does, test by test and in order: generate test results, move
-sliders, click thumbnails, approve and watch the batch finish.
+sliders, click thumbnails, approve and watch the batch finish, train a model on the
+batch and pick it as the labeler. A test that needs earlier results asks for them with
+a fixture (``cat_person_results``, ``approved_batch``), which makes them only when no
+earlier test did, so each test also runs alone (``-k``).
 
 A screenshot of the page with results is saved to ``test-artifacts/review-page.png``
 (``AUTOLABEL_TEST_ARTIFACTS`` moves it); the README shows a copy.
@@ -15,21 +18,30 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pandas as pd
 import pytest
 
-from tasks.approval import load_approved
+from tasks.approval import approved_path, load_approved
 from tasks.credits import CreditLedger
 from tasks.labels import OutputLayout, read_labels
-from tasks.preview import class_counts, filter_candidates, load_record, read_candidates
+from tasks.preview import (
+    PreviewError,
+    class_counts,
+    filter_candidates,
+    load_record,
+    read_candidates,
+)
 from tasks.preview_truth import attach_truth, truth_scores
 from tasks.thresholds import Thresholds
 from tests.photos import write_sample_photos
 from tests.review_ui.browser import CHROMIUM, CHROMIUM_FLAGS
+from tests.tasks.training.synthetic import save_tiny_rt_detr
 from tests.truth_from_candidates import coco_truth, right_cats
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -100,6 +112,52 @@ def page(served: Served):
         browser.close()
 
 
+def _fill_cat_and_person(page) -> None:
+    """The form as a user edits it: 'cat' described, 'person' added."""
+    page.locator("#classes tbody tr").nth(0).locator(".class-desc").fill("a cat")
+    page.click("#add-class")
+    row = page.locator("#classes tbody tr").nth(1)
+    row.locator(".class-name").fill("person")
+    row.locator(".class-desc").fill("a person; an astronaut")
+
+
+def _has_cat_person_results(out: Path) -> bool:
+    try:
+        settings = load_record(out).settings
+    except PreviewError:
+        return False
+    names = settings.ontology.class_names
+    return settings.model.task == "detect" and names == ["cat", "person"]
+
+
+@pytest.fixture(scope="module")
+def cat_person_results(page, served: Served) -> None:
+    """Detect test results for 'cat' and 'person', as test_generate_test_results
+    makes them (made here only when it did not run first)."""
+    if _has_cat_person_results(served.out):
+        return
+    page.reload()
+    page.wait_for_selector("body[data-ready]")
+    _fill_cat_and_person(page)
+    page.click("#generate")
+    page.wait_for_selector("#status:has-text('Test results ready')", timeout=SLOW)
+
+
+@pytest.fixture(scope="module")
+def approved_batch(served: Served, cat_person_results) -> None:
+    """An approved, labeled batch, as test_approve_labels_the_batch_... leaves it
+    (approved here through the API only when it did not run first)."""
+    if approved_path(served.out).is_file():
+        return
+    approval = {"key": load_record(served.out).key, "thresholds": {"cat": 0.5}}
+    started = httpx.post(f"{served.url}api/label", json=approval).json()
+    deadline = time.monotonic() + SLOW / 1000
+    while (job := httpx.get(f"{served.url}api/job").json())["state"] == "running":
+        assert time.monotonic() < deadline, job
+        time.sleep(0.2)
+    assert job["id"] == started["id"] and job["state"] == "done", job
+
+
 def _thresholds(page) -> dict[str, float]:
     return {
         row.get_attribute("data-class"): float(row.locator("input").input_value())
@@ -143,11 +201,7 @@ def test_generate_test_results(page, served: Served):
     # The form starts from the command line; the user edits and adds a class.
     assert page.locator("#source").input_value() == str(served.photos)
     assert page.locator("#model").input_value() == served.model
-    page.locator("#classes tbody tr").nth(0).locator(".class-desc").fill("a cat")
-    page.click("#add-class")
-    row = page.locator("#classes tbody tr").nth(1)
-    row.locator(".class-name").fill("person")
-    row.locator(".class-desc").fill("a person; an astronaut")
+    _fill_cat_and_person(page)
 
     page.click("#generate")
     page.wait_for_selector("#status:has-text('Test results ready')", timeout=SLOW)
@@ -170,7 +224,9 @@ def test_generate_test_results(page, served: Served):
     page.screenshot(path=str(ARTIFACTS / "review-page.png"), full_page=True)
 
 
-def test_sliders_refilter_in_the_browser_like_the_batch(page, served: Served):
+def test_sliders_refilter_in_the_browser_like_the_batch(
+    page, served: Served, cat_person_results
+):
     requests: list[str] = []
     page.on("request", lambda request: requests.append(request.url))
     scores = sorted(read_candidates(served.out)["confidence"])
@@ -192,7 +248,9 @@ def test_sliders_refilter_in_the_browser_like_the_batch(page, served: Served):
     assert not [url for url in requests if "/api/" in url]  # no round trip at all
 
 
-def test_thumbnail_click_shows_that_image_at_once(page, served: Served):
+def test_thumbnail_click_shows_that_image_at_once(
+    page, served: Served, cat_person_results
+):
     page.locator(".class-control[data-class='person'] input").fill("0.05")
     for index in (2, 1, 0):
         elapsed_ms, src = page.evaluate(
@@ -231,7 +289,7 @@ def _expected_scores(out: Path, name: str, thresholds: dict[str, float]) -> list
 
 
 def test_human_labels_give_scores_that_follow_the_sliders(
-    page, served: Served, tmp_path: Path
+    page, served: Served, cat_person_results, tmp_path: Path
 ):
     cats, right, best, _ = right_cats(served.out)
     attach_truth(served.out, str(coco_truth(tmp_path, served.out, right)))
@@ -352,3 +410,43 @@ def test_classification_results_show_labels_not_boxes(
     assert page.locator("#overlay .box").count() == 0
     chips = page.locator("#image-labels .chip")
     assert chips.count() == _boxes_expected_on(page, served.out, thresholds) > 0
+
+
+def test_train_a_model_on_the_batch_and_pick_it_as_the_labeler(
+    page, served: Served, approved_batch, tmp_path: Path
+):
+    base = save_tiny_rt_detr(tmp_path / "tiny-rt-detr")
+    page.reload()
+    page.wait_for_selector("body[data-ready]")
+    assert page.locator("#train").is_visible()
+    assert page.locator("#trained-models").is_hidden()  # nothing trained yet
+    assert page.locator("#train-epochs").input_value() == "20"  # autolabel train's
+
+    page.locator("#train-base").fill(base)
+    page.locator("#train-name").fill("../cats")
+    page.click("#train-start")
+    status = page.locator("#train-status.error")
+    status.wait_for()
+    assert status.inner_text().startswith("model name '../cats': ")
+    assert not (served.out / "cats").exists()
+
+    page.locator("#train-name").fill("cats-v1")
+    page.locator("#train-epochs").fill("1")
+    page.locator("#train-batch-size").fill("2")
+    page.locator("#train-split").fill("train=0.5,val=0.5")  # 6 photos: 4 train, 2 val
+    page.click("#train-start")
+    page.wait_for_selector("#train-status:has-text('Trained cats-v1')", timeout=SLOW)
+    bar = page.locator("#train-progress")
+    assert bar.get_attribute("max") == bar.evaluate("bar => String(bar.value)") == "1"
+
+    folder = (served.out / "models" / "cats-v1").resolve()
+    assert (folder / "training.json").is_file()
+    assert page.locator("#trained-models").is_visible()
+    offered = page.locator("#trained-model option:not([value=''])")
+    assert offered.count() == 1
+    text = offered.inner_text()
+    assert text.startswith("cats-v1 · detect · cat, person · val mAP@0.5 "), text
+    page.select_option("#trained-model", str(folder))
+    assert page.locator("#model").input_value() == str(folder)
+    assert page.locator("#task").input_value() == "detect"
+    assert "Trained on cat, person" in page.locator("#trained-model-note").inner_text()

@@ -96,6 +96,7 @@ def test_another_sites_request_is_refused_and_starts_nothing(
     for method, path, body in [
         ("POST", "/api/preview", ASK),
         ("POST", "/api/label", approve),
+        ("POST", "/api/train", {"base": "x", "epochs": 1}),
         ("PUT", "/api/label", approve),
         ("DELETE", "/api/preview", None),
     ]:
