@@ -54,10 +54,11 @@ from cli.settings import (
     account_or_exit,
     batch_settings,
     out_lock_or_exit,
+    preflight_or_exit,
     warm_model_or_exit,
 )
 from tasks.preview import DEFAULT_SAMPLE_SIZE
-from tasks.s3 import local_folder
+from tasks.s3 import is_s3, local_folder
 from tasks.settings import LabelSettings, SettingsError, choice, with_runtime
 from tasks.sources import canonical_source
 from tasks.splits import SplitError
@@ -117,7 +118,7 @@ def run(
                 "--reuse-approved labels with the classes and thresholds of "
                 f"{out}/approved.json: drop --class/--ontology/--threshold"
             )
-        settings = _approved_settings(out, work, endpoint, model, output)
+        settings = _approved_settings(out, endpoint, model, output)
     else:
         settings = batch_settings(source, out, classes, model, output, credits)
     account = account_or_exit(
@@ -274,20 +275,29 @@ def _preview_with_truth(
 
 
 def _approved_settings(
-    out: str,
-    work: Path,
-    endpoint_url: str | None,
-    model: ModelChoices,
-    output: OutputChoices,
+    out: str, endpoint_url: str | None, model: ModelChoices, output: OutputChoices
 ) -> LabelSettings:
-    """``OUT/approved.json`` (an s3:// OUT's, fetched once into ``work``) with this
-    run's device, batch size and chunk size."""
+    """``OUT/approved.json`` (an s3:// OUT's: the bucket's copy when it is newer than
+    this machine's) with this run's device, batch size and chunk size."""
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from tasks.approval import ApprovalError, fetch_approved, load_approved
+    from tasks.approval import (
+        ApprovalError,
+        approved_path,
+        fetch_approved,
+        load_approved,
+    )
 
-    with exit_on(BotoCoreError, ClientError, code=EXIT_FAILED):
-        fetch_approved(out, work, endpoint_url)
+    work = local_folder(out)
+    if is_s3(out):  # a missing bucket is named as such, not as a missing file
+        preflight_or_exit(source=None, out=out, s3_endpoint_url=endpoint_url)
+        with exit_on(BotoCoreError, ClientError, code=EXIT_FAILED):
+            fetch_approved(out, work, endpoint_url)
+        if not approved_path(work).exists():
+            usage(
+                f"no approved settings in {out}/approved.json: run `autolabel run "
+                f"SOURCE --out {out}` and approve its thresholds first"
+            )
     with exit_on(ApprovalError, SettingsError, SplitError, code=EXIT_USAGE):
         choice("--quality", output.quality)
         output.splits()

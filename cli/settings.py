@@ -129,8 +129,8 @@ def preflight_or_exit(
         if source is not None:
             preflight.check_source(source)
         if out is not None:
-            preflight.check_out(out, source=source)
             preflight.check_s3_out(str(out), s3_endpoint_url)
+            preflight.check_out(local_folder(out), source=source)
         if ledger is not None:
             preflight.check_ledger(ledger)
         preflight.check_upload_target(upload_to)

@@ -4,8 +4,9 @@ the trained models the page offers as labelers.
 A model trained from the page is a normal ``autolabel train`` model folder at
 ``OUT/models/<name>`` (``--model OUT/models/<name>`` labels with it anywhere). The name
 is the user's, or made from the base's last path part (``rtdetr_v2_r18vd``, then
-``rtdetr_v2_r18vd-2``, ... when taken); training again under the same name with the
-same settings resumes an interrupted run or finds it done, as the command line does.
+``rtdetr_v2_r18vd-2``, ... when another training has it); training again with the same
+settings (under the same name, or with none) resumes an interrupted run or finds it
+done, as the command line does.
 Before anything runs, the same checks as ``autolabel train`` (the labels, the base's
 kind, the folder) refuse a bad choice with their one-line reason.
 """
@@ -20,11 +21,15 @@ from pydantic import BaseModel, Field, ValidationError
 
 from tasks.credits import format_credits
 from tasks.training.data import read_training_data
-from tasks.training.model_folder import trained_model_summary, trained_models
+from tasks.training.model_folder import (
+    TRAINED_MODELS_FOLDER,
+    trained_model_summary,
+    trained_models,
+)
 from tasks.training.preflight import check_training_fits
 from tasks.training.settings import TrainSettings
+from tasks.training.state import TrainingStateError, training_state
 
-MODELS_FOLDER = "models"
 _DEFAULTS = TrainSettings.model_fields
 # One folder name: a letter or digit first, then letters, digits, '.', '-', '_'.
 _NAME = re.compile(r"\w[\w.-]{0,79}")
@@ -48,7 +53,7 @@ class TrainRequest(BaseModel):
 
 def models_folder(out: str | Path) -> Path:
     """Where the page's trained models live: ``OUT/models``."""
-    return Path(out) / MODELS_FOLDER
+    return Path(out) / TRAINED_MODELS_FOLDER
 
 
 def offered_models(out: str | Path) -> list[dict[str, Any]]:
@@ -58,12 +63,9 @@ def offered_models(out: str | Path) -> list[dict[str, Any]]:
 
 def training_form_defaults() -> dict[str, Any]:
     """What the form starts with: ``autolabel train``'s defaults (no default base)."""
-    return {
-        "base": "",
-        "epochs": _DEFAULTS["epochs"].default,
-        "batch_size": _DEFAULTS["batch_size"].default,
-        "image_size": _DEFAULTS["image_size"].default,
-    }
+    return TrainRequest().model_dump(
+        include={"base", "epochs", "batch_size", "image_size"}
+    )
 
 
 def check_model_name(name: str) -> str:
@@ -80,17 +82,21 @@ def check_model_name(name: str) -> str:
     return name
 
 
-def default_model_name(out: str | Path, base: str) -> str:
-    """The base's last path part as a folder name, numbered when already taken."""
+def default_model_name(out: str | Path, base: str, fingerprint: dict) -> str:
+    """The base's last path part as a folder name: the folder of this same training
+    when there is one (so training again resumes it), else the first one no other
+    training holds, numbered."""
     last = re.split(r"[\\/]", base.strip().rstrip("\\/"))[-1]
     stem = re.sub(r"[^\w.-]+", "-", last).strip(".-")[:60] or "model"
     stem = re.sub(r"\.{2,}", ".", stem)
-    folder = models_folder(out)
-    taken = {path.name for path in folder.iterdir()} if folder.is_dir() else set()
-    name, number = stem, 2
-    while name in taken:
-        name, number = f"{stem}-{number}", number + 1
-    return name
+    name, number = stem, 1
+    while True:
+        try:
+            training_state(models_folder(out) / name, fingerprint)
+            return name
+        except TrainingStateError:  # another training's folder
+            number += 1
+            name = f"{stem}-{number}"
 
 
 def plan_training(
@@ -112,11 +118,12 @@ def plan_training(
             "PekingU/rtdetr_v2_r18vd) or classifier, or a model folder"
         )
     name = request.name.strip()
-    name = check_model_name(name) if name else default_model_name(out, base)
+    if name:
+        check_model_name(name)
     try:
         settings = TrainSettings(
             base=base,
-            out_model=str(models_folder(out) / name),
+            out_model=str(models_folder(out) / (name or "unnamed")),
             epochs=request.epochs,
             batch_size=request.batch_size,
             image_size=request.image_size,
@@ -127,7 +134,12 @@ def plan_training(
         first = error.errors()[0]
         field = str(first["loc"][0]).replace("_", " ")
         raise TrainRequestError(f"{field}: {first['msg']}") from None
-    check_training_fits(settings, read_training_data(out, settings.split))
+    data = read_training_data(out, settings.split)
+    if not name:
+        fingerprint = settings.fingerprint(data.task, data.class_names)
+        folder = models_folder(out) / default_model_name(out, base, fingerprint)
+        settings = settings.model_copy(update={"out_model": str(folder)})
+    check_training_fits(settings, data)
     return settings
 
 

@@ -323,9 +323,9 @@ def approved_path(out: str | Path) -> Path:
 def fetch_approved(
     destination: str, folder: str | Path, endpoint_url: str | None
 ) -> None:
-    """An s3:// output's ``approved.json`` into the run's local folder when only the
-    bucket has it (the preview was approved on another machine), so
-    ``--reuse-approved`` works anywhere the bucket can be reached."""
+    """An s3:// output's ``approved.json`` into the run's local folder when the
+    bucket's is newer or this machine has none (the preview was approved on another
+    machine), so ``--reuse-approved`` works anywhere the bucket can be reached."""
     from tasks.s3 import fetch_output_file, is_s3, s3_client
 
     if is_s3(destination):

@@ -65,6 +65,20 @@ class LockOwner:
             what=what,
         )
 
+    @classmethod
+    def from_json(cls, text: str | bytes) -> LockOwner | None:
+        """The owner a lock records (JSON), or None when it is unreadable."""
+        try:
+            data = json.loads(text)
+            return cls(
+                pid=int(data["pid"]),
+                host=str(data["host"]),
+                since=str(data["since"]),
+                what=str(data["what"]),
+            )
+        except (ValueError, KeyError, TypeError):
+            return None
+
     def describe(self) -> str:
         return f"'{self.what}' (pid {self.pid} on host {self.host}, since {self.since})"
 
@@ -81,14 +95,8 @@ def lock_path(out: Path) -> Path:
 def read_owner(out: Path) -> LockOwner | None:
     """The owner recorded in OUT's lock file, or None (no file, or unreadable)."""
     try:
-        data = json.loads(lock_path(out).read_text())
-        return LockOwner(
-            pid=int(data["pid"]),
-            host=str(data["host"]),
-            since=str(data["since"]),
-            what=str(data["what"]),
-        )
-    except (OSError, ValueError, KeyError, TypeError):
+        return LockOwner.from_json(lock_path(out).read_text())
+    except OSError:
         return None
 
 

@@ -116,6 +116,10 @@ def upload_to_roboflow(
     With ``splits``, each image goes to its own split (``train``, ``valid`` or
     ``test``, as in the exports) instead of ``split``. Images listed in
     ``OUT/review/queue.csv`` also get the tag ``needs-review``.
+
+    Labels are read one chunk at a time, as the exports read them; so a corrupt label
+    table (which the exports, run before this, would already have refused) stops the
+    upload at its chunk, and a rerun continues from the upload ledger.
     """
     destination = RoboflowTarget.parse(target)
     client = RoboflowClient.resolve(

@@ -22,6 +22,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks.image_files import size_problem
 from tasks.images import IMAGE_SUFFIXES, ImageRef, SourceError
 from tasks.out_lock import LOCK_NAME
+from tasks.training.model_folder import TRAINED_MODELS_FOLDER
 from tasks.video import VIDEO_SUFFIXES
 
 SCHEME = "s3://"
@@ -159,11 +160,17 @@ def fetch(uri: str, cache_dir: Path, *, client) -> Path:
     problem = size_problem(size)
     if problem:
         raise ValueError(problem)
+    _download(client, location.bucket, location.key, path)
+    return path
+
+
+def _download(client, bucket: str, key: str, path: Path) -> None:
+    """Download to ``path`` through a ``.part`` file, so a broken transfer never
+    leaves a file that looks complete."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".part")
-    client.download_file(location.bucket, location.key, str(partial))
+    client.download_file(bucket, key, str(partial))
     partial.replace(path)
-    return path
 
 
 def staging_folder(destination: str, shard: tuple[int, int] | None = None) -> Path:
@@ -192,26 +199,23 @@ def local_folder(out: str | Path) -> Path:
 def fetch_output_file(
     destination: str, folder: Path, name: str, *, client
 ) -> Path | None:
-    """``folder/name``, downloaded from ``destination/name`` when this machine does
-    not have it yet (an earlier run on another machine wrote it): None when neither
-    has it. So ``--reuse-approved`` works on a machine that never ran the preview."""
+    """``folder/name``, replaced by ``destination/name`` when the bucket's copy is
+    newer (a run on another machine wrote it since) or this machine has none; None
+    when neither has it. So ``--reuse-approved`` works, with the latest approval, on
+    any machine that reaches the bucket."""
     from botocore.exceptions import ClientError
 
     path = folder / name
-    if path.exists():
-        return path
     location = S3Location.parse(destination)
     key = join_key(location.prefix.rstrip("/"), name)
     try:
-        client.head_object(Bucket=location.bucket, Key=key)
+        remote = client.head_object(Bucket=location.bucket, Key=key)
     except ClientError as error:
         if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
-            return None
+            return path if path.exists() else None
         raise
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".part")
-    client.download_file(location.bucket, key, str(partial))
-    partial.replace(path)
+    if not path.exists() or remote["LastModified"].timestamp() > path.stat().st_mtime:
+        _download(client, location.bucket, key, path)
     return path
 
 
@@ -220,11 +224,12 @@ def upload_folder(
     destination: str,
     *,
     client,
-    exclude: tuple[str, ...] = (".cache", LOCK_NAME),
+    exclude: tuple[str, ...] = (".cache", LOCK_NAME, TRAINED_MODELS_FOLDER),
 ) -> int:
     """Copy every file under ``folder`` to ``s3://bucket/prefix/<relative path>``,
-    except the top-level entries named in ``exclude`` (the cache of source images,
-    the run's lock file)."""
+    except the top-level entries named in ``exclude``: the cache of source images,
+    the run's lock file, and models trained from the review page (checkpoints
+    included: ``--model`` takes a folder on the machine that trained it)."""
     location = S3Location.parse(destination)
     prefix = location.prefix.rstrip("/")
     count = 0

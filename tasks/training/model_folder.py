@@ -14,6 +14,9 @@ from typing import TYPE_CHECKING
 from tasks.export_files import write_text_atomically
 from tasks.training.state import checkpoints_dir, training_json_path
 
+# Where the review page puts the models it trains: ``OUT/models/<name>``.
+TRAINED_MODELS_FOLDER = "models"
+
 if TYPE_CHECKING:  # torch and transformers load only when a model is written
     from tasks.training.session import TrainingSession
 

@@ -139,3 +139,29 @@ def test_a_preview_to_an_s3_output_is_refused_by_name(no_model_load, tmp_path):
     assert result.exit_code == 2, result.output
     assert "the preview writes a local folder" in " ".join(result.output.split())
     assert not (tmp_path / "s3:").exists() and not Path("s3:").exists()
+
+
+def test_reusing_an_approval_from_s3_names_the_bucket_not_a_cache_folder(
+    no_model_load, s3_credentials, s3_test_client, s3_endpoint, tmp_path
+):
+    photos = tmp_path / "photos"
+    write_sample_photos(photos)
+
+    def reuse(out: str):
+        return runner.invoke(
+            app,
+            ["run", str(photos), "--reuse-approved", "--out", out,
+             "--s3-endpoint-url", s3_endpoint,
+             "--credits-ledger", str(tmp_path / "credits.sqlite")],
+        )  # fmt: skip
+
+    no_bucket = reuse("s3://no-such-bucket/b")
+    assert no_bucket.exit_code == 1, no_bucket.output
+    assert "s3://no-such-bucket/b: no such bucket" in _one_error_line(no_bucket.output)
+
+    s3_test_client.create_bucket(Bucket="never-approved")
+    no_file = reuse("s3://never-approved/b")
+    assert no_file.exit_code == 2, no_file.output
+    line = " ".join(no_file.output.split())
+    assert "no approved settings in s3://never-approved/b/approved.json" in line
+    assert ".cache" not in line

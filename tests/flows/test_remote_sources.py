@@ -5,6 +5,7 @@ re-uploaded to a Roboflow project (the real SDK against the local API stub)."""
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -226,11 +227,23 @@ def test_the_review_page_session_labels_into_an_s3_output(
         "page/report.md",
         "page/review/queue.csv",
     } <= keys, sorted(keys)
+    assert "page/.autolabel.lock" not in keys  # held while the job ran, then freed
+
+    # Another machine writing the prefix: the page's batch is refused, not mixed in.
+    holder = {"pid": 5, "host": "gpu-9", "since": "now", "what": "autolabel run"}
+    bucket.put_object(
+        Bucket="labels", Key="page/.autolabel.lock", Body=json.dumps(holder)
+    )
+    refused = session.start_labeling(
+        LabelRequest(key=preview["key"], thresholds={"person": 0.3})
+    )
+    while refused.state == "running":
+        time.sleep(0.1)
+    assert refused.state == "failed"
+    assert "s3://labels/page is being written by 'autolabel run'" in refused.error
 
 
 def _wait(job, timeout_s: float = 120.0) -> None:
-    import time
-
     deadline = time.monotonic() + timeout_s
     while job.state == "running" and time.monotonic() < deadline:
         time.sleep(0.2)

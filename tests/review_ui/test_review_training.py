@@ -140,12 +140,14 @@ def test_bad_training_requests_get_one_line_and_run_nothing(
         ({"base": classifier, "split": SPLIT}, "is an image classifier"),
         ({"base": str(tmp_path / "nothing-here"), "split": SPLIT}, "nothing-here"),
     ]
+    refusals = 0
     for request, message in cases:
         response = client.post("/api/train", json=request)
         assert response.status_code == 400, (request, response.text)
         error = response.json()["error"]
         assert message in error and "\n" not in error, (request, error)
-    assert len(cases) == 8
+        refusals += 1
+    assert refusals == 8
     assert session.job() is None
     assert (sorted(models.iterdir()) if models.is_dir() else []) == before
     assert not (labeled_out / "escaped").exists()
@@ -176,5 +178,33 @@ def test_no_training_while_another_job_runs(
     assert client.post("/api/preview", json=ask).status_code == 200
     busy = client.post("/api/train", json={"base": tiny_base, "name": "while-busy"})
     release.set()
+    deadline = time.monotonic() + 30
+    while client.get("/api/job").json()["state"] == "running":  # let it end here
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
     assert busy.status_code == 409 and "still going" in busy.json()["error"]
     assert not (labeled_out / "models" / "while-busy").exists()
+
+
+def test_an_unnamed_training_resumes_its_own_folder_not_a_new_one(tmp_path: Path):
+    """No name given: the base's name, skipping folders of other trainings, but the
+    folder of this same training is reused, so "Train" again resumes it."""
+    from review_ui.training import default_model_name
+    from tasks.training.state import training_json_path
+
+    ours, theirs = {"base": "b", "epochs": 3}, {"base": "b", "epochs": 9}
+    models = tmp_path / "models"
+    assert (
+        default_model_name(tmp_path, "org/rtdetr_v2_r18vd", ours) == "rtdetr_v2_r18vd"
+    )
+    for name, fingerprint in (("rtdetr_v2_r18vd", theirs), ("rtdetr_v2_r18vd-2", ours)):
+        training_json_path(models / name).parent.mkdir(parents=True, exist_ok=True)
+        training_json_path(models / name).write_text(
+            json.dumps({"fingerprint": fingerprint})
+        )
+    assert (
+        default_model_name(tmp_path, "org/rtdetr_v2_r18vd", ours) == "rtdetr_v2_r18vd-2"
+    )
+    assert default_model_name(tmp_path, "org/rtdetr_v2_r18vd", {"base": "new"}) == (
+        "rtdetr_v2_r18vd-3"
+    )

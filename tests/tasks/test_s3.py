@@ -77,6 +77,10 @@ def test_exports_upload_with_their_folder_structure(client, tmp_path):
     (tmp_path / "coco").mkdir()
     (tmp_path / "coco" / "annotations.json").write_text("{}")
     (tmp_path / "report.md").write_text("# r")
+    # What stays on this machine: cached sources, the lock, page-trained models.
+    for local_only in (".cache/s3/x.jpg", ".autolabel.lock", "models/m/last.pt"):
+        (tmp_path / local_only).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / local_only).write_text("local")
     assert upload_folder(tmp_path, "s3://exports/run1", client=client) == 2
     keys = sorted(
         o["Key"] for o in client.list_objects_v2(Bucket="exports")["Contents"]

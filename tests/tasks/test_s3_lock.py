@@ -69,8 +69,11 @@ def test_a_dead_runs_lock_expires_and_is_taken_over(client):
 
 
 def test_the_heartbeat_keeps_a_live_runs_lock_from_expiring(client):
-    with hold_prefix_lock(DESTINATION, "long run", client=client, heartbeat_s=0.3):
-        time.sleep(3.0)  # far past the contender's stale_after_s below
+    with hold_prefix_lock(
+        DESTINATION, "long run", client=client, heartbeat_s=3600
+    ) as lock:
+        time.sleep(2.2)  # the lock is now older than the contender's stale_after_s
+        lock.refresh()  # one heartbeat (the thread's would come after an hour)
         with (
             pytest.raises(PrefixLocked),
             hold_prefix_lock(
@@ -79,14 +82,36 @@ def test_the_heartbeat_keeps_a_live_runs_lock_from_expiring(client):
         ):
             pass
         assert _holder(client)["what"] == "long run"
+        assert _holder(client)["beat"] == 2  # created, then one heartbeat
 
 
-def test_a_run_that_lost_its_lock_leaves_the_new_holders_lock_alone(client):
-    with hold_prefix_lock(DESTINATION, "slow run", client=client, heartbeat_s=0.2):
+def test_a_run_that_lost_its_lock_says_so_and_leaves_the_new_holders_lock(client):
+    with (
+        pytest.raises(PrefixLocked, match="took over this run's lock"),
+        hold_prefix_lock(
+            DESTINATION, "slow run", client=client, heartbeat_s=3600
+        ) as lock,
+    ):
         newer = LockOwner(pid=7, host="gpu-2", since="now", what="new holder")
         client.put_object(
             Bucket=BUCKET, Key=KEY, Body=json.dumps(newer.__dict__).encode()
         )
-        time.sleep(1.0)  # a heartbeat finds the ETag changed
+        lock.refresh()  # finds the ETag changed: taken over
+        assert lock.lost
     assert _exists(client)
     assert _holder(client)["what"] == "new holder"
+
+
+def test_an_unreachable_store_does_not_stop_the_heartbeat(client):
+    from botocore.exceptions import EndpointConnectionError
+
+    with hold_prefix_lock(DESTINATION, "run", client=client, heartbeat_s=3600) as lock:
+        real_put = client.put_object
+        client.put_object = lambda **_: (_ for _ in ()).throw(
+            EndpointConnectionError(endpoint_url="http://s3")
+        )
+        lock.refresh()  # logged, not raised, not counted as lost
+        client.put_object = real_put
+        lock.refresh()
+        assert not lock.lost and _holder(client)["beat"] == 3
+    assert not _exists(client)
