@@ -71,11 +71,12 @@ def write_mixed_folders(
 def arrival_order_groups(
     items: Iterable[Any], *, size_of: Any, batch_size: int, group_size: int, **_: Any
 ) -> Iterator[list[Any]]:
-    """The grouping before the change: consecutive windows in file order."""
+    """The grouping before the change: consecutive windows of ``batch_size x 4``
+    images in file order (``group_size`` is now one batch: it is not the window)."""
     window: list[Any] = []
     for item in items:
         window.append(item)
-        if len(window) == group_size:
+        if len(window) == batch_size * 4:
             yield window
             window = []
     if window:

@@ -150,7 +150,7 @@ def print_cpu_report(
     ]
     print("\n" + format_table(headers, rows))
     print("\n" + "\n".join(ratio_text))
-    print("\nper repeat (a, b, c ran back to back; trust repeats with cpu util near")
+    print("\nper repeat (the modes ran back to back; trust repeats with cpu util near")
     print(f"the thread count, {env['torch_threads']} here):")
     print(format_table(*per_repeat(measurements)))
 
@@ -158,14 +158,23 @@ def print_cpu_report(
 def per_repeat(
     measurements: dict[str, Measurement],
 ) -> tuple[list[str], list[list[Any]]]:
-    """Seconds and ratios of each repeat: the modes of one repeat shared one load."""
-    a, b, c = (measurements[key] for key in "abc")
-    headers = ["repeat", "a s", "b s", "c s", "lowest cpu util", "b/a", "b/c"]
+    """Seconds and ratios of each repeat: the modes of one repeat shared one load.
+
+    (c) may be missing (``--skip-naive``): its columns are left out.
+    """
+    keys = [key for key in "abc" if key in measurements]
+    timed = [measurements[key] for key in keys]
+    headers = ["repeat", *(f"{key} s" for key in keys), "lowest cpu util", "b/a"]
+    if "c" in keys:
+        headers.append("b/c")
     rows = []
-    for index, walls in enumerate(zip(a.walls, b.walls, c.walls, strict=True)):
-        utils = (a.cpu_utils[index], b.cpu_utils[index], c.cpu_utils[index])
-        ips = [m.images / wall for m, wall in zip((a, b, c), walls, strict=True)]
-        rows.append([index + 1, *walls, min(utils), ips[1] / ips[0], ips[1] / ips[2]])
+    for index, walls in enumerate(zip(*(m.walls for m in timed), strict=True)):
+        utils = [m.cpu_utils[index] for m in timed]
+        ips = {k: m.images / w for k, m, w in zip(keys, timed, walls, strict=True)}
+        row = [index + 1, *walls, min(utils), ips["b"] / ips["a"]]
+        if "c" in keys:
+            row.append(ips["b"] / ips["c"])
+        rows.append(row)
     return headers, rows
 
 

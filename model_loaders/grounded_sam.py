@@ -10,7 +10,11 @@ per image:
   box (Autodistill's way). Only beyond ``MAX_BOXES_PER_DECODE`` boxes is the batch
   split, to bound memory: the decoder copies the 64x64x256 embedding once per box and
   upsamples every mask to full resolution as float32;
-- images without boxes skip SAM entirely.
+- images without boxes skip SAM entirely;
+- the host-side half (the box model's preparation, and each image resized for SAM)
+  runs ahead of the model on the labeling loop's feeder thread
+  (``model_loaders.batching.PreparesAhead``); the rest of SAM's preprocessing runs
+  on the model's device, as before.
 
 Each box gets SAM's single-mask output (``multimask_output=False``, SAM's recommendation
 for box prompts), thresholded at ``mask_threshold``; the box and score stay Grounding
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -28,6 +33,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from model_loaders.batching import PreparesAhead
 from model_loaders.device import resolve_device
 from model_loaders.ontology import Ontology
 from model_loaders.protocol import (
@@ -44,6 +50,15 @@ SAM_CHECKPOINT_URLS = {
     "vit_b": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
 }
 MAX_BOXES_PER_DECODE = 64
+
+
+@dataclass
+class PreparedSamCall:
+    """A ``predict`` call's host-side work, done ahead of the model."""
+
+    images: Sequence[Image.Image]
+    boxes: object  # the box model's prepared call; None if it prepares in predict
+    resized: list[torch.Tensor]  # each image resized for SAM: (H, W, 3) uint8
 
 
 class GroundedSamModel:
@@ -73,9 +88,37 @@ class GroundedSamModel:
     def predict(
         self, images: Images, ontology: Ontology, *, confidence_floor: float
     ) -> Predictions:
-        detections = self.boxes.predict(
-            images, ontology, confidence_floor=confidence_floor
+        return self.predict_prepared(
+            self.prepare(images, ontology), ontology, confidence_floor=confidence_floor
         )
+
+    def prepare(self, images: Images, ontology: Ontology) -> PreparedSamCall:
+        """The host-side half of ``predict``, safe on another thread: the box
+        model's preparation and each image resized for SAM (pinned on CUDA).
+
+        Every image is resized, even one that will get no box: the boxes are not
+        known yet, and detectors rarely leave a photo empty.
+        """
+        boxes = (
+            self.boxes.prepare(images, ontology)
+            if isinstance(self.boxes, PreparesAhead)
+            else None
+        )
+        return PreparedSamCall(images, boxes, [self._resized(i) for i in images])
+
+    def predict_prepared(
+        self, prepared: PreparedSamCall, ontology: Ontology, *, confidence_floor: float
+    ) -> Predictions:
+        """The model's half of ``predict``: boxes, then SAM masks for them."""
+        images = prepared.images
+        if prepared.boxes is None:
+            detections = self.boxes.predict(
+                images, ontology, confidence_floor=confidence_floor
+            )
+        else:
+            detections = self.boxes.predict_prepared(
+                prepared.boxes, ontology, confidence_floor=confidence_floor
+            )
         for image, image_detections in zip(images, detections, strict=True):
             if len(image_detections) == 0:
                 image_detections.mask = np.zeros(
@@ -85,7 +128,9 @@ class GroundedSamModel:
         size = self.spec.batch_size
         for start in range(0, len(needs_masks), size):
             batch = needs_masks[start : start + size]
-            embeddings, input_sizes = self.embed([images[i] for i in batch])
+            embeddings, input_sizes = self._embed_resized(
+                [prepared.resized[i] for i in batch]
+            )
             for row, index in enumerate(batch):
                 image = images[index]
                 detections[index].mask = self.decode(
@@ -96,7 +141,6 @@ class GroundedSamModel:
                 )
         return detections
 
-    @torch.inference_mode()
     def embed(
         self, images: Sequence[Image.Image]
     ) -> tuple[torch.Tensor, list[tuple[int, int]]]:
@@ -104,10 +148,22 @@ class GroundedSamModel:
 
         The same steps as ``SamPredictor.set_image``, for several images at once.
         """
+        return self._embed_resized([self._resized(image) for image in images])
+
+    def _resized(self, image: Image.Image) -> torch.Tensor:
+        """The image resized to SAM's longest side, (H, W, 3) uint8 on the host."""
+        resized = torch.from_numpy(
+            self.transform.apply_image(np.asarray(image.convert("RGB")))
+        )
+        return resized.pin_memory() if self.device.type == "cuda" else resized
+
+    @torch.inference_mode()
+    def _embed_resized(
+        self, resized: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, list[tuple[int, int]]]:
         inputs, input_sizes = [], []
-        for image in images:
-            resized = self.transform.apply_image(np.asarray(image.convert("RGB")))
-            tensor = torch.as_tensor(resized, device=self.device)
+        for pixels in resized:
+            tensor = pixels.to(self.device, non_blocking=True)
             tensor = tensor.permute(2, 0, 1).contiguous()[None]
             input_sizes.append((int(tensor.shape[-2]), int(tensor.shape[-1])))
             inputs.append(self.sam.preprocess(tensor.float()))

@@ -11,10 +11,18 @@ What makes it fast and correct:
   ``grounding_dino_prompts``), so each detection belongs to exactly one ontology class;
 - an image the processor cannot resize (a 10000x10 strip) is named, with the reason,
   in an ``UnusableImagesError`` before any forward pass, so the caller skips it and
-  labels the rest (``tasks.label.predict_usable``).
+  labels the rest (``tasks.label.predict_usable``);
+- the host keeps out of the model's way: ``prepare`` (resize and normalise images of
+  one size in one processor call, stack each batch, pinned on CUDA, tokenise) runs on
+  the labeling loop's feeder thread while the model runs the previous batch
+  (``model_loaders.batching.PreparesAhead``), and each forward ends in one copy to the
+  host of everything post-processing reads.
 """
 
 from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
 
 import numpy as np
 import supervision as sv
@@ -32,6 +40,31 @@ from model_loaders.hub import load_pretrained
 from model_loaders.ontology import Ontology
 from model_loaders.protocol import Images, ModelSpec, Predictions
 
+# Elements of the (rows, queries, tokens, phrases) tensor scoring several rows at once:
+# 64 MB in float32, so a full model (900 queries, 256 tokens, 80 classes) scores one
+# row at a time and a small one a whole batch.
+MAX_SCORE_ELEMENTS = 16 * 2**20
+
+
+@dataclass
+class ReadyBatch:
+    """One forward's inputs, made on the host ahead of the model."""
+
+    pixel_values: torch.Tensor  # (B, 3, H, W) float32; pinned when the model is on CUDA
+    images: list[PreparedImage]  # each row's image (index, original size)
+    text_indices: list[int]  # each row's prompt text
+    tokens: dict[str, torch.Tensor]  # the texts tokenised together, padded
+    offsets: list[list[tuple[int, int]]]  # each row's token character offsets
+
+
+@dataclass
+class PreparedCall:
+    """Everything ``predict_prepared`` needs for one ``predict`` call's images."""
+
+    count: int  # images in the call
+    texts: list[PromptText]
+    batches: list[ReadyBatch]
+
 
 class GroundingDinoModel:
     """Zero-shot detection with Grounding DINO; see the module docstring."""
@@ -48,6 +81,10 @@ class GroundingDinoModel:
         self.dtype = next(model.parameters()).dtype
         self.max_text_len = int(model.config.max_text_len)
         self._texts: dict[tuple[Ontology, str], list[PromptText]] = {}
+        # A fast tokenizer must not be called from two threads at once ("Already
+        # borrowed"): prepare runs on the feeder thread, texts_for anywhere.
+        self._tokenizer_lock = threading.RLock()
+        self._phrase_masks: dict[tuple, torch.Tensor] = {}  # on the model's device
 
     @classmethod
     def load(cls, spec: ModelSpec) -> GroundingDinoModel:
@@ -83,18 +120,59 @@ class GroundingDinoModel:
     def predict(
         self, images: Images, ontology: Ontology, *, confidence_floor: float
     ) -> Predictions:
+        return self.predict_prepared(
+            self.prepare(images, ontology), ontology, confidence_floor=confidence_floor
+        )
+
+    def prepare(self, images: Images, ontology: Ontology) -> PreparedCall:
+        """The host-side half of ``predict``: pixels per batch (stacked, pinned on
+        CUDA) and tokens. Safe to run on another thread than the model's.
+
+        Raises:
+            UnusableImagesError: naming each image the processor cannot take.
+        """
         texts = self.texts_for(ontology)
-        prepared = prepare_images(images, self.processor.image_processor)
-        per_image: list[list[sv.Detections]] = [[] for _ in images]
+        prepared = prepare_images(
+            images, self.processor.image_processor, together={"do_pad": False}
+        )
+        pin = self.device.type == "cuda"
+        batches = []
         for batch in self._batches(prepared, len(texts)):
-            batch_texts = [texts[text_index] for _, text_index in batch]
-            detections = self._forward(
-                [image for image, _ in batch],
-                batch_texts,
-                confidence_floor,
-                ontology.class_names,
+            rows = [image.pixel_values for image, _ in batch]
+            pixels = torch.empty(
+                (len(rows), *rows[0].shape), dtype=rows[0].dtype, pin_memory=pin
             )
-            for (image, _), image_detections in zip(batch, detections, strict=True):
+            torch.stack(rows, out=pixels)
+            text_indices = [text_index for _, text_index in batch]
+            with self._tokenizer_lock:
+                tokens = self.processor.tokenizer(
+                    [texts[i].text for i in text_indices],
+                    padding="longest",
+                    return_offsets_mapping=True,
+                    return_tensors="pt",
+                )
+            offsets = tokens.pop("offset_mapping").tolist()
+            batches.append(
+                ReadyBatch(
+                    pixels,
+                    [image for image, _ in batch],
+                    text_indices,
+                    dict(tokens),
+                    offsets,
+                )
+            )
+        return PreparedCall(len(images), texts, batches)
+
+    def predict_prepared(
+        self, prepared: PreparedCall, ontology: Ontology, *, confidence_floor: float
+    ) -> Predictions:
+        """The model's half of ``predict``: the forwards and their post-processing."""
+        per_image: list[list[sv.Detections]] = [[] for _ in range(prepared.count)]
+        for batch in prepared.batches:
+            detections = self._forward(
+                batch, prepared.texts, confidence_floor, ontology.class_names
+            )
+            for image, image_detections in zip(batch.images, detections, strict=True):
                 per_image[image.index].append(image_detections)
         return [_merged(parts) for parts in per_image]
 
@@ -110,66 +188,119 @@ class GroundingDinoModel:
     @torch.inference_mode()
     def _forward(
         self,
-        images: list[PreparedImage],
-        texts: list[PromptText],
+        batch: ReadyBatch,
+        all_texts: list[PromptText],
         confidence_floor: float,
         class_names: list[str],
     ) -> list[sv.Detections]:
         from transformers.image_transforms import center_to_corners_format
 
-        tokens = self.processor.tokenizer(
-            [t.text for t in texts],
-            padding="longest",
-            return_offsets_mapping=True,
-            return_tensors="pt",
-        )
-        offsets = tokens.pop("offset_mapping").tolist()
-        pixel_values = torch.stack([image.pixel_values for image in images])
+        texts = [all_texts[i] for i in batch.text_indices]
+        pixel_values = batch.pixel_values.to(self.device, non_blocking=True)
         outputs = self.model(
-            pixel_values=pixel_values.to(self.device, self.dtype),
+            pixel_values=pixel_values.to(self.dtype),
             pixel_mask=torch.ones(
-                pixel_values.shape[0], *pixel_values.shape[2:], dtype=torch.long
-            ).to(self.device),
-            **{name: value.to(self.device) for name, value in tokens.items()},
+                pixel_values.shape[0],
+                *pixel_values.shape[2:],
+                dtype=torch.long,
+                device=self.device,
+            ),
+            **{name: value.to(self.device) for name, value in batch.tokens.items()},
         )
         probs = outputs.logits.float().sigmoid()
         boxes = center_to_corners_format(outputs.pred_boxes.float())
-        length = tokens["input_ids"].shape[1]
-        results = []
-        for row, (image, text) in enumerate(zip(images, texts, strict=True)):
-            mask = phrase_token_mask(offsets[row], text.phrases, length)
-            scores = phrase_scores(probs[row], mask)  # (queries, phrases)
-            confidence, phrase_index = scores.max(dim=1)
-            keep = confidence >= confidence_floor
-            scale = torch.tensor(
-                [image.width, image.height, image.width, image.height],
-                device=boxes.device,
+        confidence, phrase_index = self._best_phrases(probs, batch, texts)
+        scale = torch.tensor(
+            [[image.width, image.height] * 2 for image in batch.images],
+            device=boxes.device,
+        )
+        # One copy to the host per batch: boxes in pixels, confidence, phrase index.
+        host = (
+            torch.cat(
+                [
+                    boxes * scale[:, None, :],
+                    confidence[..., None],
+                    phrase_index[..., None].float(),
+                ],
+                dim=-1,
             )
-            # Boxes may reach past the border; labels live inside the image.
-            xyxy = sv.clip_boxes(
-                (boxes[row][keep] * scale).cpu().numpy(),
-                resolution_wh=(image.width, image.height),
-            )
-            chosen = [text.phrases[i] for i in phrase_index[keep].tolist()]
-            results.append(
-                sv.Detections(
-                    xyxy=xyxy.astype(np.float32).reshape(-1, 4),
-                    confidence=confidence[keep].cpu().numpy().astype(np.float32),
-                    class_id=np.array([p.class_id for p in chosen], dtype=int),
-                    data={
-                        "class_name": np.array(
-                            [class_names[p.class_id] for p in chosen], dtype=str
-                        ),
-                        "prompt": np.array([p.prompt for p in chosen], dtype=str),
-                    },
-                )
-            )
-        return results
+            .cpu()
+            .numpy()
+        )
+        floor = np.float32(confidence_floor)  # compared in float32, as torch did
+        return [
+            _detections(host[row], text, image, floor, class_names)
+            for row, (image, text) in enumerate(zip(batch.images, texts, strict=True))
+        ]
+
+    def _best_phrases(
+        self, probs: torch.Tensor, batch: ReadyBatch, texts: list[PromptText]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each row's best phrase per query: (confidence, phrase index), each
+        (rows, queries). Rows of one text are scored together, as few ops as memory
+        allows (a batch of a small model in one): each op on the main thread is a
+        chance for the host threads to hold it up."""
+        length = batch.tokens["input_ids"].shape[1]
+        rows_of: dict[str, list[int]] = {}
+        for row, text in enumerate(texts):
+            rows_of.setdefault(text.text, []).append(row)
+        confidence = torch.empty(
+            probs.shape[:2], dtype=probs.dtype, device=probs.device
+        )
+        phrase_index = torch.empty(
+            probs.shape[:2], dtype=torch.long, device=probs.device
+        )
+        for rows in rows_of.values():
+            mask = self._phrase_mask(batch.offsets[rows[0]], texts[rows[0]], length)
+            per_op = max(1, MAX_SCORE_ELEMENTS // (probs.shape[1] * mask.numel()))
+            for start in range(0, len(rows), per_op):
+                part = rows[start : start + per_op]
+                best = phrase_scores(probs[part], mask).max(dim=-1)
+                confidence[part], phrase_index[part] = best.values, best.indices
+        return confidence, phrase_index
+
+    def _phrase_mask(
+        self, offsets: list[tuple[int, int]], text: PromptText, length: int
+    ) -> torch.Tensor:
+        """``phrase_token_mask`` on the model's device, made once per text and
+        padded length (the same text always tokenises alike)."""
+        key = (text.text, tuple((p.start, p.end) for p in text.phrases), length)
+        mask = self._phrase_masks.get(key)
+        if mask is None:
+            mask = phrase_token_mask(offsets, text.phrases, length).to(self.device)
+            self._phrase_masks[key] = mask
+        return mask
 
     def _count_tokens(self, piece: str) -> int:
-        return len(
-            self.processor.tokenizer(piece, add_special_tokens=False)["input_ids"]
-        )
+        with self._tokenizer_lock:
+            ids = self.processor.tokenizer(piece, add_special_tokens=False)["input_ids"]
+        return len(ids)
+
+
+def _detections(
+    rows: np.ndarray,
+    text: PromptText,
+    image: PreparedImage,
+    floor: np.float32,
+    class_names: list[str],
+) -> sv.Detections:
+    """One image's detections from its (queries, 6) host rows: x0, y0, x1, y1 in
+    pixels, confidence, phrase index."""
+    kept = rows[rows[:, 4] >= floor]
+    # Boxes may reach past the border; labels live inside the image.
+    xyxy = sv.clip_boxes(kept[:, :4], resolution_wh=(image.width, image.height))
+    chosen = [text.phrases[i] for i in kept[:, 5].astype(int).tolist()]
+    return sv.Detections(
+        xyxy=xyxy.astype(np.float32).reshape(-1, 4),
+        confidence=kept[:, 4].astype(np.float32),
+        class_id=np.array([p.class_id for p in chosen], dtype=int),
+        data={
+            "class_name": np.array(
+                [class_names[p.class_id] for p in chosen], dtype=str
+            ),
+            "prompt": np.array([p.prompt for p in chosen], dtype=str),
+        },
+    )
 
 
 def _merged(parts: list[sv.Detections]) -> sv.Detections:

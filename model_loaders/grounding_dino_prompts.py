@@ -125,10 +125,11 @@ def phrase_token_mask(
 def phrase_scores(token_probs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Each query's score for each phrase: the max probability over the phrase's tokens.
 
-    ``token_probs`` is (queries, tokens) of sigmoid scores; ``mask`` is (tokens,
-    phrases). Returns (queries, phrases).
+    ``token_probs`` is (queries, tokens) of sigmoid scores, or (rows, queries, tokens)
+    for several rows of one text at once; ``mask`` is (tokens, phrases). Returns
+    (queries, phrases), or (rows, queries, phrases).
     """
     tokens = min(token_probs.shape[-1], mask.shape[0])
-    probs = token_probs[:, :tokens, None]
-    masked = probs.masked_fill(~mask[None, :tokens, :].to(probs.device), -1.0)
-    return masked.amax(dim=1)
+    probs = token_probs[..., :tokens, None]
+    masked = probs.masked_fill(~mask[:tokens, :].to(probs.device), -1.0)
+    return masked.amax(dim=-2)

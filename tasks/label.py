@@ -9,9 +9,12 @@ once per worker, never passed between tasks.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +24,12 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field
 
-from model_loaders.batching import UnusableImagesError, size_sorted_groups
+from model_loaders.batching import (
+    PreparesAhead,
+    UnusableImagesError,
+    run_ahead,
+    size_sorted_groups,
+)
 from model_loaders.cache import get_model
 from model_loaders.ontology import Ontology
 from tasks import progress
@@ -47,6 +55,10 @@ from tasks.thresholds import keep_labels
 # two windows fill the buckets of ~6 sizes (phones both ways, a few cameras) before one
 # must go early, and, with the decode lookahead, hold at most ~3 windows of pixels.
 MAX_HELD_WINDOWS = 2
+# Batches prepared ahead of the model, and batches whose post-processing (thresholds,
+# NMS, label columns, mask RLE) may wait behind it: enough to hide either side's
+# jitter, few enough that memory stays a few batches.
+BATCHES_AHEAD = 2
 
 
 class ImageSelection(BaseModel):
@@ -213,7 +225,14 @@ def predict_labels(
     keep: Callable[[sv.Detections], sv.Detections] = lambda detections: detections,
     on_window: Callable[[int], None] | None = None,
 ) -> tuple[pd.DataFrame, list[ImageRecord]]:
-    """Decode ``refs`` (prefetched) and run the model on them a few batches at a time.
+    """Decode ``refs`` (prefetched) and run the model on them a batch at a time.
+
+    Three stages overlap, so the model waits for the host as little as possible:
+    a feeder thread (``run_ahead``) takes decoded images, groups them by size and
+    prepares each batch (``PreparesAhead.prepare``: resize, normalise, stack) while
+    the model runs the previous one; this thread runs the model; one post-processing
+    thread turns each batch's predictions into label columns (``keep``, RLE masks)
+    while the model runs the next.
 
     Images of one size are grouped before they reach the model
     (``size_sorted_groups``, at most ``MAX_HELD_WINDOWS`` windows of images held), so
@@ -224,37 +243,40 @@ def predict_labels(
     and in ``keep`` (the batch applies thresholds and NMS, the preview keeps every
     candidate). Returns the label rows and a record per image, skipped ones included:
     an image the model cannot take (see ``predict_usable``) is skipped with its reason
-    and the rest of its window is labeled as if it had not been there.
+    and the rest of its batch is labeled as if it had not been there.
     """
     model = get_model(settings.model)
     batch_size = settings.model.batch_size
-    window_size = batch_size * 4  # images per predict call: several full batches
+    window_size = batch_size * 4
     columns: dict[int, dict] = {}  # by position; one DataFrame at the end
     records: dict[int, ImageRecord] = {}
-    stream = decode_with_prefetch(refs, lookahead=window_size)
+    unreadable = [0]  # met by the feeder since its last batch, for ``on_window``
 
     def readable() -> Iterator[tuple[int, DecodedImage]]:
+        stream = decode_with_prefetch(refs, lookahead=window_size)
         for position, item in enumerate(stream):
             if isinstance(item, DecodedImage):
                 yield position, item
             else:  # unreadable: recorded with its reason, never sent to the model
                 records[position] = item
-                if on_window is not None:
-                    on_window(1)
+                unreadable[0] += 1
 
-    for group in size_sorted_groups(
-        readable(),
-        size_of=lambda pair: pair[1].image.size,
-        batch_size=batch_size,
-        group_size=window_size,
-        max_held=window_size * MAX_HELD_WINDOWS,
-    ):
-        predictions, unusable = predict_usable(
-            model,
-            [item.image for _, item in group],
-            settings.ontology,
-            confidence_floor=confidence_floor,
+    def prepared_batches() -> Iterator[tuple[list, object, int]]:
+        groups = size_sorted_groups(
+            readable(),
+            size_of=lambda pair: pair[1].image.size,
+            batch_size=batch_size,
+            group_size=batch_size,  # each full batch goes at once
+            max_held=window_size * MAX_HELD_WINDOWS,
         )
+        for group in groups:
+            images = [item.image for _, item in group]
+            passed, unreadable[0] = unreadable[0], 0
+            yield group, _prepare_ahead(model, images, settings.ontology), passed
+        if unreadable[0]:
+            yield [], None, unreadable[0]
+
+    def post_process(group: list, predictions: list, unusable: dict[int, str]) -> None:
         for index, ((position, item), detections) in enumerate(
             zip(group, predictions, strict=True)
         ):
@@ -272,12 +294,47 @@ def predict_labels(
                 model=settings.model.model,
                 run_id=run_id,
             )
-        if on_window is not None:
-            on_window(len(group))
+
+    pending: deque[Future] = deque()
+    with (
+        ThreadPoolExecutor(1, thread_name_prefix="postprocess") as post,
+        contextlib.closing(run_ahead(prepared_batches(), depth=BATCHES_AHEAD)) as feed,
+    ):
+        for group, ahead, passed in feed:
+            if group:
+                predictions, unusable = predict_usable(
+                    model,
+                    [item.image for _, item in group],
+                    settings.ontology,
+                    confidence_floor=confidence_floor,
+                    prepared=ahead,
+                )
+                pending.append(post.submit(post_process, group, predictions, unusable))
+            while len(pending) > BATCHES_AHEAD:
+                pending.popleft().result()
+            if on_window is not None:
+                on_window(len(group) + passed)
+        while pending:
+            pending.popleft().result()
     return (
         columns_to_frame([columns[p] for p in sorted(columns)]),
         [records[p] for p in sorted(records)],
     )
+
+
+def _prepare_ahead(model, images: list, ontology: Ontology) -> object:
+    """``model.prepare(images)`` for a backend that ``PreparesAhead``: its prepared
+    call, or the ``UnusableImagesError`` naming images it cannot take; None for other
+    backends, or when preparing failed otherwise (``predict`` meets that error again
+    and ``predict_usable`` narrows it down)."""
+    if not isinstance(model, PreparesAhead):
+        return None
+    try:
+        return model.prepare(images, ontology)
+    except UnusableImagesError as error:
+        return error
+    except Exception:  # noqa: BLE001 - met again, and handled, by predict_usable
+        return None
 
 
 def predict_usable(
@@ -286,6 +343,7 @@ def predict_usable(
     ontology: Ontology,
     *,
     confidence_floor: float,
+    prepared: object = None,
 ) -> tuple[list[sv.Detections | None], dict[int, str]]:
     """``model.predict`` on ``images``, leaving out any image the model cannot take.
 
@@ -297,16 +355,28 @@ def predict_usable(
     no image works alone either, the fault is the model's, not the images', and the
     error is raised. Labels never depend on batch mates (no padding), so the
     images kept get the labels they would have had anyway.
+
+    ``prepared``: what ``_prepare_ahead`` made of all of ``images`` (a prepared call,
+    or the error preparing raised), used by the first attempt instead of preparing
+    again.
     """
     reasons: dict[int, str] = {}
     remaining = list(range(len(images)))
     while remaining:
         try:
-            predictions = model.predict(
-                [images[i] for i in remaining],
-                ontology,
-                confidence_floor=confidence_floor,
-            )
+            ahead, prepared = prepared, None
+            if isinstance(ahead, UnusableImagesError):
+                raise ahead
+            if ahead is not None:
+                predictions = model.predict_prepared(
+                    ahead, ontology, confidence_floor=confidence_floor
+                )
+            else:
+                predictions = model.predict(
+                    [images[i] for i in remaining],
+                    ontology,
+                    confidence_floor=confidence_floor,
+                )
         except UnusableImagesError as error:
             dropped = {
                 p: r for p, r in error.reasons.items() if 0 <= p < len(remaining)
