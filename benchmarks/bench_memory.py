@@ -103,6 +103,8 @@ def run_once(
     maxrss_file = scratch / f"maxrss-{count}.json"
     env = dict(os.environ, PREFECT_HOME=str(scratch / f"prefect-{count}"))
     env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # The temporary Prefect server may take over 20 s (its default) on a loaded machine.
+    env.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     command = [sys.executable, __file__, "--child", str(maxrss_file), "--", *argv]
     log_path = scratch / f"autolabel-{count}.log"
     log = log_path.open("wb")  # a file: a pipe read only at the end fills and blocks

@@ -50,14 +50,14 @@ TARGET_B_OVER_C = 3.0
 # 200 queries per (image, class) at the 0.35 threshold, as many as a labeler finds; at
 # 100 it kept ~107, and the pipeline's mask NMS over ~540 masks per image (which the
 # naive loop does not run) then cost more than the model. Tiny needs the wider spread.
-DEFAULT_SCORE_SCALE = {"tiny": 100.0, "mid": 5.0}
+DEFAULT_SCORE_SCALE = {"tiny": 100.0, "mid": 5.0, "full": 5.0}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--size",
-        choices=("tiny", "mid"),
+        choices=("tiny", "mid", "full"),
         default="mid",
         help="mid: the real SAM 3's compute shares at 504 px (random_init_sam3)",
     )

@@ -32,6 +32,8 @@ Sizes:
   restores the shares: 1.11 TFLOP, vision 92.6 %, text 0.3 %, per prompt 7.1 %.
   502 M parameters (2 GB in float32); on 2 shared CPU threads a vision pass takes
   10-25 s and one prompt 1-3 s.
+- ``full``: the real architecture (transformers' ``Sam3Config()`` defaults, 1008 px,
+  848 M parameters), for the GPU script.
 A random model's compute equals a trained one's of the same architecture; its labels are
 meaningless.
 """
@@ -42,7 +44,8 @@ import gzip
 from pathlib import Path
 from typing import Literal
 
-Sam3Size = Literal["tiny", "mid"]
+Sam3Size = Literal["tiny", "mid", "full"]
+FULL_IMAGE_SIZE = 1008  # facebook/sam3's input
 TEXT_LENGTH = 32  # Sam3Processor pads every prompt to 32 tokens
 MID_VIT_LAYERS = 26  # of the real 32: the depth that restores the vision share
 MID_TEXT_LAYERS = 4  # of the real 24: the depth that restores the text share
@@ -86,6 +89,8 @@ def build_config(size: Sam3Size = "tiny"):
     """A ``Sam3Config`` of a small architecture (see the module docstring)."""
     from transformers import Sam3Config
 
+    if size == "full":  # transformers' defaults are facebook/sam3's architecture
+        return Sam3Config()
     s = _sizes(size)
     patch = 14
     grid = s["image_size"] // patch
@@ -177,7 +182,7 @@ def build_processor(size: Sam3Size = "tiny"):
     """A ``Sam3Processor`` for ``size``: the real image steps at its input size."""
     from transformers import Sam3ImageProcessor, Sam3Processor
 
-    image_size = _sizes(size)["image_size"]
+    image_size = FULL_IMAGE_SIZE if size == "full" else _sizes(size)["image_size"]
     image_processor = Sam3ImageProcessor(
         size={"height": image_size, "width": image_size}
     )
@@ -220,7 +225,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("path", help="The folder to save into.")
-    parser.add_argument("--size", choices=("tiny", "mid"), default="tiny")
+    parser.add_argument("--size", choices=("tiny", "mid", "full"), default="tiny")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     print(save_random_sam3(args.path, args.size, seed=args.seed))

@@ -62,8 +62,8 @@ from tasks.export_images import (
     images_to_export,
     iter_export_images,
     plan_export,
+    write_plan_export_names,
 )
-from tasks.export_names import write_planned_export_names
 from tasks.labels import OutputLayout
 from tasks.splits import ROBOFLOW_FOLDERS, Splits
 
@@ -289,7 +289,7 @@ def write_class_folders(
         (root / CLASSES_TXT).write_text(
             "".join(f"{name}\n" for name in class_names), encoding="utf-8"
         )
-    write_planned_export_names(layout, plan, splits)
+    write_plan_export_names(layout, plan, splits)
     return layout.class_folders_dir
 
 
@@ -361,7 +361,7 @@ def write_roboflow_classification(
                 )
             elif image.classes:
                 _place(layout, image, folder / image.classes[0][0])
-    write_planned_export_names(layout, plan, splits)
+    write_plan_export_names(layout, plan, splits)
     return layout.roboflow_classification_dir
 
 

@@ -9,15 +9,18 @@ in the export folder is ``tasks.export_files``.
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from tasks.export_names import (
+    EXPORT_NAMES_SCHEMA,
     ClashBy,
     flat_export_names,
     flat_export_names_of,
@@ -29,6 +32,7 @@ from tasks.labels import (
     manifest_table,
     read_label_shard,
     shard_keys,
+    write_parquet_atomically,
 )
 from tasks.splits import Splits
 
@@ -163,6 +167,22 @@ _PLAN_COLUMNS = [
 _SHARDS_CACHED = 4  # chunks whose labels are kept while walking the plan
 
 
+def arrow_on_system_allocator() -> None:
+    """From here on, Arrow allocates with the C library's ``malloc`` (process-wide),
+    unless ``ARROW_DEFAULT_MEMORY_POOL`` chose a pool.
+
+    Why: exports run after labeling, whose freed activations stay in the glibc heap
+    (``model_loaders.allocator`` keeps it for the next batch). Arrow's own pool
+    (mimalloc) can reuse none of it and keeps its pages after a buffer is freed, so
+    the exports of 100,000 images rose ~60 MiB over those of 1,000; on the system
+    pool the plan and each shard read land in the heap labeling left
+    (benchmarks/probe_export_memory.py). Buffers already allocated stay valid: each
+    remembers its pool.
+    """
+    if not os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
+        pa.set_memory_pool(pa.system_memory_pool())
+
+
 def plan_export(
     layout: OutputLayout,
     *,
@@ -181,6 +201,7 @@ def plan_export(
     Raises:
         ValueError: If two readable images share a relative path.
     """
+    arrow_on_system_allocator()
     manifest = manifest_table(layout, _PLAN_COLUMNS)
     # One copy of the manifest at most: order by index arrays, then take once.
     readable_rows = pc.indices_nonzero(pc.is_null(manifest["skipped_reason"]))
@@ -224,6 +245,37 @@ def readable_plan(plan: pd.DataFrame) -> pd.DataFrame:
     """The exported rows of a plan (its readable images, which come first), in
     export order; a slice, not a copy."""
     return plan.iloc[: int(plan["skipped_reason"].isna().sum())]
+
+
+def write_plan_export_names(
+    layout: OutputLayout, plan: pd.DataFrame, splits: Splits
+) -> Path:
+    """``export_names.write_export_names`` for a streamed export: the plan's readable
+    rows, their splits and export names; returns its path.
+
+    The same rows and bytes as ``write_export_names`` of these images, without a
+    Python string per cell: the plan's Arrow strings go to the file as they are
+    (``str``, the dtype Python lists of strings become), so writing the names of
+    100,000 images rose ~30 MiB over the plan instead of ~45
+    (``benchmarks/probe_export_memory.py``).
+    """
+    readable = readable_plan(plan)
+    frame = pd.DataFrame(
+        {
+            "image_id": readable["image_id"].astype("str"),
+            "relative_path": readable["relative_path"].astype("str"),
+            "source_uri": readable["source_uri"].astype("str"),
+            "split": pd.Series(
+                [splits.split_of(i) for i in readable["image_id"]],
+                index=readable.index,
+                dtype="str",
+            ),
+            "export_name": readable["export_path"].astype("str"),
+        },
+        columns=EXPORT_NAMES_SCHEMA.names,
+    )
+    write_parquet_atomically(frame, layout.export_names, EXPORT_NAMES_SCHEMA)
+    return layout.export_names
 
 
 def iter_export_images(

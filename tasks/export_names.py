@@ -216,27 +216,3 @@ def write_export_names(
         export_names_frame(images, splits), layout.export_names, EXPORT_NAMES_SCHEMA
     )
     return layout.export_names
-
-
-def write_planned_export_names(
-    layout: OutputLayout, plan: pd.DataFrame, splits: Splits
-) -> Path:
-    """``write_export_names`` for a streamed export: the readable rows of its plan
-    (``export_images.plan_export``: ``image_id``, ``relative_path``, ``source_uri``,
-    ``export_path``, ``skipped_reason``), same rows and bytes, no labels needed."""
-    from tasks.labels import write_parquet_atomically
-
-    readable = plan[plan["skipped_reason"].isna()]
-    image_ids = readable["image_id"].astype(object).tolist()
-    frame = pd.DataFrame(
-        {
-            "image_id": image_ids,
-            "relative_path": readable["relative_path"].astype(object).tolist(),
-            "source_uri": readable["source_uri"].astype(object).tolist(),
-            "split": [splits.split_of(image_id) for image_id in image_ids],
-            "export_name": readable["export_path"].astype(object).tolist(),
-        },
-        columns=EXPORT_NAMES_SCHEMA.names,
-    )
-    write_parquet_atomically(frame, layout.export_names, EXPORT_NAMES_SCHEMA)
-    return layout.export_names

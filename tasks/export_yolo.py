@@ -54,8 +54,12 @@ from tasks.export_files import (
     materialize_image,
     swapped_in_folder,
 )
-from tasks.export_images import ExportImage, iter_export_images, plan_export
-from tasks.export_names import write_planned_export_names
+from tasks.export_images import (
+    ExportImage,
+    iter_export_images,
+    plan_export,
+    write_plan_export_names,
+)
 from tasks.labels import OutputLayout
 from tasks.masks import mask_to_yolo_polygon, rle_to_mask
 from tasks.splits import ROBOFLOW_FOLDERS, Splits
@@ -165,7 +169,7 @@ def write_yolo(
         (root / "data.yaml").write_text(
             yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8"
         )
-    write_planned_export_names(layout, plan, splits)
+    write_plan_export_names(layout, plan, splits)
     return layout.yolo_dir / "data.yaml"
 
 
