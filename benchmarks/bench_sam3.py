@@ -134,7 +134,7 @@ def run_benchmark(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     load_s = time.perf_counter() - load_start
     sync = device_sync(backend.device)
 
-    prompts = backend.prompts_for(settings.ontology)  # text embeddings, once
+    prompts = backend.text_for(settings.ontology)  # text embeddings, once
     pixel_batches = _pixel_batches(backend, [read_rgb(p) for p in paths])
     with_masks = args.task == "segment"
 

@@ -28,7 +28,7 @@ import torch
 
 from model_loaders.batching import PreparedImage, prepare_images, same_shape_batches
 from model_loaders.ontology import Ontology
-from model_loaders.protocol import Images, ModelSpec, Predictions
+from model_loaders.protocol import Images, Predictions
 from model_loaders.text_prompted import TextPromptedBackend
 
 
@@ -51,26 +51,12 @@ class Owlv2Backend(TextPromptedBackend):
     config_class = "Owlv2Config"
     prompt_unit = "query"
 
-    def __init__(self, model, processor, spec: ModelSpec, device: torch.device) -> None:
-        super().__init__(model, processor, spec, device)
-        self._queries: dict[Ontology, QueryEmbeddings] = {}
-
     @staticmethod
     def token_count(processor, prompt: str) -> int:
         return len(processor.tokenizer(prompt)["input_ids"])
 
-    def queries_for(self, ontology: Ontology) -> QueryEmbeddings:
-        """The ontology's query embeddings, computed once per ontology.
-
-        Raises:
-            PromptTooLongError: If a description is longer than the text encoder reads.
-        """
-        if ontology not in self._queries:
-            self._queries[ontology] = self._embed_queries(ontology)
-        return self._queries[ontology]
-
     @torch.inference_mode()
-    def _embed_queries(self, ontology: Ontology) -> QueryEmbeddings:
+    def _embed_text(self, ontology: Ontology) -> QueryEmbeddings:
         pairs = ontology.prompts()
         prompts = [prompt for prompt, _ in pairs]
         for prompt in prompts:
@@ -97,7 +83,7 @@ class Owlv2Backend(TextPromptedBackend):
     def predict(
         self, images: Images, ontology: Ontology, *, confidence_floor: float
     ) -> Predictions:
-        queries = self.queries_for(ontology)
+        queries: QueryEmbeddings = self.text_for(ontology)
         prepared = prepare_images(images, self.processor.image_processor)
         results: list[sv.Detections | None] = [None] * len(images)
         for batch in same_shape_batches(

@@ -65,24 +65,13 @@ class Sam3Backend(TextPromptedBackend):
     def __init__(self, model, processor, spec: ModelSpec, device: torch.device) -> None:
         super().__init__(model, processor, spec, device)
         self.with_masks = spec.task == "segment"
-        self._prompts: dict[Ontology, PromptEmbeddings] = {}
 
     @staticmethod
     def token_count(processor, prompt: str) -> int:
         return int(_tokens(processor, prompt)["input_ids"].shape[1])
 
-    def prompts_for(self, ontology: Ontology) -> PromptEmbeddings:
-        """The ontology's text embeddings, computed once per ontology.
-
-        Raises:
-            PromptTooLongError: If a description is longer than the text encoder reads.
-        """
-        if ontology not in self._prompts:
-            self._prompts[ontology] = self._embed_prompts(ontology)
-        return self._prompts[ontology]
-
     @torch.inference_mode()
-    def _embed_prompts(self, ontology: Ontology) -> PromptEmbeddings:
+    def _embed_text(self, ontology: Ontology) -> PromptEmbeddings:
         pairs = ontology.prompts()
         ids, masks = [], []
         for prompt, _ in pairs:
@@ -107,7 +96,7 @@ class Sam3Backend(TextPromptedBackend):
     def predict(
         self, images: Images, ontology: Ontology, *, confidence_floor: float
     ) -> Predictions:
-        prompts = self.prompts_for(ontology)
+        prompts: PromptEmbeddings = self.text_for(ontology)
         prepared = prepare_images(images, self.processor.image_processor)
         per_image: list[list[sv.Detections]] = [[] for _ in images]
         for batch in same_shape_batches(

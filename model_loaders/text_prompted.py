@@ -35,6 +35,22 @@ class TextPromptedBackend:
         self.device = device
         self.dtype = next(model.parameters()).dtype
         self.max_text_len = int(model.config.text_config.max_position_embeddings)
+        self._texts: dict[Ontology, object] = {}
+
+    def text_for(self, ontology: Ontology):
+        """The ontology's text embeddings (``_embed_text``), computed once per
+        ontology and reused for every image.
+
+        Raises:
+            PromptTooLongError: If a description is longer than the text encoder reads.
+        """
+        if ontology not in self._texts:
+            self._texts[ontology] = self._embed_text(ontology)
+        return self._texts[ontology]
+
+    def _embed_text(self, ontology: Ontology):
+        """Every description of ``ontology`` through the text encoder (per backend)."""
+        raise NotImplementedError
 
     @classmethod
     def load(cls, spec: ModelSpec):
