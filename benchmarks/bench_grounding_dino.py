@@ -16,6 +16,9 @@ model's.
     .venv/bin/python benchmarks/bench_grounding_dino.py --size tiny --images 32 \
         --skip-naive --repeats 9   # b/a only: the host-side proxy for a fast GPU
     # ... --sleeping-forward 4.5: a 4.5 ms/img forward that leaves the CPU free
+    .venv/bin/python benchmarks/bench_grounding_dino.py --size tiny --images 128 \
+        --image-size 1280x960 --input-edges 800x1333 --sleeping-forward 28 \
+        --skip-naive --timeline 3   # the host at GPU sizes, fed to a 35 img/s "GPU"
     .venv/bin/python benchmarks/bench_grounding_dino.py --mixed-sizes  # see below
 
 ``--mixed-sizes`` times the pipeline instead on a folder of 7 image sizes (both
@@ -92,6 +95,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="MS",
         help="the forward sleeps MS milliseconds per image and replays the real "
         "outputs: the CPU is free during it, as with a GPU (gdino_bench_sleeping)",
+    )
+    parser.add_argument(
+        "--timeline",
+        type=int,
+        metavar="RUNS",
+        default=0,
+        help="after timing, RUNS more (b) runs, each cut into fill, forwards, gaps "
+        "between them and drain (gdino_bench_timeline)",
+    )
+    parser.add_argument(
+        "--input-edges",
+        metavar="SHORTxLONG",
+        help="the random model's image processor resizes to these edges instead of "
+        "its own (800x1333: the real model's input, for a small model's host work "
+        "at GPU-benchmark sizes; pair it with --sleeping-forward)",
     )
     parser.add_argument(
         "--profile",
@@ -197,11 +215,22 @@ def run_benchmark(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     print_cpu_report(env, config, measurements, ratio_text)
     if args.profile:
         print("\n" + _profile_pipeline(scratch / "photos", settings, scratch))
+    timeline = []
+    if args.timeline:
+        from gdino_bench_timeline import format_timeline, timed_runs
+
+        timeline = timed_runs(
+            backend,
+            lambda: run_label_chunk(scratch / "photos", settings, scratch),
+            args.timeline,
+        )
+        print("\n" + format_timeline(timeline))
     return {
         "environment": env,
         "config": config,
         "results": [m.as_dict() for m in measurements.values()],
         "ratios": ratios,
+        "timeline_ms": timeline,
     }
 
 
@@ -265,11 +294,24 @@ def _model_dir(args: argparse.Namespace, scratch: Path) -> tuple[Path, float]:
     from model_loaders.random_init import save_random_grounding_dino
 
     folder = args.model_dir or scratch / f"grounding-dino-{args.size}"
+    if args.input_edges:  # a variant of the model: its own folder
+        folder = folder.with_name(f"{folder.name}-edges-{args.input_edges}")
     if (folder / "config.json").exists():
         return folder, 0.0
     start = time.perf_counter()
     save_random_grounding_dino(folder, size=args.size)
+    if args.input_edges:
+        _resize_input(folder, parse_size(args.input_edges))
     return folder, time.perf_counter() - start
+
+
+def _resize_input(folder: Path, edges: tuple[int, int]) -> None:
+    """Save the model's processor again, resizing to (shortest, longest) edges."""
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(folder)
+    processor.image_processor.size = {"shortest_edge": edges[0], "longest_edge": edges[1]}
+    processor.save_pretrained(folder)
 
 
 def _warm_up(

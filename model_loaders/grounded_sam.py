@@ -131,14 +131,17 @@ class GroundedSamModel:
             embeddings, input_sizes = self._embed_resized(
                 [prepared.resized[i] for i in batch]
             )
-            for row, index in enumerate(batch):
-                image = images[index]
-                detections[index].mask = self.decode(
+            on_device = [
+                self._masks_on_device(
                     embeddings[row : row + 1],
                     detections[index].xyxy,
                     input_size=input_sizes[row],
-                    original_size=(image.height, image.width),
+                    original_size=(images[index].height, images[index].width),
                 )
+                for row, index in enumerate(batch)
+            ]
+            for index, masks in zip(batch, _to_host(on_device), strict=True):
+                detections[index].mask = masks
         return detections
 
     def embed(
@@ -183,6 +186,27 @@ class GroundedSamModel:
         The same steps as ``SamPredictor.predict_torch(boxes=...)`` with
         ``multimask_output=False``.
         """
+        (masks,) = _to_host(
+            [
+                self._masks_on_device(
+                    embedding, xyxy, input_size=input_size, original_size=original_size
+                )
+            ]
+        )
+        return masks
+
+    @torch.inference_mode()
+    def _masks_on_device(
+        self,
+        embedding: torch.Tensor,
+        xyxy: np.ndarray,
+        *,
+        input_size: tuple[int, int],
+        original_size: tuple[int, int],
+    ) -> torch.Tensor:
+        """``decode``'s masks, left on the model's device: a batch's images are
+        decoded one after another without waiting for the device, then copied to
+        the host together (``_to_host``)."""
         boxes = torch.as_tensor(xyxy, dtype=torch.float32, device=self.device)
         boxes = self.transform.apply_boxes_torch(boxes.reshape(-1, 4), original_size)
         height, width = original_size
@@ -201,10 +225,21 @@ class GroundedSamModel:
                 multimask_output=False,
             )
             upscaled = self.sam.postprocess_masks(low_res, input_size, original_size)
-            masks.append((upscaled[:, 0] > self.sam.mask_threshold).cpu().numpy())
+            masks.append(upscaled[:, 0] > self.sam.mask_threshold)
         if not masks:
-            return np.zeros((0, height, width), dtype=bool)
-        return np.concatenate(masks)
+            return torch.zeros((0, height, width), dtype=torch.bool, device=self.device)
+        return masks[0] if len(masks) == 1 else torch.cat(masks)
+
+
+def _to_host(tensors: list[torch.Tensor]) -> list[np.ndarray]:
+    """Device tensors as numpy arrays, with one wait for a CUDA device per call
+    instead of one per tensor: the copies are queued without blocking, then the
+    stream is synchronised once. On the CPU they are the tensors' own memory."""
+    if not tensors or tensors[0].device.type != "cuda":
+        return [tensor.numpy() for tensor in tensors]
+    host = [tensor.to("cpu", non_blocking=True) for tensor in tensors]
+    torch.cuda.current_stream(tensors[0].device).synchronize()
+    return [tensor.numpy() for tensor in host]
 
 
 def box_model_spec(spec: ModelSpec) -> ModelSpec:
