@@ -310,7 +310,11 @@ def _resize_input(folder: Path, edges: tuple[int, int]) -> None:
     from transformers import AutoProcessor
 
     processor = AutoProcessor.from_pretrained(folder)
-    processor.image_processor.size = {"shortest_edge": edges[0], "longest_edge": edges[1]}
+    shortest, longest = edges
+    processor.image_processor.size = {
+        "shortest_edge": shortest,
+        "longest_edge": longest,
+    }
     processor.save_pretrained(folder)
 
 

@@ -1,4 +1,4 @@
-"""``--timeline``: where, in one pipeline run, the model thread is not running the model.
+"""``--timeline``: where, in one pipeline run, the model thread is not running it.
 
 b/a says how much slower the pipeline is than the bare forwards; this says why. The
 backend's ``predict_prepared`` (the model's half of a ``PreparesAhead`` backend) is
@@ -95,7 +95,6 @@ def format_timeline(summaries: list[dict[str, float]]) -> str:
         [index + 1, *(round(s.get(n, 0.0), 1) for n in names)]
         for index, s in enumerate(summaries)
     ]
-    return "timeline of (b), ms:\n" + format_table(
-        ["run", "total", "calls", "before 1st", "in fwd", "between", "max gap", "after"],
-        rows,
-    )
+    headers = ["run", "total", "calls", "before 1st", "in fwd", "between"]
+    headers += ["max gap", "after"]
+    return "timeline of (b), ms:\n" + format_table(headers, rows)
