@@ -22,60 +22,79 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
-@dataclass
-class Timeline:
-    """The model calls of one run, as (start, end) ``perf_counter`` pairs."""
+class ForwardTimeline:
+    """While entered, times every call of ``backend.predict_prepared`` (the model's
+    half of a ``PreparesAhead`` backend); ``timed(run)`` cuts each run into parts."""
 
-    calls: list[tuple[float, float]] = field(default_factory=list)
-    images: int = 0
+    def __init__(self, backend: Any) -> None:
+        self.backend = backend
+        self.calls: list[tuple[float, float]] = []  # (start, end), perf_counter
+        self.runs: list[dict[str, float]] = []  # one summary per timed run
 
-    def summary(self, start: float, end: float) -> dict[str, float]:
-        """The run's wall time cut into the four parts, in milliseconds."""
-        calls = sorted(self.calls)
-        if not calls:
-            return {"total_ms": (end - start) * 1e3, "forward_calls": 0}
-        gaps = [b[0] - a[1] for a, b in zip(calls, calls[1:], strict=False)]
-        return {
-            "total_ms": (end - start) * 1e3,
-            "forward_calls": len(calls),
-            "before_first_forward_ms": (calls[0][0] - start) * 1e3,
-            "in_forwards_ms": sum(e - s for s, e in calls) * 1e3,
-            "between_forwards_ms": sum(gaps) * 1e3,
-            "longest_between_ms": max(gaps, default=0.0) * 1e3,
-            "after_last_forward_ms": (end - calls[-1][1]) * 1e3,
-        }
+    def __enter__(self) -> ForwardTimeline:
+        original = self.backend.predict_prepared
+
+        @functools.wraps(original)
+        def predict_prepared(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.calls.append((started, time.perf_counter()))
+
+        self.backend.predict_prepared = predict_prepared
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        del self.backend.predict_prepared  # the class's method again
+
+    def timed(self, run: Callable[[], T]) -> Callable[[], T]:
+        """``run``, recording the summary of each call in ``runs``."""
+
+        def timed_run() -> T:
+            self.calls.clear()
+            start = time.perf_counter()
+            try:
+                return run()
+            finally:
+                self.runs.append(summary(self.calls, start, time.perf_counter()))
+
+        return timed_run
+
+
+def summary(
+    calls: list[tuple[float, float]], start: float, end: float
+) -> dict[str, float]:
+    """A run's wall time cut into the four parts, in milliseconds."""
+    calls = sorted(calls)
+    if not calls:
+        return {"total_ms": (end - start) * 1e3, "forward_calls": 0}
+    gaps = [b[0] - a[1] for a, b in zip(calls, calls[1:], strict=False)]
+    return {
+        "total_ms": (end - start) * 1e3,
+        "forward_calls": len(calls),
+        "before_first_forward_ms": (calls[0][0] - start) * 1e3,
+        "in_forwards_ms": sum(e - s for s, e in calls) * 1e3,
+        "between_forwards_ms": sum(gaps) * 1e3,
+        "longest_between_ms": max(gaps, default=0.0) * 1e3,
+        "after_last_forward_ms": (end - calls[-1][1]) * 1e3,
+    }
 
 
 def timed_runs(
     backend: Any, run: Callable[[], object], repeats: int
 ) -> list[dict[str, float]]:
     """``run`` (one pipeline run) ``repeats`` times, each cut into its parts."""
-    timeline = Timeline()
-    original = backend.predict_prepared
-
-    @functools.wraps(original)
-    def predict_prepared(*args: Any, **kwargs: Any) -> Any:
-        started = time.perf_counter()
-        try:
-            return original(*args, **kwargs)
-        finally:
-            timeline.calls.append((started, time.perf_counter()))
-
-    backend.predict_prepared = predict_prepared
-    summaries = []
-    try:
+    with ForwardTimeline(backend) as timeline:
+        timed = timeline.timed(run)
         for _ in range(repeats):
-            timeline.calls.clear()
-            start = time.perf_counter()
-            run()
-            summaries.append(timeline.summary(start, time.perf_counter()))
-    finally:
-        del backend.predict_prepared  # the class's method again
-    return summaries
+            timed()
+    return timeline.runs
 
 
 def format_timeline(summaries: list[dict[str, float]]) -> str:

@@ -39,6 +39,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,7 @@ from gdino_bench_modes import (
     run_raw_forward,
 )
 from gdino_bench_report import environment
+from gdino_bench_timeline import ForwardTimeline
 from gdino_bench_timing import device_sync, time_modes
 
 MODELS = ("grounding_dino", "grounded_sam", "sam3", "clip")
@@ -381,6 +383,7 @@ def _pipeline_vs_raw(
 ) -> dict[str, Any]:
     """(a) ``make_raw(backend, settings, images)()`` vs (b) ``label_chunk`` over the
     same images as JPEG files, one warm-up each on one batch, then timed."""
+    from model_loaders.batching import PreparesAhead
     from model_loaders.cache import get_model
     from model_loaders.ontology import Ontology
     from tasks.settings import LabelSettings
@@ -396,28 +399,34 @@ def _pipeline_vs_raw(
     )
     backend = get_model(spec)  # the per-process cache label_chunk reads from
     sync = device_sync(backend.device)
+    timeline = ForwardTimeline(backend) if isinstance(backend, PreparesAhead) else None
     with _gpu_peak(backend.device) as peak:
         raw = make_raw(backend, settings, [read_rgb(p) for p in paths])
         raw()  # warm-up
         run_label_chunk(warm, settings, scratch)
         sync()
+
+        def pipeline() -> float:
+            return run_label_chunk(paths[0].parent, settings, scratch)
+
         modes = {
             "a": (len(paths), raw),
-            "b": (
-                len(paths),
-                lambda: run_label_chunk(paths[0].parent, settings, scratch),
-            ),
+            "b": (len(paths), timeline.timed(pipeline) if timeline else pipeline),
         }
-        measured = time_modes(
-            modes, repeats=args.repeats, sync=sync, deadline=deadline, label=model
-        )
+        with timeline or nullcontext():
+            measured = time_modes(
+                modes, repeats=args.repeats, sync=sync, deadline=deadline, label=model
+            )
+    details: dict[str, Any] = {key: m.as_dict() for key, m in measured.items()}
+    if timeline:  # per (b) repeat: fill, forwards, gaps, drain (gdino_bench_timeline)
+        details["b_timeline_ms"] = timeline.runs
     return {
         "model": model,
         "dtype": str(next(_parameters(backend)).dtype).removeprefix("torch."),
         "batch_size": args.batch_size,
         **_speeds(measured["a"].as_dict(), measured["b"].as_dict()),
         "peak_gpu_gib": peak.gib,
-        "details": {key: m.as_dict() for key, m in measured.items()},
+        "details": details,
     }
 
 

@@ -26,6 +26,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ from gdino_bench_modes import (
     run_raw_forward,
 )
 from gdino_bench_report import environment, model_summary, print_gpu_report, ratio_lines
+from gdino_bench_timeline import ForwardTimeline
 from gdino_bench_timing import Measurement, device_sync, time_modes
 
 
@@ -220,7 +222,9 @@ def _run_row(
         return row, naive, summary
     label = f"[{dtype} b{batch_size}] "
     try:
-        measured, summary, peak = _measure(ctx, dtype, batch_size, naive is None, label)
+        measured, summary, peak, timeline = _measure(
+            ctx, dtype, batch_size, naive is None, label
+        )
     except Exception as error:  # report the row (e.g. OOM, no bf16) and go on
         row["note"] = f"failed: {type(error).__name__}: {str(error).splitlines()[0]}"
         print(f"{label}{row['note']}", flush=True)
@@ -236,6 +240,7 @@ def _run_row(
     row["c"] = naive.as_dict() if naive else None
     row.update(ratios)
     row["peak_gpu_gib"] = peak
+    row["b_timeline_ms"] = timeline  # per (b) repeat: fill, forwards, gaps, drain
     return row, naive, summary
 
 
@@ -248,12 +253,14 @@ class Loaded:
     texts: list[str]
     pipeline_run: Callable[[], float] | None
     warm_run: Callable[[], float] | None = None  # (b) on ``Context.warm_paths``
+    backend: Any = None  # the backend (b) runs, for its timeline
 
 
 def _measure(
     ctx: Context, dtype: str, batch_size: int, with_naive: bool, label: str
-) -> tuple[dict[str, Measurement], dict[str, Any], float | None]:
-    """Load, warm up, time one (dtype, batch size): measurements, summary, peak GiB."""
+) -> tuple[dict[str, Measurement], dict[str, Any], float | None, list[dict]]:
+    """Load, warm up, time one (dtype, batch size): measurements, summary, peak GiB
+    and the timeline of each (b) repeat (``gdino_bench_timeline``)."""
     import torch
 
     loaded = _load(ctx, dtype, batch_size)
@@ -273,8 +280,10 @@ def _measure(
     summary["text_tokens"] = int(batches[0]["input_ids"].shape[1])
     n = len(ctx.paths)
     modes = {"a": (len(raw_paths), lambda: run_raw_forward(loaded.model, batches))}
+    timeline = ForwardTimeline(loaded.backend) if loaded.backend else None
     if loaded.pipeline_run is not None:
-        modes["b"] = (n, loaded.pipeline_run)
+        run_b = loaded.pipeline_run
+        modes["b"] = (n, timeline.timed(run_b) if timeline else run_b)
     if with_naive:
         modes["c"] = (
             len(naive_paths),
@@ -291,15 +300,20 @@ def _measure(
     cuda = ctx.device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(ctx.device)
-    measured = time_modes(
-        modes,
-        repeats=ctx.args.repeats,
-        sync=device_sync(ctx.device),
-        deadline=ctx.deadline,
-        label=label,
-    )
+    with timeline or nullcontext():
+        measured = time_modes(
+            modes,
+            repeats=ctx.args.repeats,
+            sync=device_sync(ctx.device),
+            deadline=ctx.deadline,
+            label=label,
+        )
+    runs = [
+        {key: round(value, 1) for key, value in run.items()}
+        for run in (timeline.runs if timeline else [])
+    ]
     peak = torch.cuda.max_memory_allocated(ctx.device) / 2**30 if cuda else None
-    return measured, summary, None if peak is None else round(peak, 2)
+    return measured, summary, None if peak is None else round(peak, 2), runs
 
 
 def _load(ctx: Context, dtype: str, batch_size: int) -> Loaded:
@@ -330,9 +344,9 @@ def _load(ctx: Context, dtype: str, batch_size: int) -> Loaded:
         from model_loaders.cache import get_model
         from tasks.settings import LabelSettings
 
-        settings = LabelSettings(
-            ontology=ontology, model=spec, chunk_size=max(len(ctx.paths), 1)
-        )
+        # The default chunk size, as users run it: each chunk pays its own pipeline
+        # fill and drain (the timeline's gaps show them).
+        settings = LabelSettings(ontology=ontology, model=spec)
         backend = get_model(spec)  # the per-process cache label_chunk reads from
 
         def run(paths: list[Path] = ctx.paths) -> float:
@@ -353,6 +367,7 @@ def _load(ctx: Context, dtype: str, batch_size: int) -> Loaded:
         texts,
         run,
         warm_run=lambda: run(ctx.warm_paths),
+        backend=backend,
     )
 
 

@@ -42,5 +42,26 @@ def test_smoke_writes_a_row_per_model_with_images_per_second(tmp_path: Path) -> 
     ]
     assert dino == [("float32", 2)]
     assert checked == 3 * len(rows) == 3 * 4
+    # The backends that prepare ahead also say where their pipeline waited: one
+    # timeline per (b) repeat, its parts adding up to the run.
+    timelines = {
+        row["model"]: row["details"]["b_timeline_ms"]
+        for row in rows
+        if "b_timeline_ms" in row["details"]
+    }
+    assert sorted(timelines) == ["grounded_sam", "grounding_dino"]
+    for runs in timelines.values():
+        (run,) = runs  # one repeat in the smoke run
+        assert run["forward_calls"] >= 1
+        parts = sum(
+            run[key]
+            for key in (
+                "before_first_forward_ms",
+                "in_forwards_ms",
+                "between_forwards_ms",
+                "after_last_forward_ms",
+            )
+        )
+        assert math.isclose(parts, run["total_ms"], rel_tol=0.01, abs_tol=0.5), run
     assert report["config"]["smoke"] is True
     assert report["environment"]
