@@ -211,7 +211,7 @@ def grounding_dino(args, scratch: Path, device, deadline: float) -> list[dict]:
 
 
 def grounded_sam(args, scratch: Path, device, deadline: float) -> list[dict]:
-    """Grounding DINO boxes + SAM masks: pipeline vs DINO forward + SAM encoder."""
+    """Grounding DINO boxes + SAM masks: pipeline vs the two models' forwards."""
     import torch
 
     from model_loaders.protocol import ModelSpec
