@@ -308,10 +308,7 @@ def _measure(
             deadline=ctx.deadline,
             label=label,
         )
-    runs = [
-        {key: round(value, 1) for key, value in run.items()}
-        for run in (timeline.runs if timeline else [])
-    ]
+    runs = timeline.runs if timeline else []
     peak = torch.cuda.max_memory_allocated(ctx.device) / 2**30 if cuda else None
     return measured, summary, None if peak is None else round(peak, 2), runs
 
