@@ -80,6 +80,10 @@ def run_label_chunk(folder: Path, settings: Any, scratch: Path) -> float:
         results = [label_chunk(c, settings, str(out), run_id="bench") for c in chunks]
     finally:
         shutil.rmtree(out, ignore_errors=True)
+    skipped = [item for result in results for item in result.skipped]
+    if skipped:  # a pipeline that skips images is fast for the wrong reason
+        path, reason = skipped[0]
+        raise RuntimeError(f"(b) skipped {len(skipped)} image(s): {path}: {reason}")
     images = sum(r.images for r in results)
     return sum(r.labels for r in results) / max(images, 1)
 

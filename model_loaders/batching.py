@@ -66,7 +66,8 @@ class PreparesAhead(Protocol):
 
 @dataclass
 class PreparedImage:
-    """An image resized and normalised by its processor, and where it came from."""
+    """An image through its processor (resized and normalised, or only resized by a
+    ``split_processor.SplitProcessor``), and where it came from."""
 
     index: int  # position in the caller's list
     pixel_values: torch.Tensor  # (3, H, W) at the processor's resized shape

@@ -12,11 +12,13 @@ What makes it fast and correct:
 - an image the processor cannot resize (a 10000x10 strip) is named, with the reason,
   in an ``UnusableImagesError`` before any forward pass, so the caller skips it and
   labels the rest (``tasks.label.predict_usable``);
-- the host keeps out of the model's way: ``prepare`` (resize and normalise images of
-  one size in one processor call, stack each batch, pinned on CUDA, tokenise) runs on
-  the labeling loop's feeder thread while the model runs the previous batch
-  (``model_loaders.batching.PreparesAhead``), and each forward ends in one copy to the
-  host of everything post-processing reads.
+- the host keeps out of the model's way: ``prepare`` (resize images of one size in
+  one call, stack each batch in uint8, pinned on CUDA, tokenise) runs on the labeling
+  loop's feeder thread while the model runs the previous batch
+  (``model_loaders.batching.PreparesAhead``); the pixels are normalised on the model's
+  device (``model_loaders.split_processor``: the processor's pixels exactly, for a
+  fifth of its host time at 1280x960 and a quarter of the bytes to copy), and each
+  forward ends in one copy to the host of everything post-processing reads.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from model_loaders.grounding_dino_prompts import (
 from model_loaders.hub import load_pretrained
 from model_loaders.ontology import Ontology
 from model_loaders.protocol import Images, ModelSpec, Predictions
+from model_loaders.split_processor import SplitProcessor
 
 # Elements of the (rows, queries, tokens, phrases) tensor scoring several rows at once:
 # 64 MB in float32, so a full model (900 queries, 256 tokens, 80 classes) scores one
@@ -50,7 +53,9 @@ MAX_SCORE_ELEMENTS = 16 * 2**20
 class ReadyBatch:
     """One forward's inputs, made on the host ahead of the model."""
 
-    pixel_values: torch.Tensor  # (B, 3, H, W) float32; pinned when the model is on CUDA
+    # (B, 3, H, W), pinned when the model is on CUDA: uint8 resized pixels to
+    # normalise on the device, or the processor's float32 ones when it is not split
+    pixel_values: torch.Tensor
     images: list[PreparedImage]  # each row's image (index, original size)
     text_indices: list[int]  # each row's prompt text
     tokens: dict[str, torch.Tensor]  # the texts tokenised together, padded
@@ -85,6 +90,9 @@ class GroundingDinoModel:
         # borrowed"): prepare runs on the feeder thread, texts_for anywhere.
         self._tokenizer_lock = threading.RLock()
         self._phrase_masks: dict[tuple, torch.Tensor] = {}  # on the model's device
+        # The processor's resize and normalise, split between host and device; None
+        # for a configuration it does not reproduce (the processor does it all then).
+        self.split_processor = SplitProcessor.matching(processor.image_processor)
 
     @classmethod
     def load(cls, spec: ModelSpec) -> GroundingDinoModel:
@@ -133,7 +141,9 @@ class GroundingDinoModel:
         """
         texts = self.texts_for(ontology)
         prepared = prepare_images(
-            images, self.processor.image_processor, together={"do_pad": False}
+            images,
+            self.split_processor or self.processor.image_processor,
+            together={"do_pad": False},
         )
         pin = self.device.type == "cuda"
         batches = []
@@ -197,6 +207,8 @@ class GroundingDinoModel:
 
         texts = [all_texts[i] for i in batch.text_indices]
         pixel_values = batch.pixel_values.to(self.device, non_blocking=True)
+        if self.split_processor is not None:
+            pixel_values = self.split_processor.normalise(pixel_values)
         outputs = self.model(
             pixel_values=pixel_values.to(self.dtype),
             # No padding, so every pixel is valid. Bool, as the model's signature

@@ -74,9 +74,17 @@ def test_one_decoder_call_for_all_boxes_equals_one_predictor_call_per_box(
 
     predictor = SamPredictor(backend.sam)
     predictor.set_image(np.asarray(image))
+    threshold = backend.sam.mask_threshold
     for box, mask in zip(detections.xyxy, batched, strict=True):
-        single, _, _ = predictor.predict(box=box, multimask_output=False)
-        np.testing.assert_array_equal(mask, single[0])
+        (logits,), _, _ = predictor.predict(
+            box=box, multimask_output=False, return_logits=True
+        )
+        # Equal masks, except where a pixel's logit is within float rounding of the
+        # threshold: one decoder call for all boxes multiplies matrices of another
+        # shape, which the CPU's BLAS may round differently (seen on AMD EPYC).
+        clear = np.abs(logits - threshold) > 1e-4
+        assert clear.mean() > 0.9  # the comparison covers most pixels
+        np.testing.assert_array_equal(mask[clear], (logits > threshold)[clear])
     assert batched.any(axis=(1, 2)).sum() >= 1  # real masks, not all empty
 
 
