@@ -13,6 +13,11 @@ encoder once per (image, class). What makes it fast and correct:
   ``batch_size`` (image, description) pairs;
 - every image is resized to the same square input (1008 px for the real model), so
   batching never pads and never changes a label;
+- the host keeps out of the model's way, as Grounding DINO's does: ``prepare`` (each
+  batch resized in uint8 and stacked, pinned on CUDA) runs on the labeling loop's
+  feeder thread while the model runs the previous batch
+  (``model_loaders.batching.PreparesAhead``), and the pixels are normalised on the
+  model's device (``model_loaders.split_processor``, the processor's pixels exactly);
 - outputs go through the processor's own ``post_process_instance_segmentation``: scores
   are query score x presence score, boxes are scaled to the image's own pixel frame
   (and clipped to it), masks are upsampled to the image and thresholded at
@@ -41,6 +46,7 @@ import torch
 from model_loaders.batching import PreparedImage, prepare_images, same_shape_batches
 from model_loaders.ontology import Ontology
 from model_loaders.protocol import Images, ModelSpec, Predictions
+from model_loaders.split_processor import SplitProcessor
 from model_loaders.text_prompted import TextPromptedBackend
 
 
@@ -54,6 +60,16 @@ class PromptEmbeddings:
     attention_mask: torch.Tensor  # (n_prompts, text_length)
 
 
+@dataclass
+class PreparedSam3Call:
+    """A ``predict`` call's host-side work, done ahead of the model."""
+
+    images: list[PreparedImage]  # in the call's order (index, original size)
+    # Each batch's images and their pixels, stacked (pinned on CUDA): uint8 to
+    # normalise on the device, or the processor's float32 when it is not split.
+    batches: list[tuple[list[PreparedImage], torch.Tensor]]
+
+
 class Sam3Backend(TextPromptedBackend):
     """Zero-shot detection and segmentation with SAM 3; see the module docstring."""
 
@@ -65,6 +81,9 @@ class Sam3Backend(TextPromptedBackend):
     def __init__(self, model, processor, spec: ModelSpec, device: torch.device) -> None:
         super().__init__(model, processor, spec, device)
         self.with_masks = spec.task == "segment"
+        # The processor's resize and normalise, split between host and device; None
+        # for a configuration it does not reproduce (the processor does it all then).
+        self.split_processor = SplitProcessor.matching(processor.image_processor)
 
     @staticmethod
     def token_count(processor, prompt: str) -> int:
@@ -96,33 +115,68 @@ class Sam3Backend(TextPromptedBackend):
     def predict(
         self, images: Images, ontology: Ontology, *, confidence_floor: float
     ) -> Predictions:
-        prompts: PromptEmbeddings = self.text_for(ontology)
-        prepared = prepare_images(images, self.processor.image_processor)
-        per_image: list[list[sv.Detections]] = [[] for _ in images]
+        return self.predict_prepared(
+            self.prepare(images, ontology), ontology, confidence_floor=confidence_floor
+        )
+
+    def prepare(self, images: Images, ontology: Ontology) -> PreparedSam3Call:
+        """The host-side half of ``predict``: each batch's pixels, stacked (pinned on
+        CUDA). Safe to run on another thread than the model's; the text embeddings
+        are the model's work, made in ``predict_prepared``.
+
+        Raises:
+            UnusableImagesError: naming each image the processor cannot take.
+        """
+        del ontology  # the prompts are embedded by the model, in predict_prepared
+        if self.split_processor is not None:
+            prepared = prepare_images(images, self.split_processor, together={})
+        else:
+            prepared = prepare_images(images, self.processor.image_processor)
+        pin = self.device.type == "cuda"
+        batches = []
         for batch in same_shape_batches(
             prepared, shape=lambda image: image.shape, batch_size=self.spec.batch_size
         ):
+            rows = [image.pixel_values for image in batch]
+            pixels = torch.empty(
+                (len(rows), *rows[0].shape), dtype=rows[0].dtype, pin_memory=pin
+            )
+            torch.stack(rows, out=pixels)
+            batches.append((batch, pixels))
+        return PreparedSam3Call(prepared, batches)
+
+    def predict_prepared(
+        self, prepared: PreparedSam3Call, ontology: Ontology, *, confidence_floor: float
+    ) -> Predictions:
+        """The model's half of ``predict``: the text embeddings (once per ontology),
+        the forwards and their post-processing."""
+        prompts: PromptEmbeddings = self.text_for(ontology)
+        per_image: list[list[sv.Detections]] = [[] for _ in prepared.images]
+        for batch, pixels in prepared.batches:
             for image, detections in self._predict_batch(
-                batch, prompts, confidence_floor, ontology.class_names
+                batch, pixels, prompts, confidence_floor, ontology.class_names
             ):
                 per_image[image.index].append(detections)
         return [
             self._joined(parts, image)
-            for parts, image in zip(per_image, images, strict=True)
+            for parts, image in zip(per_image, prepared.images, strict=True)
         ]
 
     @torch.inference_mode()
     def _predict_batch(
         self,
         images: list[PreparedImage],
+        pixels: torch.Tensor,
         prompts: PromptEmbeddings,
         confidence_floor: float,
         class_names: list[str],
     ) -> list[tuple[PreparedImage, sv.Detections]]:
         """One vision pass for the batch's images, then every (image, prompt) pair."""
-        pixel_values = torch.stack([image.pixel_values for image in images])
+        pixel_values = pixels.to(self.device, non_blocking=True)
+        if self.split_processor is not None:
+            pixel_values = self.split_processor.normalise(pixel_values)
         vision = self.model.get_vision_features(
-            pixel_values=pixel_values.to(self.device, self.dtype)
+            pixel_values=pixel_values.to(self.dtype)
         )
         pairs = [
             (i, p) for i in range(len(images)) for p in range(len(prompts.prompts))

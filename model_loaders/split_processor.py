@@ -1,11 +1,12 @@
-"""Grounding DINO's image processor cut in two: resize on the host in uint8, normalise
-where the model runs.
+"""Grounding DINO's and SAM 3's image processors cut in two: resize on the host in
+uint8, normalise where the model runs.
 
-The pixels are bit-identical to ``GroundingDinoImageProcessor`` (transformers'
-torchvision backend) without padding: the same output size
-(``get_size_with_aspect_ratio``), the same antialiased bilinear resize of the uint8
-image, then the same float32 ``(x - mean) / std`` with the processor's fused
-mean and std. ``tests/model_loaders/test_split_processor.py`` holds it to that.
+The pixels are bit-identical to ``GroundingDinoImageProcessor`` and
+``Sam3ImageProcessor`` (transformers' torchvision backend) without padding: the same
+output size (``get_size_with_aspect_ratio`` for shortest/longest edges, or one fixed
+size), the same antialiased bilinear resize of the uint8 image, then the same float32
+``(x - mean) / std`` with the processor's fused mean and std.
+``tests/model_loaders/test_split_processor.py`` holds it to that.
 
 Why not call the processor, which a well-kept library provides: it is the host's
 largest cost per image, and most of it is not the resize. It copies each image to a
@@ -38,51 +39,69 @@ from PIL import Image
 @dataclass(frozen=True)
 class SplitProcessor:
     """Resize (``__call__``, on the host) and normalise (``normalise``, anywhere) as
-    one ``GroundingDinoImageProcessor`` call does; see the module docstring."""
+    one call of a matched processor does; see the module docstring."""
 
-    shortest_edge: int
-    longest_edge: int
     mean: tuple[float, ...]  # in 0-255 units: the processor's mean / rescale factor
     std: tuple[float, ...]
+    edges: tuple[int, int] | None = None  # (shortest, longest): keeps the aspect ratio
+    fixed: tuple[int, int] | None = None  # (height, width): every image stretched to it
 
     @classmethod
     def matching(cls, image_processor: Any) -> SplitProcessor | None:
         """The split of ``image_processor``, or None when it does anything this
         class does not reproduce exactly."""
-        from transformers import GroundingDinoImageProcessor
+        from transformers import GroundingDinoImageProcessor, Sam3ImageProcessor
 
-        # The exact class: a subclass may resize or normalise its own way.
-        if type(image_processor) is not GroundingDinoImageProcessor:
+        # The exact classes: a subclass may resize or normalise its own way.
+        if type(image_processor) not in (
+            GroundingDinoImageProcessor,
+            Sam3ImageProcessor,
+        ):
             return None
-        size = image_processor.size
         if not (
             image_processor.do_resize
             and image_processor.do_rescale
             and image_processor.do_normalize
+            and not getattr(image_processor, "do_center_crop", None)
             and _is_bilinear(image_processor.resample)
-            and size.get("shortest_edge")
-            and size.get("longest_edge")
             and len(image_processor.image_mean) == 3
             and len(image_processor.image_std) == 3
         ):
+            return None
+        # The processors' own precedence: both edges, else one exact size; the other
+        # rules (shortest edge alone, max height and width) are not reproduced.
+        size = image_processor.size
+        edges = fixed = None
+        if size.get("shortest_edge") and size.get("longest_edge"):
+            edges = (int(size["shortest_edge"]), int(size["longest_edge"]))
+        elif (
+            size.get("height")
+            and size.get("width")
+            and not any(
+                size.get(rule) for rule in ("shortest_edge", "max_height", "max_width")
+            )
+        ):
+            fixed = (int(size["height"]), int(size["width"]))
+        else:
             return None
         # As the processor fuses rescaling into normalising: float32 tensors scaled
         # by 1 / rescale_factor.
         scale = 1.0 / image_processor.rescale_factor
         return cls(
-            int(size["shortest_edge"]),
-            int(size["longest_edge"]),
             tuple((torch.tensor(image_processor.image_mean) * scale).tolist()),
             tuple((torch.tensor(image_processor.image_std) * scale).tolist()),
+            edges=edges,
+            fixed=fixed,
         )
 
     def resized_shape(self, height: int, width: int) -> tuple[int, int]:
         """The (height, width) the processor resizes an image of this size to."""
+        if self.fixed is not None:
+            return self.fixed
         from transformers.image_transforms import get_size_with_aspect_ratio
 
-        return get_size_with_aspect_ratio(
-            (height, width), self.shortest_edge, self.longest_edge
-        )
+        assert self.edges is not None
+        return get_size_with_aspect_ratio((height, width), *self.edges)
 
     def __call__(
         self,

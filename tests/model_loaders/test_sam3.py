@@ -14,6 +14,7 @@ from PIL import Image
 
 from model_loaders import cache
 from model_loaders.backends import Sam3Options, backend_class
+from model_loaders.batching import PreparesAhead
 from model_loaders.grounding_dino_prompts import PromptTooLongError
 from model_loaders.ontology import Ontology
 from model_loaders.protocol import ModelLoadError, ModelSpec
@@ -97,6 +98,25 @@ def test_shared_batched_path_equals_one_reference_call_per_image_and_prompt(
     assert compared >= 20  # the comparison cannot pass empty
     assert (predictions[0].confidence >= FLOOR).all()
     assert any(d.mask.any() for d in predictions)  # real masks, not all empty
+
+
+def test_prepared_ahead_in_uint8_equals_predict(
+    segmenter: Sam3Backend, images: list[Image.Image]
+) -> None:
+    """The labeling loop prepares each call on its feeder thread: resized uint8
+    batches (a quarter of float32's bytes to the device), the same labels."""
+    assert isinstance(segmenter, PreparesAhead)
+    prepared = segmenter.prepare(images, ONTOLOGY)
+    assert {pixels.dtype for _, pixels in prepared.batches} == {torch.uint8}
+    assert sum(len(batch) for batch, _ in prepared.batches) == len(images)
+    staged = segmenter.predict_prepared(prepared, ONTOLOGY, confidence_floor=FLOOR)
+    direct = segmenter.predict(images, ONTOLOGY, confidence_floor=FLOOR)
+    assert len(staged) == len(direct) == len(images)
+    for one, other in zip(staged, direct, strict=True):
+        assert len(one) > 0
+        np.testing.assert_array_equal(one.xyxy, other.xyxy)
+        np.testing.assert_array_equal(one.confidence, other.confidence)
+        np.testing.assert_array_equal(one.mask, other.mask)
 
 
 def test_one_vision_pass_per_image_and_text_embedded_once_per_ontology(

@@ -1,5 +1,5 @@
-"""Grounding DINO's processor split between host and device gives the processor's
-pixels exactly, and is used only where it does."""
+"""Grounding DINO's and SAM 3's processors split between host and device give the
+processors' pixels exactly, and are used only where they do."""
 
 from __future__ import annotations
 
@@ -9,7 +9,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoProcessor, GroundingDinoImageProcessor
+from transformers import (
+    AutoProcessor,
+    GroundingDinoImageProcessor,
+    Sam3ImageProcessor,
+)
 
 from model_loaders.grounding_dino import GroundingDinoModel
 from model_loaders.ontology import Ontology
@@ -19,7 +23,14 @@ from model_loaders.split_processor import SplitProcessor
 # (width, height): landscape, portrait, odd sizes, upscaled, a strip that resizes to
 # one pixel row, and the GPU benchmark's photos.
 SIZES = [(640, 480), (480, 640), (641, 479), (333, 1001), (97, 13), (3000, 20)]
-EDGES = [(128, 192), (800, 1333)]  # the tiny test model's, and the real model's
+# Grounding DINO's size rules (the tiny test model's edges, the real model's, one
+# fixed size) and SAM 3's (its real 1008 px square).
+PROCESSORS = [
+    ("grounding-dino", {"shortest_edge": 128, "longest_edge": 192}),
+    ("grounding-dino", {"shortest_edge": 800, "longest_edge": 1333}),
+    ("grounding-dino", {"height": 96, "width": 160}),
+    ("sam3", {"height": 1008, "width": 1008}),
+]
 
 
 @pytest.fixture(scope="module")
@@ -33,10 +44,13 @@ def _noise(width: int, height: int, seed: int, mode: str = "RGB") -> Image.Image
     return Image.fromarray(pixels.astype(np.uint8)).convert(mode)
 
 
-@pytest.mark.parametrize("edges", EDGES)
-def test_split_pixels_equal_the_processors_bit_for_bit(image_processor, edges):
-    processor = copy.deepcopy(image_processor)
-    processor.size = {"shortest_edge": edges[0], "longest_edge": edges[1]}
+@pytest.mark.parametrize(("model", "size"), PROCESSORS)
+def test_split_pixels_equal_the_processors_bit_for_bit(image_processor, model, size):
+    if model == "sam3":
+        processor = Sam3ImageProcessor(size=size)
+    else:
+        processor = copy.deepcopy(image_processor)
+        processor.size = size
     split = SplitProcessor.matching(processor)
     assert split is not None
     compared = 0
@@ -75,12 +89,12 @@ def test_images_of_two_sizes_in_one_call_are_refused(image_processor):
     "change",
     [
         {"resample": Image.Resampling.BICUBIC},
-        {"size": {"height": 128, "width": 128}},
+        {"size": {"max_height": 128, "max_width": 128}},
         {"do_normalize": False},
         {"do_rescale": False},
         {"do_resize": False},
     ],
-    ids=["bicubic", "fixed-size", "no-normalize", "no-rescale", "no-resize"],
+    ids=["bicubic", "max-size", "no-normalize", "no-rescale", "no-resize"],
 )
 def test_a_processor_configured_otherwise_is_not_split(image_processor, change):
     processor = copy.deepcopy(image_processor)
