@@ -3,8 +3,9 @@
 Times, per image, on the pipeline's own functions and the same JPEG files:
 
 - decode: ``tasks.images.decode_image`` (read, decode, EXIF, RGB, content hash);
-- processor: ``GroundingDinoImageProcessor`` as transformers ships it (resize, rescale,
-  normalise to float32), one call per batch of one size;
+- processor: ``GroundingDinoImageProcessor`` (or, with ``--processor sam3``,
+  ``Sam3ImageProcessor`` at its 1008 px square) as transformers ships it (resize,
+  rescale, normalise to float32), one call per batch of one size;
 - split resize: ``SplitProcessor``'s host half (uint8 resize, one call per batch);
 - split normalise: its device half, timed here on the CPU (on a GPU it runs there).
 
@@ -15,6 +16,8 @@ labeling loop's feeder has to hide behind the model.
         --input-edges 128x192                       # the tiny CPU proxy's sizes
     .venv/bin/python benchmarks/bench_host_prepare.py --image-size 1280x960 \
         --input-edges 800x1333                      # the GPU benchmark's sizes
+    .venv/bin/python benchmarks/bench_host_prepare.py --image-size 1280x960 \
+        --processor sam3                            # SAM 3's 1008x1008 input
 """
 
 from __future__ import annotations
@@ -40,6 +43,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="800x1333",
         help="SHORTxLONG: the processor's shortest and longest edge",
     )
+    parser.add_argument(
+        "--processor",
+        choices=("grounding-dino", "sam3"),
+        default="grounding-dino",
+        help="whose image processor (sam3: its own 1008 px size; --input-edges unused)",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--repeats", type=int, default=5, help="best of")
     parser.add_argument("--json", type=Path, help="also write the results here")
@@ -61,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     put_repo_on_path()
     quiet_libraries()
     import torch
-    from transformers import GroundingDinoImageProcessor
+    from transformers import GroundingDinoImageProcessor, Sam3ImageProcessor
 
     from model_loaders.split_processor import SplitProcessor
     from tasks.images import decode_image
@@ -70,9 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     width, height = parse_size(args.image_size)
     short, long = parse_size(args.input_edges)
-    processor = GroundingDinoImageProcessor(
-        size={"shortest_edge": short, "longest_edge": long}
-    )
+    if args.processor == "sam3":
+        processor = Sam3ImageProcessor()
+    else:
+        processor = GroundingDinoImageProcessor(
+            size={"shortest_edge": short, "longest_edge": long}
+        )
     split = SplitProcessor.matching(processor)
     assert split is not None
     with tempfile.TemporaryDirectory(prefix="host-prepare-") as scratch:
@@ -110,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         }
     model_input = "x".join(str(n) for n in resized[0].shape[-2:][::-1])
     print(
-        f"{len(decoded)} JPEGs {width}x{height} -> model input {model_input} (WxH), "
+        f"{len(decoded)} JPEGs {width}x{height} -> {args.processor} input "
+        f"{model_input} (WxH), "
         f"batch {args.batch_size}, {args.threads} torch thread(s), best of "
         f"{args.repeats}, ms per image:"
     )
