@@ -19,6 +19,7 @@ from model_loaders.grounding_dino_prompts import PromptTooLongError
 from model_loaders.ontology import Ontology
 from model_loaders.protocol import ModelLoadError, ModelSpec
 from model_loaders.sam3 import Sam3Backend
+from tests.detections import assert_same_detections
 
 # Three classes, one with two descriptions: four prompts per image.
 ONTOLOGY = Ontology.from_class_options(["person", "cat: cat; kitten", "rocket"])
@@ -111,12 +112,7 @@ def test_prepared_ahead_in_uint8_equals_predict(
     assert sum(len(batch) for batch, _ in prepared.batches) == len(images)
     staged = segmenter.predict_prepared(prepared, ONTOLOGY, confidence_floor=FLOOR)
     direct = segmenter.predict(images, ONTOLOGY, confidence_floor=FLOOR)
-    assert len(staged) == len(direct) == len(images)
-    for one, other in zip(staged, direct, strict=True):
-        assert len(one) > 0
-        np.testing.assert_array_equal(one.xyxy, other.xyxy)
-        np.testing.assert_array_equal(one.confidence, other.confidence)
-        np.testing.assert_array_equal(one.mask, other.mask)
+    assert_same_detections(staged, direct, images=len(images))
 
 
 def test_one_vision_pass_per_image_and_text_embedded_once_per_ontology(

@@ -19,6 +19,7 @@ from model_loaders.grounding_dino import GroundingDinoModel
 from model_loaders.ontology import Ontology
 from model_loaders.protocol import ModelSpec
 from model_loaders.split_processor import SplitProcessor
+from tests.detections import assert_same_detections
 
 # (width, height): landscape, portrait, odd sizes, upscaled, a strip that resizes to
 # one pixel row, and the GPU benchmark's photos.
@@ -132,9 +133,4 @@ def test_the_backend_sends_uint8_and_labels_as_the_unsplit_processor(
     assert dtypes(unsplit) == {torch.float32}
     ours = split.predict(images, ontology, confidence_floor=0.1)
     theirs = unsplit.predict(images, ontology, confidence_floor=0.1)
-    assert len(ours) == len(theirs) == len(images)
-    for one, other in zip(ours, theirs, strict=True):
-        assert len(one) > 0
-        np.testing.assert_array_equal(one.xyxy, other.xyxy)
-        np.testing.assert_array_equal(one.confidence, other.confidence)
-        np.testing.assert_array_equal(one.class_id, other.class_id)
+    assert_same_detections(ours, theirs, images=len(images))
