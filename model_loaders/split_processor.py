@@ -139,7 +139,9 @@ class SplitProcessor:
 
     def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 ``(N, 3, H, W)`` pixels as the model's float32 input, on their own
-        device (the GPU's, once copied there)."""
+        device (the GPU's, once copied there). A new tensor: the caller's stays."""
+        if pixels.dtype != torch.uint8:  # float pixels would be normalised in place
+            raise TypeError(f"uint8 pixels expected, got {pixels.dtype}")
         mean = _per_channel(self.mean, pixels.device)
         std = _per_channel(self.std, pixels.device)
         return pixels.to(torch.float32).sub_(mean).div_(std)

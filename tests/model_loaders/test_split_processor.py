@@ -80,6 +80,16 @@ def test_images_of_other_modes_are_taken_as_rgb(image_processor):
     assert torch.equal(got, expected["pixel_values"])
 
 
+def test_normalise_takes_uint8_and_leaves_the_input_alone(image_processor):
+    split = SplitProcessor.matching(image_processor)
+    pixels = split(images=[_noise(60, 40, 3)])["pixel_values"]
+    before = pixels.clone()
+    assert split.normalise(pixels).dtype == torch.float32
+    assert torch.equal(pixels, before)
+    with pytest.raises(TypeError, match="uint8"):
+        split.normalise(pixels.float())
+
+
 def test_images_of_two_sizes_in_one_call_are_refused(image_processor):
     split = SplitProcessor.matching(image_processor)
     with pytest.raises(ValueError, match="one size"):
