@@ -120,7 +120,7 @@ def prepare_images(
     if len(groups) < 2:
         outcomes = [prepare(group) for group in groups]
     else:
-        outcomes = list(_preprocess_pool().map(prepare, groups))
+        outcomes = list(preprocess_pool().map(prepare, groups))
     found: dict[int, PreparedImage | str] = {}
     for group, results in zip(groups, outcomes, strict=True):
         found.update(zip((index for index, _ in group), results, strict=True))
@@ -171,8 +171,9 @@ def _preparation_problem(image: Image.Image, error: Exception) -> str:
 
 
 @functools.cache
-def _preprocess_pool() -> ThreadPoolExecutor:
-    """One small pool per process, shared by every model (created on first use)."""
+def preprocess_pool() -> ThreadPoolExecutor:
+    """One small pool per process, shared by every model (created on first use), for
+    host-side image work that releases the GIL (resizing, normalising)."""
     workers = max(1, min(4, (os.cpu_count() or 1)))
     return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="preprocess")
 

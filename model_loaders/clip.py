@@ -5,6 +5,13 @@ prompts are encoded ONCE per (ontology, template) and kept, so a run encodes its
 once however many images and chunks follow; images are encoded in batches. A label's box
 is the whole image ``(0, 0, w, h)``.
 
+The host keeps out of the model's way: ``prepare`` (open_clip's preprocess of each
+image, on the shared preprocessing threads, and each batch stacked, pinned on CUDA)
+runs on the labeling loop's feeder thread while the model encodes the previous batch
+(``model_loaders.batching.PreparesAhead``). On a GPU, CLIP encodes an image in about a
+millisecond, far less than resizing a photo takes: preprocessing serially on the
+model's thread left the GPU mostly idle.
+
 How a class is scored:
 - ``classify`` (one class per image): softmax over ALL prompts of all classes; a class's
   probability is the SUM over its descriptions (they are synonyms competing for the same
@@ -36,6 +43,7 @@ import supervision as sv
 import torch
 from PIL import Image
 
+from model_loaders.batching import preprocess_pool
 from model_loaders.device import resolve_device, resolve_dtype
 from model_loaders.ontology import Ontology
 from model_loaders.protocol import Images, ModelLoadError, ModelSpec, Predictions
@@ -53,6 +61,14 @@ class _Prompts:
     features: torch.Tensor  # (descriptions + 1, dim), float32
     class_ids: torch.Tensor  # (descriptions,) ontology index of each, on the CPU
     descriptions: tuple[str, ...]
+
+
+@dataclass
+class PreparedClipCall:
+    """A ``predict`` call's host-side work, done ahead of the model."""
+
+    sizes: list[tuple[int, int]]  # each image's (width, height): its label's box
+    batches: list[torch.Tensor]  # each batch's preprocessed pixels (pinned on CUDA)
 
 
 class ClipModel:
@@ -116,37 +132,56 @@ class ClipModel:
     def predict(
         self, images: Images, ontology: Ontology, *, confidence_floor: float
     ) -> Predictions:
-        prompts = self.prompts_for(ontology)
-        results: list[sv.Detections] = []
+        return self.predict_prepared(
+            self.prepare(images, ontology), ontology, confidence_floor=confidence_floor
+        )
+
+    def prepare(self, images: Images, ontology: Ontology) -> PreparedClipCall:
+        """The host-side half of ``predict``: every image through open_clip's
+        preprocess (on a few threads: PIL's resize releases the GIL), stacked per
+        batch, pinned on CUDA. Safe to run on another thread than the model's."""
+        del ontology  # the prompts are encoded by the model, in predict_prepared
+        rows = list(preprocess_pool().map(self._preprocessed, images))
+        pin = self.device.type == "cuda"
         size = self.spec.batch_size
-        for start in range(0, len(images), size):
-            batch = images[start : start + size]
-            logits = self._logits(batch, prompts)
+        batches = []
+        for start in range(0, len(rows), size):
+            batch = rows[start : start + size]
+            pixels = torch.empty(
+                (len(batch), *batch[0].shape), dtype=batch[0].dtype, pin_memory=pin
+            )
+            batches.append(torch.stack(batch, out=pixels))
+        return PreparedClipCall([image.size for image in images], batches)
+
+    def predict_prepared(
+        self, prepared: PreparedClipCall, ontology: Ontology, *, confidence_floor: float
+    ) -> Predictions:
+        """The model's half of ``predict``: the prompts (encoded once per ontology),
+        each batch's image features, and the scores."""
+        prompts = self.prompts_for(ontology)
+        scores = []
+        for pixels in prepared.batches:
+            logits = self._logits(pixels, prompts)
             if self.multi_label:
-                scores = self._multi_label_scores(logits)
+                batch_scores = self._multi_label_scores(logits)
             else:
-                scores = logits[:, :-1].softmax(dim=-1)
-            scores = scores.cpu()  # one transfer per batch, not one per class
-            for image, image_scores in zip(batch, scores, strict=True):
-                results.append(
-                    self._detections(
-                        image, image_scores, prompts, ontology, confidence_floor
-                    )
-                )
-        return results
+                batch_scores = logits[:, :-1].softmax(dim=-1)
+            scores.extend(batch_scores.cpu())  # one transfer per batch
+        return [
+            self._detections(size, image_scores, prompts, ontology, confidence_floor)
+            for size, image_scores in zip(prepared.sizes, scores, strict=True)
+        ]
+
+    def _preprocessed(self, image: Image.Image) -> torch.Tensor:
+        """One image as the model's input, (3, S, S), on the host."""
+        return self.preprocess(_centre_of_strip(image, self.preprocess).convert("RGB"))
 
     @torch.inference_mode()
-    def _logits(self, images: Sequence[Image.Image], prompts: _Prompts) -> torch.Tensor:
+    def _logits(self, pixels: torch.Tensor, prompts: _Prompts) -> torch.Tensor:
         """Scaled cosine similarities (images, descriptions + 1), float32."""
-        pixels = torch.stack(
-            [
-                self.preprocess(_centre_of_strip(image, self.preprocess).convert("RGB"))
-                for image in images
-            ]
-        )
         dtype = next(self.model.parameters()).dtype
         features = self.model.encode_image(
-            pixels.to(self.device, dtype), normalize=True
+            pixels.to(self.device, non_blocking=True).to(dtype), normalize=True
         ).float()
         logits = self.model.logit_scale.exp().float() * features @ prompts.features.T
         bias = getattr(self.model, "logit_bias", None)
@@ -160,7 +195,7 @@ class ClipModel:
 
     def _detections(
         self,
-        image: Image.Image,
+        size: tuple[int, int],
         description_scores: torch.Tensor,
         prompts: _Prompts,
         ontology: Ontology,
@@ -187,7 +222,7 @@ class ClipModel:
         ]
         return sv.Detections(
             xyxy=np.tile(
-                np.array([0, 0, image.width, image.height], dtype=np.float32),
+                np.array([0, 0, *size], dtype=np.float32),
                 (len(chosen), 1),
             ),
             confidence=np.array(

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from model_loaders import cache, clip
+from model_loaders.batching import PreparesAhead
 from model_loaders.clip import ClipModel
 from model_loaders.ontology import Ontology
 from model_loaders.protocol import (
@@ -23,6 +24,7 @@ from model_loaders.protocol import (
     ModelSpec,
 )
 from tasks.thresholds import Thresholds, apply_thresholds
+from tests.detections import assert_same_detections
 
 ONTOLOGY = Ontology.from_class_options(
     ["cat: a cat; kitten", "rocket", "person: astronaut"]
@@ -117,6 +119,20 @@ def test_batched_equals_one_image_at_a_time(tiny_clip, photos, task: str) -> Non
         assert a.class_id.tolist() == b.class_id.tolist()
         assert a.data["prompt"].tolist() == b.data["prompt"].tolist()
         np.testing.assert_allclose(a.confidence, b.confidence, atol=1e-5)
+
+
+def test_prepared_ahead_equals_predict(tiny_clip, photos) -> None:
+    """The labeling loop preprocesses each call on its feeder thread, in batches."""
+    backend = _backend(tiny_clip, task="classify-multi", batch_size=3)
+    assert isinstance(backend, PreparesAhead)
+    prepared = backend.prepare(photos, ONTOLOGY)
+    assert [len(pixels) for pixels in prepared.batches] == [3, len(photos) - 3]
+    assert prepared.sizes == [photo.size for photo in photos]
+    staged = backend.predict_prepared(prepared, ONTOLOGY, confidence_floor=0.0)
+    direct = backend.predict(photos, ONTOLOGY, confidence_floor=0.0)
+    assert_same_detections(staged, direct, images=len(photos))
+    for photo, detections in zip(photos, staged, strict=True):  # the whole image
+        assert detections.xyxy.tolist()[0] == [0, 0, photo.width, photo.height]
 
 
 @pytest.mark.parametrize(
