@@ -178,6 +178,20 @@ def preprocess_pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="preprocess")
 
 
+def stacked_for(device: torch.device, rows: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``rows`` (one shape) stacked into one new tensor, in page-locked memory when
+    ``device`` is CUDA, so that the model thread's ``.to(device, non_blocking=True)``
+    copies it without stopping to wait."""
+    import torch
+
+    pixels = torch.empty(
+        (len(rows), *rows[0].shape),
+        dtype=rows[0].dtype,
+        pin_memory=device.type == "cuda",
+    )
+    return torch.stack(list(rows), out=pixels)
+
+
 def same_shape_batches(
     items: Sequence[T], *, shape: Callable[[T], tuple[int, ...]], batch_size: int
 ) -> list[list[T]]:

@@ -43,7 +43,7 @@ import supervision as sv
 import torch
 from PIL import Image
 
-from model_loaders.batching import preprocess_pool
+from model_loaders.batching import preprocess_pool, stacked_for
 from model_loaders.device import resolve_device, resolve_dtype
 from model_loaders.ontology import Ontology
 from model_loaders.protocol import Images, ModelLoadError, ModelSpec, Predictions
@@ -142,15 +142,11 @@ class ClipModel:
         batch, pinned on CUDA. Safe to run on another thread than the model's."""
         del ontology  # the prompts are encoded by the model, in predict_prepared
         rows = list(preprocess_pool().map(self._preprocessed, images))
-        pin = self.device.type == "cuda"
         size = self.spec.batch_size
-        batches = []
-        for start in range(0, len(rows), size):
-            batch = rows[start : start + size]
-            pixels = torch.empty(
-                (len(batch), *batch[0].shape), dtype=batch[0].dtype, pin_memory=pin
-            )
-            batches.append(torch.stack(batch, out=pixels))
+        batches = [
+            stacked_for(self.device, rows[start : start + size])
+            for start in range(0, len(rows), size)
+        ]
         return PreparedClipCall([image.size for image in images], batches)
 
     def predict_prepared(

@@ -30,7 +30,12 @@ import numpy as np
 import supervision as sv
 import torch
 
-from model_loaders.batching import PreparedImage, prepare_images, same_shape_batches
+from model_loaders.batching import (
+    PreparedImage,
+    prepare_images,
+    same_shape_batches,
+    stacked_for,
+)
 from model_loaders.grounding_dino_prompts import (
     PromptText,
     build_joint_texts,
@@ -145,14 +150,10 @@ class GroundingDinoModel:
             self.split_processor or self.processor.image_processor,
             together={"do_pad": False},
         )
-        pin = self.device.type == "cuda"
         batches = []
         for batch in self._batches(prepared, len(texts)):
             rows = [image.pixel_values for image, _ in batch]
-            pixels = torch.empty(
-                (len(rows), *rows[0].shape), dtype=rows[0].dtype, pin_memory=pin
-            )
-            torch.stack(rows, out=pixels)
+            pixels = stacked_for(self.device, rows)
             text_indices = [text_index for _, text_index in batch]
             with self._tokenizer_lock:
                 tokens = self.processor.tokenizer(

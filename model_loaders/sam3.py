@@ -43,7 +43,12 @@ import numpy as np
 import supervision as sv
 import torch
 
-from model_loaders.batching import PreparedImage, prepare_images, same_shape_batches
+from model_loaders.batching import (
+    PreparedImage,
+    prepare_images,
+    same_shape_batches,
+    stacked_for,
+)
 from model_loaders.ontology import Ontology
 from model_loaders.protocol import Images, ModelSpec, Predictions
 from model_loaders.split_processor import SplitProcessor
@@ -132,17 +137,14 @@ class Sam3Backend(TextPromptedBackend):
             prepared = prepare_images(images, self.split_processor, together={})
         else:
             prepared = prepare_images(images, self.processor.image_processor)
-        pin = self.device.type == "cuda"
-        batches = []
-        for batch in same_shape_batches(
-            prepared, shape=lambda image: image.shape, batch_size=self.spec.batch_size
-        ):
-            rows = [image.pixel_values for image in batch]
-            pixels = torch.empty(
-                (len(rows), *rows[0].shape), dtype=rows[0].dtype, pin_memory=pin
+        batches = [
+            (batch, stacked_for(self.device, [image.pixel_values for image in batch]))
+            for batch in same_shape_batches(
+                prepared,
+                shape=lambda image: image.shape,
+                batch_size=self.spec.batch_size,
             )
-            torch.stack(rows, out=pixels)
-            batches.append((batch, pixels))
+        ]
         return PreparedSam3Call(prepared, batches)
 
     def predict_prepared(
