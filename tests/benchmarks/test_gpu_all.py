@@ -49,7 +49,7 @@ def test_smoke_writes_a_row_per_model_with_images_per_second(tmp_path: Path) -> 
         for row in rows
         if "b_timeline_ms" in row["details"]
     }
-    assert sorted(timelines) == ["grounded_sam", "grounding_dino"]
+    assert sorted(timelines) == ["clip", "grounded_sam", "grounding_dino"]
     for runs in timelines.values():
         (run,) = runs  # one repeat in the smoke run
         assert run["forward_calls"] >= 1
