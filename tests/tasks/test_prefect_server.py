@@ -90,22 +90,29 @@ def run_flow_then_sleep(tmp_path: Path, mode: str) -> tuple[subprocess.Popen, in
     env.update(
         PREFECT_HOME=str(tmp_path / "prefect-home"),
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        # Prefect's default (20 s) is too short for a loaded CI box, as in demo.sh.
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",
         PYTHONPATH=str(ROOT),
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", RUN_A_FLOW, mode],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        start_new_session=True,
-    )
+    errors = tmp_path / "flow-process.stderr"
+    with errors.open("w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", RUN_A_FLOW, mode],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            start_new_session=True,
+        )
     line = proc.stdout.readline()
     if line.strip() != "ready":
         proc.kill()
         proc.wait()
-        pytest.fail(f"the flow process did not get ready (exit {proc.returncode})")
+        pytest.fail(
+            f"the flow process did not get ready (exit {proc.returncode}): "
+            + errors.read_text()[-2000:]
+        )
     servers = servers_started_by(proc.pid)
     assert len(servers) == 1, f"expected one temporary server, found {servers}"
     return proc, servers[0]
