@@ -46,7 +46,7 @@ from model_loaders.grounding_dino_prompts import (
 from model_loaders.hub import load_pretrained
 from model_loaders.ontology import Ontology
 from model_loaders.protocol import Images, ModelSpec, Predictions
-from model_loaders.split_processor import SplitProcessor
+from model_loaders.split_processor import SplitProcessor, model_input
 
 # Elements of the (rows, queries, tokens, phrases) tensor scoring several rows at once:
 # 64 MB in float32, so a full model (900 queries, 256 tokens, 80 classes) scores one
@@ -207,9 +207,9 @@ class GroundingDinoModel:
         from transformers.image_transforms import center_to_corners_format
 
         texts = [all_texts[i] for i in batch.text_indices]
-        pixel_values = batch.pixel_values.to(self.device, non_blocking=True)
-        if self.split_processor is not None:
-            pixel_values = self.split_processor.normalise(pixel_values)
+        pixel_values = model_input(
+            batch.pixel_values, self.device, self.split_processor
+        )
         outputs = self.model(
             pixel_values=pixel_values.to(self.dtype),
             # No padding, so every pixel is valid. Bool, as the model's signature

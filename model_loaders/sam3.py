@@ -51,7 +51,7 @@ from model_loaders.batching import (
 )
 from model_loaders.ontology import Ontology
 from model_loaders.protocol import Images, ModelSpec, Predictions
-from model_loaders.split_processor import SplitProcessor
+from model_loaders.split_processor import SplitProcessor, model_input
 from model_loaders.text_prompted import TextPromptedBackend
 
 
@@ -174,9 +174,7 @@ class Sam3Backend(TextPromptedBackend):
         class_names: list[str],
     ) -> list[tuple[PreparedImage, sv.Detections]]:
         """One vision pass for the batch's images, then every (image, prompt) pair."""
-        pixel_values = pixels.to(self.device, non_blocking=True)
-        if self.split_processor is not None:
-            pixel_values = self.split_processor.normalise(pixel_values)
+        pixel_values = model_input(pixels, self.device, self.split_processor)
         vision = self.model.get_vision_features(
             pixel_values=pixel_values.to(self.dtype)
         )

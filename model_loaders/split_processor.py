@@ -147,6 +147,17 @@ class SplitProcessor:
         return pixels.to(torch.float32).sub_(mean).div_(std)
 
 
+def model_input(
+    pixels: torch.Tensor, device: torch.device, split: SplitProcessor | None
+) -> torch.Tensor:
+    """A prepared batch as the model takes it, on its device: copied there (without
+    waiting, from pinned memory on CUDA) and, when the backend's processor is
+    ``split``, normalised there; the processor's own float32 pixels are ready as
+    they are."""
+    on_device = pixels.to(device, non_blocking=True)
+    return on_device if split is None else split.normalise(on_device)
+
+
 @functools.cache
 def _per_channel(values: tuple[float, ...], device: torch.device) -> torch.Tensor:
     """A (3, 1, 1) float32 tensor on ``device``, made once: making it for every batch
