@@ -78,6 +78,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument(
+        "--chunk-size",
+        type=int,
+        help="images per labeling chunk in (b) (default: all in one chunk; a labeling "
+        "run's default is 128, and every chunk pays the pipeline's fill and drain)",
+    )
+    parser.add_argument(
+        "--no-decode-ahead",
+        action="store_true",
+        help="(b) without decoding the next chunk's first images during the last "
+        "batches of a chunk (tasks.decode_ahead): every chunk then starts cold",
+    )
+    parser.add_argument(
         "--mixed-sizes",
         action="store_true",
         help="time the pipeline on a folder of 7 sizes (both orientations) vs the "
@@ -148,7 +160,7 @@ def run_benchmark(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     settings = LabelSettings(
         ontology=Ontology.from_class_options(classes),
         model=spec,
-        chunk_size=max(args.images, 1),
+        chunk_size=args.chunk_size or max(args.images, 1),
     )
     load_start = time.perf_counter()
     backend = get_model(spec)  # the per-process cache label_chunk reads from
@@ -164,12 +176,18 @@ def run_benchmark(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
         device=backend.device,
         dtype=backend.dtype,
     )
+
+    def pipeline() -> float:
+        return run_label_chunk(
+            scratch / "photos",
+            settings,
+            scratch,
+            decode_ahead=not args.no_decode_ahead,
+        )
+
     modes = {
         "a": (args.images, lambda: run_raw_forward(backend.model, raw_batches)),
-        "b": (
-            args.images,
-            lambda: run_label_chunk(scratch / "photos", settings, scratch),
-        ),
+        "b": (args.images, pipeline),
         "c": (
             args.images,
             lambda: run_naive_loop(
@@ -205,6 +223,8 @@ def run_benchmark(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
         "joint_texts": texts,
         "text_tokens": int(raw_batches[0]["input_ids"].shape[1]),
         "batch_size": args.batch_size,
+        "chunk_size": settings.chunk_size,
+        "decode_ahead": not args.no_decode_ahead,
         "repeats": args.repeats,
         "build_random_model_s": round(build_s, 2),
         "model_load_s_excluded": round(load_s, 2),
@@ -219,11 +239,7 @@ def run_benchmark(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     if args.timeline:
         from gdino_bench_timeline import format_timeline, timed_runs
 
-        timeline = timed_runs(
-            backend,
-            lambda: run_label_chunk(scratch / "photos", settings, scratch),
-            args.timeline,
-        )
+        timeline = timed_runs(backend, pipeline, args.timeline)
         print("\n" + format_timeline(timeline))
     return {
         "environment": env,

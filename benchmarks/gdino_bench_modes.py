@@ -65,19 +65,35 @@ def run_raw_forward(model: Any, batches: Sequence[dict[str, Any]]) -> None:
             model(**inputs)
 
 
-def run_label_chunk(folder: Path, settings: Any, scratch: Path) -> float:
+def run_label_chunk(
+    folder: Path, settings: Any, scratch: Path, *, decode_ahead: bool = True
+) -> float:
     """Mode (b): plan the folder's chunks and label each into a fresh output folder.
 
-    The plain functions behind the Prefect tasks, so no Prefect server is involved. A
-    fresh output folder every time, because label_chunk reuses a finished shard instead
-    of labeling again. Returns the mean number of labels per image.
+    The plain functions behind the Prefect tasks, so no Prefect server is involved,
+    chained as the labeling flow chains them (each chunk decodes the next one's first
+    images, unless ``decode_ahead`` is off). A fresh output folder every time, because
+    label_chunk reuses a finished shard instead of labeling again. Returns the mean
+    number of labels per image.
     """
-    from tasks.label import label_chunk, plan_chunks
+    from tasks.decode_ahead import DecodeAhead
+    from tasks.label import each_with_next, label_chunk, plan_chunks
 
     out = Path(tempfile.mkdtemp(prefix="out-", dir=scratch))
     try:
         chunks = plan_chunks(str(folder), settings)
-        results = [label_chunk(c, settings, str(out), run_id="bench") for c in chunks]
+        with DecodeAhead(out) as ahead:
+            results = [
+                label_chunk(
+                    chunk,
+                    settings,
+                    str(out),
+                    run_id="bench",
+                    decode_ahead=ahead if decode_ahead else None,
+                    next_chunk=next_chunk,
+                )
+                for chunk, next_chunk in each_with_next(chunks)
+            ]
     finally:
         shutil.rmtree(out, ignore_errors=True)
     skipped = [item for result in results for item in result.skipped]

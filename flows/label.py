@@ -12,6 +12,7 @@ from prefect.runtime import flow_run
 
 from model_loaders.protocol import CLASSIFICATION_TASKS
 from tasks.credits import BudgetExceeded, CreditAccount, record_credits_task
+from tasks.decode_ahead import DecodeAhead
 from tasks.export_classification import (
     export_class_folders_task,
     export_class_table_task,
@@ -23,6 +24,7 @@ from tasks.export_yolo import export_yolo_task
 from tasks.label import (
     Chunk,
     ImageSelection,
+    each_with_next,
     label_chunk_task,
     plan_chunks_task,
     prune_stale_shards_task,
@@ -208,26 +210,37 @@ def _label_chunks(
 ) -> str | None:
     """Label chunk after chunk, showing progress in the Prefect UI; stop at the budget.
 
-    One chunk at a time: each already overlaps decoding with batched inference, and a
-    budget stop must not let a later, smaller chunk slip through. Scale out with more
-    workers, not more threads. Returns the budget message if the budget stopped the run.
+    One chunk at a time: each already overlaps decoding with batched inference (and
+    decodes the next chunk's first images while its last batches run, ``DecodeAhead``),
+    and a budget stop must not let a later, smaller chunk slip through. Scale out with
+    more workers, not more threads. Returns the budget message if the budget stopped
+    the run.
     """
     total = sum(len(chunk.refs) for chunk in chunks)
     artifact_id = create_progress_artifact(
         0.0, key="labeling-progress", description=f"Images labeled of {total}"
     )
     done = 0
-    for chunk in chunks:
-        state = label_chunk_task(
-            chunk, settings, out, run_id, credits, sources, return_state=True
-        )
-        result = state.result(raise_on_failure=False)
-        if isinstance(result, BudgetExceeded):
-            return str(result)
-        if isinstance(result, BaseException):
-            raise result
-        if after_chunk is not None:
-            after_chunk(chunk)
-        done += result.images
-        update_progress_artifact(artifact_id, progress=100.0 * done / max(total, 1))
+    with DecodeAhead(out, sources) as ahead:
+        for chunk, next_chunk in each_with_next(chunks):
+            state = label_chunk_task(
+                chunk,
+                settings,
+                out,
+                run_id,
+                credits,
+                sources,
+                decode_ahead=ahead,
+                next_chunk=next_chunk,
+                return_state=True,
+            )
+            result = state.result(raise_on_failure=False)
+            if isinstance(result, BudgetExceeded):
+                return str(result)
+            if isinstance(result, BaseException):
+                raise result
+            if after_chunk is not None:
+                after_chunk(chunk)
+            done += result.images
+            update_progress_artifact(artifact_id, progress=100.0 * done / max(total, 1))
     return None

@@ -12,12 +12,14 @@ on top, before pixels are allocated.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
 import stat
-from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +61,11 @@ class DecodedImage:
 
     record: ImageRecord
     image: Image.Image
+
+
+# An image decoded ahead of its chunk (``tasks.decode_ahead``): the ref as localized
+# then (a download may have failed), and the decoded image or the skipped record.
+DecodedAhead = tuple[ImageRef, DecodedImage | ImageRecord]
 
 
 class SourceError(ValueError):
@@ -238,20 +245,46 @@ def _high_depth_to_rgb(image: Image.Image) -> Image.Image:
 
 
 def decode_with_prefetch(
-    refs: Iterable[ImageRef], *, workers: int = 4, lookahead: int = 16
+    refs: Iterable[ImageRef],
+    *,
+    workers: int = 4,
+    lookahead: int = 16,
+    decoded_ahead: Mapping[str, Future[DecodedAhead]] | None = None,
 ) -> Iterator[DecodedImage | ImageRecord]:
     """Decode images on background threads, at most ``lookahead`` ahead of the consumer.
 
     PIL releases the GIL while decoding, so threads overlap decoding with inference; the
     bounded lookahead keeps memory flat however many images a chunk has.
+    ``decoded_ahead`` (by URI) holds images whose decoding began before this call (the
+    head of the next chunk, ``tasks.decode_ahead``): they are taken instead of decoded
+    again, when their local copy is the one given here.
     """
     refs = iter(refs)
+    ahead = dict(decoded_ahead or {})
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
-        pending = [pool.submit(decode_image, ref) for ref in _take(refs, lookahead)]
+
+        def submit(ref: ImageRef) -> Callable[[], DecodedImage | ImageRecord]:
+            early = ahead.pop(ref.uri, None)
+            if early is not None:
+                return functools.partial(_from_ahead, ref, early)
+            return pool.submit(decode_image, ref).result
+
+        pending = deque(submit(ref) for ref in _take(refs, lookahead))
         while pending:
-            result = pending.pop(0).result()
-            pending.extend(pool.submit(decode_image, ref) for ref in _take(refs, 1))
+            result = pending.popleft()()
+            pending.extend(submit(ref) for ref in _take(refs, 1))
             yield result
+
+
+def _from_ahead(
+    ref: ImageRef, future: Future[DecodedAhead]
+) -> DecodedImage | ImageRecord:
+    """An image decoded ahead, or decoded now if that was of another local copy."""
+    try:
+        local, result = future.result()
+    except Exception:  # noqa: BLE001 - the decoding ahead was stopped: decode it here
+        return decode_image(ref)
+    return result if local == ref else decode_image(ref)
 
 
 def _take(iterator: Iterator[ImageRef], n: int) -> list[ImageRef]:

@@ -34,6 +34,7 @@ from model_loaders.cache import get_model
 from model_loaders.ontology import Ontology
 from tasks import progress
 from tasks.credits import CreditAccount
+from tasks.decode_ahead import DecodeAhead
 from tasks.image_files import file_stamp
 from tasks.images import DecodedImage, ImageRef, decode_with_prefetch
 from tasks.labels import (
@@ -140,6 +141,13 @@ def plan_chunks(
     return chunks
 
 
+def each_with_next(chunks: Sequence[Chunk]) -> Iterator[tuple[Chunk, Chunk | None]]:
+    """Each chunk with the one labeled after it (None after the last): what
+    ``label_chunk`` needs to decode the next chunk's first images ahead."""
+    following = [*chunks[1:], None] if chunks else []
+    return zip(chunks, following, strict=True)
+
+
 def prune_stale_shards(out: str, chunks: list[Chunk]) -> int:
     """Delete shards of an earlier run with other files or settings; returns how many.
 
@@ -164,6 +172,8 @@ def label_chunk(
     run_id: str,
     credits: CreditAccount | None = None,
     sources: SourceOptions | None = None,
+    decode_ahead: DecodeAhead | None = None,
+    next_chunk: Chunk | None = None,
 ) -> ChunkResult:
     """Label every image of ``chunk`` and write its labels and image manifest shards.
 
@@ -171,10 +181,14 @@ def label_chunk(
     images would overspend, and its readable images are charged once the shards exist.
     Charging is idempotent, so a chunk found finished (a rerun, or a crash between
     writing and charging) is charged here too, never twice.
+
+    With ``decode_ahead`` (one per run, shared by its chunks), the images it decoded for
+    this chunk are taken, and ``next_chunk``'s first images are decoded into it while
+    this chunk's last batches run, unless that chunk is finished already.
     """
     layout = OutputLayout(out)
     labels_path, images_path = layout.shard_paths(chunk.key)
-    if labels_path.exists() and images_path.exists():
+    if _finished(layout, chunk):
         result = _result_from_shard(chunk.key, labels_path, images_path)
         if credits is not None:
             result.credits = credits.charge_images_shard(images_path, run_id).credits
@@ -198,6 +212,12 @@ def label_chunk(
             nms_iou=settings.nms_iou,
         ),
         on_window=progress.advance,
+        decode_ahead=decode_ahead,
+        following=(
+            next_chunk.refs
+            if next_chunk is not None and not _finished(layout, next_chunk)
+            else ()
+        ),
     )
     # Image manifest last: a chunk counts as done only when both shards exist.
     write_parquet_atomically(labels, labels_path, LABEL_SCHEMA)
@@ -216,6 +236,11 @@ def label_chunk(
     )
 
 
+def _finished(layout: OutputLayout, chunk: Chunk) -> bool:
+    """Whether both of ``chunk``'s shards exist (the image manifest is written last)."""
+    return all(path.exists() for path in layout.shard_paths(chunk.key))
+
+
 def predict_labels(
     refs: Sequence[ImageRef],
     settings: LabelSettings,
@@ -224,6 +249,8 @@ def predict_labels(
     run_id: str,
     keep: Callable[[sv.Detections], sv.Detections] = lambda detections: detections,
     on_window: Callable[[int], None] | None = None,
+    decode_ahead: DecodeAhead | None = None,
+    following: Sequence[ImageRef] = (),
 ) -> tuple[pd.DataFrame, list[ImageRecord]]:
     """Decode ``refs`` (prefetched) and run the model on them a batch at a time.
 
@@ -239,6 +266,10 @@ def predict_labels(
     a folder of mixed sizes still runs full batches; rows and records come back in
     ``refs`` order whatever the grouping, and labels never depend on it (no padding).
 
+    With ``decode_ahead``, the images it decoded for ``refs`` are taken, and once the
+    last of ``refs`` is decoded, the first window of ``following`` (the next chunk) is
+    decoded into it, so that the next call's first batch is ready sooner.
+
     The one labeling loop of the batch and of the preview: they differ only in the floor
     and in ``keep`` (the batch applies thresholds and NMS, the preview keeps every
     candidate). Returns the label rows and a record per image, skipped ones included:
@@ -253,13 +284,19 @@ def predict_labels(
     unreadable = [0]  # met by the feeder since its last batch, for ``on_window``
 
     def readable() -> Iterator[tuple[int, DecodedImage]]:
-        stream = decode_with_prefetch(refs, lookahead=window_size)
+        stream = decode_with_prefetch(
+            refs,
+            lookahead=window_size,
+            decoded_ahead=decode_ahead.take() if decode_ahead is not None else None,
+        )
         for position, item in enumerate(stream):
             if isinstance(item, DecodedImage):
                 yield position, item
             else:  # unreadable: recorded with its reason, never sent to the model
                 records[position] = item
                 unreadable[0] += 1
+        if decode_ahead is not None and following:
+            decode_ahead.start(following[:window_size])
 
     def prepared_batches() -> Iterator[tuple[list, object, int]]:
         groups = size_sorted_groups(

@@ -82,7 +82,7 @@ def localize(
     """
     refs = list(refs)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(lambda ref: _localized(ref, out, options), refs))
+        return list(pool.map(lambda ref: localize_one(ref, out, options), refs))
 
 
 def local_file(uri: str, out: str | Path, options: SourceOptions | None = None) -> Path:
@@ -98,7 +98,8 @@ def local_file(uri: str, out: str | Path, options: SourceOptions | None = None) 
     return Path(uri)
 
 
-def _localized(ref: ImageRef, out: str | Path, options: SourceOptions) -> ImageRef:
+def localize_one(ref: ImageRef, out: str | Path, options: SourceOptions) -> ImageRef:
+    """``ref`` with a local copy if it is remote; a failed download sets ``problem``."""
     if ref.problem or not (s3.is_s3(ref.uri) or roboflow_source.is_roboflow(ref.uri)):
         return ref
     try:
