@@ -27,6 +27,10 @@ from tests.deployments.conftest import BIN, PrefectStack
 from tests.photos import write_sample_photos
 
 RUN_TIMEOUT_S = 240
+# A shard run is lost after this long without a sign of life. Two of the workers' flow
+# heartbeats (30 s, Prefect's minimum): at 30 s, a living run that was busy loading its
+# model on a loaded CI box, with only its heartbeat to show, was once judged lost.
+STALE_AFTER_S = "60"
 EIGHT_PHOTOS = (
     "astronaut", "coffee", "chelsea", "rocket", "camera", "coins", "page", "text",
 )  # fmt: skip
@@ -305,7 +309,7 @@ def test_a_sharded_batch_survives_a_dying_worker(
             "--threshold",
             "0.2",
             "--stale-after",
-            "30",
+            STALE_AFTER_S,
             "--poll-interval",
             "1",
         ],  # fmt: skip
